@@ -1,0 +1,1 @@
+"""One module per CLI command: `HELP`, `EXAMPLES`, `configure(parser)`, `run(args) -> int`."""

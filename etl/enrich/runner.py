@@ -1,0 +1,171 @@
+"""Run an enricher over every row that still lacks its column, committing as it goes.
+
+rows where `columns[0]` IS NULL (and no `errors` row of this stage, unless --retry-errors),
+optionally narrowed by a DuckDB `--where` and `--limit` → batches → engine workers call
+`Enricher.process` (reading image bytes themselves) → the coordinator commits values with a column
+rewrite (`Lake.fill_columns`, blobs untouched) and failures as `errors` rows. A kill -9 loses at
+most the uncommitted batches; the rerun selects exactly the rows still missing.
+"""
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from etl import schema as S
+from etl.engine.local import LocalEngine
+from etl.enrich.base import EnrichBatch, Enricher, EnrichResult
+from etl.errors import ErrorRow, errors_table
+from etl.lake import Lake
+from etl.runlog import recorded_run
+from etl.sqlrun import connect
+
+TODO_SQL = """
+select {columns} from {table} t
+where t.{marker} is null and ({where})
+  and ({retry} or not exists (
+        select 1 from errors e where e.stage = $stage and e.error_id = $stage || '/' || t.{key}))
+{limit}
+"""
+
+
+@dataclass
+class RunOptions:
+    workers: int = 1
+    batch_size: int = 256
+    commit_rows: int = 4096  # commit when this many values wait...
+    commit_seconds: float = 30.0  # ...or when the last commit is this old
+    where: str | None = None  # DuckDB predicate over the table's view
+    limit: int | None = None
+    retry_errors: bool = False
+    progress: bool | None = None
+
+
+def check_requirements(enricher: type[Enricher]) -> None:
+    missing = [m for m in enricher.requires if importlib.util.find_spec(m) is None]
+    if missing:
+        extra = f" (pip install 'mmlake[{enricher.extra}]')" if enricher.extra else ""
+        raise SystemExit(f"enrich {enricher.name} needs {', '.join(missing)}{extra}")
+
+
+def input_columns(enricher: Enricher) -> list[str]:
+    key = S.KEYS[enricher.table]
+    extra = ["image_ids"] if enricher.table == S.SAMPLES and enricher.needs_image_bytes else []
+    cols = [key, *enricher.input_columns, *extra]
+    if enricher.table == S.SAMPLES:
+        cols.append("source")
+    return list(dict.fromkeys(cols))
+
+
+def todo_batches(lake: Lake, enricher: Enricher, opts: RunOptions) -> tuple[int, Iterator[pa.Table]]:
+    """The number of rows to do and a stream of their input batches (keys in a stable order)."""
+    con = connect(lake)
+    sql = TODO_SQL.format(
+        columns=", ".join(f"t.{c}" for c in input_columns(enricher)), table=enricher.table,
+        marker=enricher.columns[0], key=S.KEYS[enricher.table], where=opts.where or "true",
+        retry="true" if opts.retry_errors else "false", limit=f"limit {int(opts.limit)}" if opts.limit else "",
+    )
+    params = {"stage": enricher.name}
+    total = con.execute(f"select count(*) from ({sql})", params).fetchone()[0]
+
+    def batches() -> Iterator[pa.Table]:
+        reader = con.execute(sql, params).fetch_record_batch(opts.batch_size)
+        for rb in reader:
+            yield pa.Table.from_batches([rb])
+
+    return total, batches()
+
+
+class EnrichWorker:
+    """Picklable worker: sets the enricher up once per process, reads bytes, calls `process`."""
+
+    def __init__(self, lake_root: str, enricher: Enricher):
+        self.lake_root, self.enricher = lake_root, enricher
+
+    def __call__(self) -> "EnrichWorker":
+        self.lake = Lake(self.lake_root)
+        self.enricher.setup()
+        return self
+
+    def process(self, rows: pa.Table) -> EnrichResult:
+        return self.enricher.process(EnrichBatch(rows, self.image_bytes(rows)))
+
+
+    def image_bytes(self, rows: pa.Table) -> list:
+        if not self.enricher.needs_image_bytes:
+            return []
+        if self.enricher.table == S.IMAGES:
+            ids = rows["image_id"].to_pylist()
+            found = self.lake.image_bytes_by_id(ids)
+            return [found.get(i) for i in ids]
+        lists = rows["image_ids"].to_pylist()
+        found = self.lake.image_bytes_by_id(sorted({i for ids in lists for i in ids or []}))
+        return [[found.get(i) for i in ids or []] for ids in lists]
+
+
+class _Factory:
+    """Spawn-safe factory: builds an EnrichWorker inside the worker process."""
+
+    def __init__(self, lake_root: str, enricher: Enricher):
+        self.lake_root, self.enricher = lake_root, enricher
+
+    def __call__(self):
+        return EnrichWorker(self.lake_root, self.enricher)().process
+
+
+class Committer:
+    """Buffers results and commits them: values by column rewrite, failures as errors rows."""
+
+    def __init__(self, lake: Lake, enricher: Enricher, opts: RunOptions, run):
+        self.lake, self.enricher, self.opts, self.run = lake, enricher, opts, run
+        self.values: list[pa.Table] = []
+        self.failures: list[ErrorRow] = []
+        self.last_commit = time.monotonic()
+
+    def add(self, result: EnrichResult, rows: pa.Table | None = None) -> None:
+        if result.values.num_rows:
+            self.values.append(result.values)
+        for f in result.failures:
+            self.failures.append(ErrorRow(self.enricher.name, f.key, f.kind, f.message, raw=f.key,
+                                          run_id=self.run.run_id))
+        self.run.counts["computed"] += result.values.num_rows
+        self.run.counts.update(f"errors.{f.kind}" for f in result.failures)
+        for k, v in result.stats.items():
+            self.run.counts[k] += v
+        pending = sum(t.num_rows for t in self.values) + len(self.failures)
+        if pending >= self.opts.commit_rows or time.monotonic() - self.last_commit > self.opts.commit_seconds:
+            self.commit()
+
+    def commit(self) -> None:
+        if self.values:
+            self.lake.fill_columns(self.enricher.table, pa.concat_tables(self.values, promote_options="default"))
+            self.run.counts["commits"] += 1
+        self.lake.append(S.ERRORS, errors_table(self.failures))
+        self.values, self.failures, self.last_commit = [], [], time.monotonic()
+
+
+def run_enricher(lake: Lake, enricher: Enricher, opts: RunOptions) -> Counter:
+    """Fill the enricher's columns for every row that lacks them; returns the run's counts."""
+    check_requirements(type(enricher))
+    params = {"enricher": enricher.name, **enricher.params(), "workers": opts.workers,
+              "batch_size": opts.batch_size, "where": opts.where, "limit": opts.limit}
+    with recorded_run(lake, f"enrich {enricher.name}", params) as run:
+        total, batches = todo_batches(lake, enricher, opts)
+        run.counts["todo"] = total
+        committer = Committer(lake, enricher, opts, run)
+        engine = LocalEngine(opts.workers)
+        disable = {True: False, False: True, None: None}[opts.progress]
+        with tqdm(total=total, desc=f"enrich {enricher.name}", unit=" rows", disable=disable) as bar:
+            try:
+                for result in engine.map_unordered(_Factory(lake.root, enricher), batches):
+                    committer.add(result)
+                    bar.update(result.values.num_rows + len(result.failures))
+            finally:
+                committer.commit()
+        lake.compact(S.ERRORS)
+    return run.counts

@@ -1,0 +1,218 @@
+"""Open, create and write the lake's Lance tables; versions, blobs, column fills, checkpoints.
+
+This module knows the storage layer only: it never parses sources, runs models or decides policy.
+Every write is a Lance commit, so a reader (or a crash) only ever sees whole batches.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import lance
+import pyarrow as pa
+
+from etl import schema as S
+
+DEFAULT_LAKE = "lake"
+ENV_LAKE = "ETL_LAKE"
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def resolve_lake_uri(uri: str | None) -> str:
+    """`--lake` wins, then $ETL_LAKE, then ./lake."""
+    return uri or os.environ.get(ENV_LAKE) or DEFAULT_LAKE
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Return `table` with exactly `schema`'s columns: missing (enrichment) columns become NULL."""
+    arrays = []
+    for field in schema:
+        if field.name in table.column_names:
+            arrays.append(table[field.name].cast(field.type) if field.name != S.BLOB_COLUMN else table[field.name])
+        else:
+            arrays.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def sql_string_list(values: Iterable[str]) -> str:
+    """A Lance filter literal list; values are hex ids or file paths we produced, quotes escaped."""
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+@dataclass
+class Lake:
+    """A lake root (local folder or object-store URI) holding one Lance dataset per table."""
+
+    root: str
+
+    @classmethod
+    def open(cls, uri: str | None = None, create: bool = True) -> "Lake":
+        lake = cls(resolve_lake_uri(uri).rstrip("/"))
+        if create:
+            lake.ensure_tables()
+        return lake
+
+    # -- tables -----------------------------------------------------------------------------------
+    def uri(self, name: str) -> str:
+        return f"{self.root}/{name}.lance"
+
+    def exists(self, name: str) -> bool:
+        try:
+            lance.dataset(self.uri(name))
+            return True
+        except (ValueError, FileNotFoundError, OSError):
+            return False
+
+    def ensure_tables(self) -> None:
+        """Create missing tables and add contract columns that an older lake lacks (metadata-only)."""
+        if "://" not in self.root:
+            os.makedirs(self.root, exist_ok=True)
+        for name, schema in S.SCHEMAS.items():
+            if not self.exists(name):
+                lance.write_dataset(
+                    schema.empty_table(), self.uri(name), schema=schema, enable_stable_row_ids=True,
+                    data_storage_version="2.2",
+                )
+                continue
+            ds = self.dataset(name)
+            missing = [f for f in schema if f.name not in ds.schema.names]
+            if missing:
+                ds.add_columns(missing)
+
+    def dataset(self, name: str, version: int | str | None = None) -> lance.LanceDataset:
+        return lance.dataset(self.uri(name), version=version)
+
+    def versions(self) -> dict[str, int]:
+        return {name: self.dataset(name).version for name in S.TABLES if self.exists(name)}
+
+    def count(self, name: str, filter: str | None = None) -> int:
+        return self.dataset(name).count_rows(filter=filter)
+
+    # -- writes -----------------------------------------------------------------------------------
+    def append(self, name: str, table: pa.Table) -> None:
+        """Commit `table` as new rows of `name` (one Lance version); empty tables are skipped."""
+        if table.num_rows == 0:
+            return
+        lance.write_dataset(conform(table, S.SCHEMAS[name]), self.uri(name), mode="append")
+
+    def fill_columns(self, name: str, table: pa.Table) -> None:
+        """Set the columns in `table` for the rows whose key matches, rewriting only those columns.
+
+        Uses `merge_insert(...).write_mode("rewrite_columns")`: blobs are never rewritten
+        (plain `merge_insert`/`update` would rewrite whole rows, blobs included).
+        """
+        if table.num_rows == 0:
+            return
+        key = S.KEYS[name]
+        target = S.SCHEMAS[name]
+        ds = self.dataset(name)
+        new_fields = [table.schema.field(c) for c in table.column_names if c not in ds.schema.names]
+        if new_fields:  # optional columns (e.g. tag_all_scores) appear on first use, metadata-only
+            ds.add_columns([pa.field(f.name, f.type) for f in new_fields])
+            ds = self.dataset(name)
+        arrays = [table[c].cast(target.field(c).type) if c in target.names else table[c] for c in table.column_names]
+        table = pa.Table.from_arrays(arrays, names=table.column_names)
+        ds.merge_insert(key).when_matched_update_all().write_mode("rewrite_columns").execute(table)
+
+    # -- reads ------------------------------------------------------------------------------------
+    def existing_keys(self, name: str, values: Sequence[str]) -> set[str]:
+        """The subset of `values` already present as keys of `name` (a filtered key-column scan)."""
+        if not values:
+            return set()
+        key = S.KEYS[name]
+        found: set[str] = set()
+        for start in range(0, len(values), 2000):
+            chunk = values[start : start + 2000]
+            tbl = self.dataset(name).to_table(columns=[key], filter=f"{key} IN ({sql_string_list(chunk)})")
+            found.update(tbl[key].to_pylist())
+        return found
+
+    def scan(
+        self, name: str, columns: Sequence[str], filter: str | None = None, batch_size: int = 4096,
+        with_row_id: bool = False, version: int | str | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream record batches of the given columns (never the blob column)."""
+        if S.BLOB_COLUMN in columns and name == S.IMAGES:
+            raise ValueError("scan the blob column with read_image_bytes(), not scan()")
+        scanner = self.dataset(name, version).scanner(
+            columns=list(columns), filter=filter, batch_size=batch_size, with_row_id=with_row_id
+        )
+        yield from scanner.to_batches()
+
+    def read_image_bytes(self, row_ids: Sequence[int], version: int | str | None = None) -> list[bytes | None]:
+        """Bytes of the images at these stable row ids, in the same order."""
+        if len(row_ids) == 0:
+            return []
+        blobs = self.dataset(S.IMAGES, version).read_blobs(
+            S.BLOB_COLUMN, ids=pa.array(row_ids, pa.uint64()), preserve_order=True
+        )
+        return [payload for _, payload in blobs]
+
+    def image_bytes_by_id(self, image_ids: Sequence[str]) -> dict[str, bytes]:
+        """Bytes of the given images keyed by image_id (missing ids are absent from the result)."""
+        out: dict[str, bytes] = {}
+        for start in range(0, len(image_ids), 1000):
+            chunk = list(image_ids[start : start + 1000])
+            tbl = self.dataset(S.IMAGES).to_table(
+                columns=["image_id"], filter=f"image_id IN ({sql_string_list(chunk)})", with_row_id=True
+            )
+            payloads = self.read_image_bytes(tbl["_rowid"].to_pylist())
+            out.update(zip(tbl["image_id"].to_pylist(), payloads))
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def checkpoint(self, job: str, file: str) -> dict | None:
+        """The latest resume marker for (job, file), or None when the file was never started."""
+        tbl = self.dataset(S.CHECKPOINTS).to_table(
+            filter=f"job = '{job.replace(chr(39), chr(39) * 2)}' AND file = '{file.replace(chr(39), chr(39) * 2)}'"
+        )
+        if tbl.num_rows == 0:
+            return None
+        rows = sorted(tbl.to_pylist(), key=lambda r: (r["done"], r["upto_row"]))
+        return rows[-1]
+
+    def set_checkpoint(self, job: str, file: str, fingerprint: str, upto_row: int, done: bool) -> None:
+        row = {"job": job, "file": file, "fingerprint": fingerprint, "upto_row": upto_row,
+               "done": done, "updated_at": now_utc()}
+        self.append(S.CHECKPOINTS, pa.Table.from_pylist([row], schema=S.CHECKPOINTS_SCHEMA))
+
+    # -- maintenance ------------------------------------------------------------------------------
+    def compact(self, name: str) -> None:
+        """Merge small fragments left by many small commits (checkpoints, errors, runs)."""
+        ds = self.dataset(name)
+        if len(ds.get_fragments()) > 8:
+            ds.optimize.compact_files()
+
+    def ensure_key_index(self, name: str) -> None:
+        """(Re)build the BTREE index on the key so existence checks stay fast as the table grows."""
+        key = S.KEYS[name]
+        ds = self.dataset(name)
+        if ds.count_rows() == 0:
+            return
+        indexed = any(key in idx.get("fields", []) for idx in _describe_indices(ds))
+        if indexed:
+            ds.optimize.optimize_indices()
+        else:
+            ds.create_scalar_index(key, "BTREE")
+
+    def tag(self, name: str, tag: str, version: int | None = None) -> None:
+        ds = self.dataset(name)
+        ds.tags.create(tag, version or ds.version)
+
+
+def _describe_indices(ds: lance.LanceDataset) -> list[dict]:
+    try:
+        return [{"fields": list(getattr(i, "fields", []) or getattr(i, "field_names", []))} for i in ds.describe_indices()]
+    except AttributeError:
+        return [{"fields": i.get("fields", [])} for i in ds.list_indices()]
+
+
+def dumps(obj) -> str:
+    """Canonical JSON: sorted keys, no whitespace, UTF-8 kept (stable across runs for hashing)."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)

@@ -1,0 +1,87 @@
+"""What every source reader produces: uniform records with image references, never writes.
+
+A reader is one short class per format (datatrove's shape): `read_file(path, start_row)` yields
+`SourceRecord`s in file order. Ingest resolves image references to bytes, hashes them and writes;
+the reader only parses. A record the reader cannot parse is yielded with `error` set, so it lands in
+the lake's `errors` table with its raw text instead of disappearing.
+"""
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass
+class ImageRef:
+    """One image of a record: embedded bytes, or a path to resolve against the image roots."""
+
+    path: str | None = None  # as written in the source (relative or absolute)
+    data: bytes | None = None  # embedded bytes (parquet, tar members)
+    base_dir: str | None = None  # the folder a relative `path` is relative to by default
+
+
+@dataclass
+class SourceRecord:
+    """One raw record, normalised to the lake's sample shape (plus the raw text for errors)."""
+
+    source_file: str  # stable name of the file within the source (relative to the ingest argument)
+    source_row: int  # 0-based record index within the file
+    orig_id: str | None = None
+    conversations: list[dict[str, str | None]] = field(default_factory=list)
+    images: list[ImageRef] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    raw: str | None = None  # the record as it came (JSON text), stored in errors if it fails
+    error: tuple[str, str] | None = None  # (kind, message) when the record itself is unusable
+    images_only: bool = False  # image-only shards: store the images, make no sample
+
+
+class SourceReader(ABC):
+    """Base class of all format readers.
+
+    Subclasses set `format_name`, implement `read_file`, and may implement `sniff` (auto-detect)
+    and `list_files` (which files of a directory belong to the format).
+    """
+
+    format_name: ClassVar[str]
+    extensions: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, image_roots: list[str] | None = None, **options: Any):
+        self.image_roots = list(image_roots or [])
+        self.options = options
+
+    @classmethod
+    def sniff(cls, path: str) -> bool:
+        """True when the file at `path` looks like this format (used by --format auto)."""
+        return path.lower().endswith(cls.extensions)
+
+    @abstractmethod
+    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
+        """Yield the records of `path` from `start_row` on; `name` is the stable file name to record."""
+
+    @classmethod
+    def source_name_for(cls, path: str, root: str) -> str | None:
+        """A default source name for a file under a directory argument (None: caller decides)."""
+        return None
+
+
+def as_text_id(value: Any) -> str | None:
+    """Ids are kept as strings exactly as written: "000019465" stays zero-padded, 7 becomes "7"."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def raw_json(record: Any) -> str:
+    return json.dumps(record, ensure_ascii=False, default=repr)
+
+
+def file_fingerprint(path: str) -> str:
+    """Size and mtime: enough to notice that a file changed between two ingests."""
+    st = os.stat(path)
+    return f"{st.st_size}:{int(st.st_mtime)}"

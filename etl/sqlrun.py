@@ -1,0 +1,101 @@
+"""DuckDB over the lake: the views of `sql/views.sql`, and `sql/*.sql` files run with parameters.
+
+In Python each Lance dataset is registered as a relation `<table>_lance` (a pyarrow dataset, with
+projection and filter push-down); `sql/views.sql` turns those into the user-facing views. Tables
+other than the contract's (e.g. `dup_exact`, `image_clusters` written by jobs) get a plain view of
+the same name. The DuckDB shell (`python -m etl shell`) builds the same relations with the lance
+extension reading the files directly, then runs the same `views.sql`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from etl import schema as S
+from etl.lake import Lake
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+VIEWS_SQL = SQL_DIR / "views.sql"
+VIEWS_IN_VIEWS_SQL = set(S.SCHEMAS)
+
+
+def sql_path(name: str) -> Path:
+    """`sql/<name>.sql` (a bare name) or a path to any .sql file."""
+    p = Path(name)
+    return p if p.suffix == ".sql" and p.exists() else SQL_DIR / f"{p.stem}.sql"
+
+
+def lake_tables(lake: Lake) -> list[str]:
+    """Every Lance table under the lake root (contract tables first, then job outputs)."""
+    if "://" in lake.root:
+        return [t for t in S.TABLES if lake.exists(t)]
+    extra = sorted(p[: -len(".lance")] for p in os.listdir(lake.root) if p.endswith(".lance"))
+    return [t for t in S.TABLES if t in extra] + [t for t in extra if t not in S.SCHEMAS]
+
+
+def connect(lake: Lake, version: Mapping[str, int | str] | None = None,
+            params: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the lake's views; `version` pins tables to Lance versions/tags."""
+    con = duckdb.connect()
+    con.execute("set enable_progress_bar = false")
+    tables = lake_tables(lake)
+    for table in tables:
+        ds = lake.dataset(table, (version or {}).get(table))
+        con.register(f"{table}_lance", ds)
+    con.execute(VIEWS_SQL.read_text())
+    for table in tables:
+        if table not in VIEWS_IN_VIEWS_SQL:
+            con.execute(f'create or replace view "{table}" as select * from "{table}_lance"')
+    set_variables(con, {"lake": lake.root, **(params or {})})
+    return con
+
+
+def set_variables(con: duckdb.DuckDBPyConnection, params: Mapping[str, Any]) -> None:
+    """Bind parameters for `getvariable('name')` in SQL files."""
+    for name, value in params.items():
+        con.execute(f"set variable {name} = ?", [value])
+
+
+def run_file(con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, Any] | None = None):
+    """Run `sql/<name>.sql` with parameters; returns the relation of its last statement."""
+    set_variables(con, params or {})
+    statements = [s for s in split_statements(sql_path(name).read_text()) if s.strip()]
+    for stmt in statements[:-1]:
+        con.execute(stmt)
+    return con.sql(statements[-1])
+
+
+def split_statements(text: str) -> list[str]:
+    """Split a SQL file on `;` at line ends (our files keep one statement per `;`-terminated block)."""
+    parts, current = [], []
+    for line in text.splitlines():
+        current.append(line)
+        if line.rstrip().endswith(";") and not line.lstrip().startswith("--"):
+            parts.append("\n".join(current).rstrip().rstrip(";"))
+            current = []
+    tail = "\n".join(current).strip()
+    if tail and not all(l.strip().startswith("--") or not l.strip() for l in current):
+        parts.append(tail)
+    return [p for p in parts if _has_code(p)]
+
+
+def _has_code(stmt: str) -> bool:
+    return any(l.strip() and not l.strip().startswith("--") for l in stmt.splitlines())
+
+
+def shell_init_script(lake: Lake, extension_path: str) -> str:
+    """The DuckDB shell's init: load the lance extension, map tables to files, then views.sql."""
+    lines = [f"LOAD '{extension_path}';"]
+    for table in lake_tables(lake):
+        path = os.path.abspath(lake.uri(table)) if "://" not in lake.root else lake.uri(table)
+        lines.append(f"create or replace view \"{table}_lance\" as select * from '{path}';")
+    lines.append(VIEWS_SQL.read_text())
+    for table in lake_tables(lake):
+        if table not in VIEWS_IN_VIEWS_SQL:
+            lines.append(f'create or replace view "{table}" as select * from "{table}_lance";')
+    lines.append(f"set variable lake = '{lake.root}';")
+    return "\n".join(lines) + "\n"

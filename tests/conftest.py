@@ -1,0 +1,49 @@
+"""Shared fixtures: a fresh lake per test, the realdata folder (skipped when absent), slow marker."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from etl.lake import Lake
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = REPO.parent / "shared" / "realdata"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="run @pytest.mark.slow tests (also MMLAKE_SLOW=1)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow") or os.environ.get("MMLAKE_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow or MMLAKE_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    """../shared/realdata (public files with real quirks); tests needing it skip when it is absent."""
+    if not REALDATA.is_dir():
+        pytest.skip(f"realdata not present at {REALDATA} (it ships beside the repo, not in it)")
+    return REALDATA
+
+
+@pytest.fixture
+def lake(tmp_path) -> Lake:
+    return Lake.open(str(tmp_path / "lake"))
+
+
+def run_cli(*args: str, lake: Lake | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m etl ...` as a user would, in a real subprocess."""
+    cmd = [sys.executable, "-m", "etl", *(["--lake", lake.root] if lake else []), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc

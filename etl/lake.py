@@ -101,6 +101,16 @@ class Lake:
             return
         lance.write_dataset(conform(table, S.SCHEMAS[name]), self.uri(name), mode="append")
 
+    def append_new(self, name: str, table: pa.Table) -> None:
+        """Append only the rows whose key is not in the table yet (idempotent appends)."""
+        if table.num_rows == 0:
+            return
+        key = S.KEYS[name]
+        present = self.existing_keys(name, table[key].to_pylist())
+        if present:
+            table = table.filter(pa.array([k not in present for k in table[key].to_pylist()]))
+        self.append(name, table)
+
     def fill_columns(self, name: str, table: pa.Table) -> None:
         """Set the columns in `table` for the rows whose key matches, rewriting only those columns.
 

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import lance
+import pyarrow as pa
+import pyarrow.dataset as pads
 
 from etl import schema as S
 from etl.lake import Lake
@@ -21,6 +24,30 @@ from etl.lake import Lake
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 VIEWS_SQL = SQL_DIR / "views.sql"
 VIEWS_IN_VIEWS_SQL = set(S.SCHEMAS)
+
+
+class PushdownSafeDataset(lance.LanceDataset):
+    """A Lance dataset whose filter push-down never fails on types Lance cannot convert.
+
+    DuckDB pushes `WHERE` filters into the scan; Lance 14 converts them to Substrait and rejects
+    unsigned integers (e.g. `phash IS NULL` fails). For such filters we scan the referenced
+    columns without a filter and let Arrow apply it (`Scanner.from_batches`), so every query works;
+    other filters keep Lance's push-down.
+    """
+
+    def scanner(self, columns=None, filter=None, **kwargs):
+        if filter is None or not self._mentions_unsigned(filter):
+            return super().scanner(columns=columns, filter=filter, **kwargs)
+        text = str(filter)
+        wanted = [f.name for f in self.schema if f.name != S.BLOB_COLUMN
+                  and (f.name in text or columns is None or f.name in columns)]
+        base = super().scanner(columns=wanted, batch_size=kwargs.get("batch_size"))
+        return pads.Scanner.from_batches(base.to_batches(), schema=base.projected_schema,
+                                         columns=columns, filter=filter)
+
+    def _mentions_unsigned(self, filter) -> bool:
+        text = str(filter)
+        return any(pa.types.is_unsigned_integer(f.type) and f.name in text for f in self.schema)
 
 
 def sql_path(name: str) -> Path:
@@ -44,7 +71,7 @@ def connect(lake: Lake, version: Mapping[str, int | str] | None = None,
     con.execute("set enable_progress_bar = false")
     tables = lake_tables(lake)
     for table in tables:
-        ds = lake.dataset(table, (version or {}).get(table))
+        ds = PushdownSafeDataset(lake.uri(table), version=(version or {}).get(table))
         con.register(f"{table}_lance", ds)
     con.execute(VIEWS_SQL.read_text())
     for table in tables:

@@ -22,7 +22,7 @@ def lake_totals(con) -> dict[str, int]:
     row = con.execute(
         "select (select count(*) from samples), (select count(*) from images), "
         "(select coalesce(sum(nbytes), 0) from images), (select count(*) from errors)"
-    ).fetchone()
+    ).fetchall()[0]
     return dict(zip(["samples", "images", "image_bytes", "errors"], row))
 
 

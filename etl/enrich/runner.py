@@ -21,6 +21,7 @@ from etl import schema as S
 from etl.engine.local import LocalEngine
 from etl.enrich.base import EnrichBatch, Enricher, EnrichResult
 from etl.errors import ErrorRow, errors_table
+from etl.faults import crash_point
 from etl.lake import Lake
 from etl.runlog import recorded_run
 from etl.sqlrun import connect
@@ -71,10 +72,10 @@ def todo_batches(lake: Lake, enricher: Enricher, opts: RunOptions) -> tuple[int,
         retry="true" if opts.retry_errors else "false", limit=f"limit {int(opts.limit)}" if opts.limit else "",
     )
     params = {"stage": enricher.name}
-    total = con.execute(f"select count(*) from ({sql})", params).fetchone()[0]
+    total = con.execute(f"select count(*) from ({sql})", params).fetchall()[0][0]
 
     def batches() -> Iterator[pa.Table]:
-        reader = con.execute(sql, params).fetch_record_batch(opts.batch_size)
+        reader = con.sql(sql, params=params).to_arrow_reader(opts.batch_size)
         for rb in reader:
             yield pa.Table.from_batches([rb])
 
@@ -145,7 +146,8 @@ class Committer:
         if self.values:
             self.lake.fill_columns(self.enricher.table, pa.concat_tables(self.values, promote_options="default"))
             self.run.counts["commits"] += 1
-        self.lake.append(S.ERRORS, errors_table(self.failures))
+            crash_point("after_enrich_commit")
+        self.lake.append_new(S.ERRORS, errors_table(self.failures))  # a retried failure keeps one row
         self.values, self.failures, self.last_commit = [], [], time.monotonic()
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import glob
 import os
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -110,8 +111,37 @@ def _stem(arg: str) -> str:
 @dataclass
 class LoadedImage:
     info: ImageInfo | None = None
-    data: bytes | None = None
+    data: bytes | None = None  # None with `info` set: the file is already stored in the lake
     error: tuple[str, str] | None = None  # (kind, message)
+    path: str | None = None  # the file it came from, if any
+
+
+class StoredPaths:
+    """Image files this run already stored, by path (bounded LRU).
+
+    COCO-style sources reference the same file from many records: a re-referenced file whose size
+    and mtime are unchanged is not read and hashed again.
+    """
+
+    def __init__(self, capacity: int = 500_000):
+        self.capacity, self.entries, self.lock = capacity, OrderedDict(), threading.Lock()
+
+    def get(self, path: str) -> ImageInfo | None:
+        st = os.stat(path)
+        with self.lock:
+            entry = self.entries.get(path)
+            if entry is None or entry[0] != (st.st_size, st.st_mtime_ns):
+                return None
+            self.entries.move_to_end(path)
+            return entry[1]
+
+    def put(self, path: str, info: ImageInfo) -> None:
+        st = os.stat(path)
+        with self.lock:
+            self.entries[path] = ((st.st_size, st.st_mtime_ns), info)
+            self.entries.move_to_end(path)
+            while len(self.entries) > self.capacity:
+                self.entries.popitem(last=False)
 
 
 def resolve_path(ref: ImageRef, image_roots: list[str]) -> str | None:
@@ -140,7 +170,7 @@ def load_image(ref: ImageRef, image_roots: list[str]) -> LoadedImage:
         except OSError as exc:
             return LoadedImage(error=("unreadable_image", f"{path}: {exc}"))
     try:
-        return LoadedImage(info=sniff(data), data=data)
+        return LoadedImage(info=sniff(data), data=data, path=path if ref.data is None else None)
     except NotAnImage as exc:
         where = ref.path or "embedded bytes"
         return LoadedImage(error=(exc.kind, f"{where}: {exc}"))
@@ -160,6 +190,7 @@ class Ingestor:
     def __init__(self, lake: Lake, opts: IngestOptions, run: Run):
         self.lake, self.opts, self.run = lake, opts, run
         self.pool = ThreadPoolExecutor(max_workers=opts.io_threads)
+        self.stored_paths = StoredPaths()
 
     def ingest_file(self, file: InputFile, bar: tqdm) -> None:
         job, fingerprint = f"{STAGE}:{file.source}", file_fingerprint(file.path)
@@ -216,7 +247,7 @@ class Ingestor:
     def resolve(self, file: InputFile, records: list[SourceRecord]):
         """Load every image of the batch in parallel; split records into samples and errors."""
         refs = [ref for r in records if not r.error for ref in r.images]
-        loaded = iter(list(self.pool.map(lambda ref: load_image(ref, self.opts.image_roots), refs)))
+        loaded = iter(list(self.pool.map(self.load, refs)))
         samples, errors, images = [], [], {}
         for record in records:
             sid = sample_id(file, record)
@@ -230,23 +261,36 @@ class Ingestor:
                 errors.append(self.error(file, record, sid, failed[0][0], message))
                 continue
             for img in mine:
-                images.setdefault(img.info.image_id, img)
+                kept = images.get(img.info.image_id)
+                if kept is None or kept.data is None:  # prefer a copy that carries bytes
+                    images[img.info.image_id] = img
             if not record.images_only:
                 samples.append(sample_row(file, record, sid, [img.info.image_id for img in mine]))
         return samples, errors, images
+
+    def load(self, ref: ImageRef) -> LoadedImage:
+        if ref.data is None and ref.path:
+            path = resolve_path(ref, self.opts.image_roots)
+            if path and (info := self.stored_paths.get(path)):
+                return LoadedImage(info=info, path=path)
+        return load_image(ref, self.opts.image_roots)
 
     def error(self, file: InputFile, record: SourceRecord, sid: str, kind: str, message: str) -> ErrorRow:
         return ErrorRow(STAGE, sid, kind, message, source=file.source, file=file.name, row=record.source_row,
                         orig_id=record.orig_id, raw=record.raw, run_id=self.run.run_id)
 
     def store_images(self, images: dict[str, LoadedImage]) -> None:
-        present = self.lake.existing_keys(S.IMAGES, list(images))
-        new = [img for iid, img in images.items() if iid not in present]
-        self.run.counts["images_already_in_lake"] += len(present)
+        unknown = [iid for iid, img in images.items() if img.data is not None]
+        present = self.lake.existing_keys(S.IMAGES, unknown)
+        new = [images[iid] for iid in unknown if iid not in present]
+        self.run.counts["images_already_in_lake"] += len(images) - len(new)
         self.run.counts["images_added"] += len(new)
         self.run.counts["image_bytes_added"] += sum(img.info.nbytes for img in new)
         if new:
             self.lake.append(S.IMAGES, images_table(new))
+        for img in images.values():
+            if img.path:
+                self.stored_paths.put(img.path, img.info)
 
 
 def sample_id(file: InputFile, record: SourceRecord) -> str:

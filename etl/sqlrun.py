@@ -68,7 +68,10 @@ def connect(lake: Lake, version: Mapping[str, int | str] | None = None,
             params: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the lake's views; `version` pins tables to Lance versions/tags."""
     con = duckdb.connect()
-    con.execute("set enable_progress_bar = false")
+    try:
+        con.execute("set enable_progress_bar = false")
+    except duckdb.InvalidInputException:
+        pass  # inside Jupyter without ipywidgets DuckDB refuses the setting; the bar is already off there
     tables = lake_tables(lake)
     for table in tables:
         ds = PushdownSafeDataset(lake.uri(table), version=(version or {}).get(table))

@@ -167,6 +167,8 @@ def run_enricher(lake: Lake, enricher: Enricher, opts: RunOptions) -> Counter:
                 for result in engine.map_unordered(_Factory(lake.root, enricher), batches):
                     committer.add(result)
                     bar.update(result.values.num_rows + len(result.failures))
+                    if run.counts["tokens"]:  # enrichers that report stats["tokens"] (loss) get tokens/s
+                        bar.set_postfix_str(f"{run.counts['tokens'] / max(bar.format_dict['elapsed'], 1e-9):,.0f} tok/s")
             finally:
                 committer.commit()
         lake.compact(S.ERRORS)

@@ -112,3 +112,52 @@ KEYS = {IMAGES: "image_id", SAMPLES: "sample_id", ERRORS: "error_id", RUNS: "run
 def columns_without_blob(schema: pa.Schema) -> list[str]:
     """Every column a scan may safely select (the blob column returns descriptors, not bytes)."""
     return [name for name in schema.names if name != BLOB_COLUMN]
+
+
+# -- derived tables written by `python -m etl dedup` (etl/dedup.py) ---------------------------------
+# Not contract tables: they are not created by Lake.open, each dedup run overwrites them (a new
+# Lance version, so older results stay readable by version), and every row carries the run_id whose
+# `runs` row (and the table's schema metadata "mmlake:params") holds the parameters.
+DUP_EXACT = "dup_exact"
+DUP_NEAR = "dup_near"
+IMAGE_CLUSTERS = "image_clusters"
+
+DUP_EXACT_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),  # the duplicate, to remove
+        pa.field("source", pa.string()),
+        pa.field("kept_sample_id", pa.string()),  # the earlier sample it duplicates
+        pa.field("dup_key", pa.string()),  # md5 of the compared content (phash list [+ conversations])
+        pa.field("group_size", pa.int64()),
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+IMAGE_CLUSTERS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("cluster_id", pa.string()),  # the representative's image_id
+        pa.field("is_representative", pa.bool_()),
+        pa.field("cluster_size", pa.int64()),
+        pa.field("distance_to_representative", pa.int32()),  # Hamming distance of the phashes
+        pa.field("near_k", pa.int32()),
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+DUP_NEAR_SCHEMA = pa.schema(
+    [
+        pa.field("sample_id", pa.string(), nullable=False),  # the near-duplicate, to remove
+        pa.field("source", pa.string()),
+        pa.field("kept_sample_id", pa.string()),
+        pa.field("cluster_key", pa.string()),  # md5 of the cluster list [+ conversations]
+        pa.field("near_k", pa.int32()),
+        pa.field("run_id", pa.string()),
+    ]
+)
+
+DERIVED_SCHEMAS: dict[str, pa.Schema] = {
+    DUP_EXACT: DUP_EXACT_SCHEMA,
+    DUP_NEAR: DUP_NEAR_SCHEMA,
+    IMAGE_CLUSTERS: IMAGE_CLUSTERS_SCHEMA,
+}

@@ -95,7 +95,7 @@ def run_file(con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, Any
     set_variables(con, params or {})
     statements = [s for s in split_statements(sql_path(name).read_text()) if s.strip()]
     for stmt in statements[:-1]:
-        con.execute(stmt)
+        con.execute(stmt).fetchall()  # duckdb 2.0: an unread result would block the connection
     return con.sql(statements[-1])
 
 

@@ -1,0 +1,162 @@
+"""The `dedup` job: run the dedup SQL over the lake and materialise its decisions as lake tables.
+
+`sql/dedup_exact.sql` decides which samples repeat an earlier one (same phash list and, by default,
+same conversations, within a source); with `near_k`, `sql/dedup_near.sql` clusters images whose
+phashes differ in at most `near_k` bits and decides which samples those clusters make redundant.
+Nothing is deleted: the decisions land in `dup_exact`, `image_clusters` and `dup_near` (schemas in
+`etl.schema`, each row tagged with the run_id whose `runs` row holds the parameters), and exports or
+notebooks anti-join them. The printed summary says, per source, what would be removed.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import lance
+import pyarrow as pa
+
+from etl import schema as S
+from etl.lake import Lake, dumps
+from etl.runlog import recorded_run
+from etl.sqlrun import connect, run_file
+
+HELP = "Find exact (and, with --near K, near-duplicate) samples; write dup_exact / image_clusters / dup_near."
+EXAMPLES = """\
+  python -m etl dedup                       # exact duplicates within each source
+  python -m etl dedup --near 2              # + near-duplicate images (Hamming <= 2), clustered
+  python -m etl dedup --near 3 --scope global --images-only
+Run `python -m etl enrich phash` first: samples whose images have no phash are never duplicates.
+The rules are sql/dedup_exact.sql and sql/dedup_near.sql; results: tables dup_exact, dup_near,
+image_clusters (one Lance version per run, parameters in `runs`)."""
+
+PER_SOURCE_SUMMARY = """
+select s.source,
+       count(*) as samples,
+       count(e.sample_id) as exact_duplicates,
+       count(n.sample_id) filter (where e.sample_id is null) as near_duplicates,
+       count(*) - count(e.sample_id) - count(n.sample_id) filter (where e.sample_id is null) as kept
+from samples s
+left join exact_result e using (sample_id)
+left join near_result n using (sample_id)
+group by s.source
+order by s.source
+"""
+
+
+@dataclass
+class DedupOptions:
+    near_k: int | None = None  # None: exact dedup only
+    near_bands: int | None = None  # pigeonhole bands; default near_k + 2 (see sql/dedup_near.sql)
+    scope: str = "source"  # source | global: where an "earlier" duplicate is looked for
+    consider_text: bool = True  # also require equal conversations
+    # DuckDB spills the band join to disk beyond this: 10M hashes at k=3 ran in ~77 s with a 4.9 GB
+    # peak process RSS under "4GB" (bench/bench_near_dup.py), vs ~10 GB with DuckDB's default (80% RAM).
+    memory_limit: str | None = "4GB"
+
+    def sql_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"dedup_scope": self.scope, "dedup_consider_text": self.consider_text}
+        if self.near_k is not None:
+            params["near_k"] = self.near_k
+            params["near_bands"] = self.near_bands if self.near_bands is not None else self.near_k + 2
+        return params
+
+
+@dataclass
+class DedupReport:
+    run_id: str
+    per_source: list[dict[str, Any]] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+
+
+def run_dedup(lake: Lake, opts: DedupOptions) -> DedupReport:
+    """Run the dedup SQL, overwrite the result tables, return per-source counts."""
+    if opts.scope not in ("source", "global"):
+        raise ValueError(f"--scope must be source or global, not {opts.scope!r}")
+    if opts.memory_limit and not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", opts.memory_limit):
+        raise ValueError(f"--memory-limit must look like 4GB or 512MiB, not {opts.memory_limit!r}")
+    params = {"command": "dedup", **opts.sql_params(), "memory_limit": opts.memory_limit}
+    with recorded_run(lake, "dedup", params) as run:
+        con = connect(lake, params=opts.sql_params())
+        if opts.memory_limit:
+            con.execute(f"set memory_limit = '{opts.memory_limit}'")
+        run.counts["images_with_phash"] = con.execute(
+            "select count(*) from images where phash::hugeint is not null").fetchone()[0]
+        exact = _write(lake, S.DUP_EXACT, run_file(con, "dedup_exact"), params, run_id=run.run_id)
+        con.register("exact_result", exact)
+        run.counts["exact_duplicates"] = exact.count_rows()
+        if opts.near_k is None:
+            con.register("near_result", pa.table({"sample_id": pa.array([], pa.string())}))
+        else:
+            near_rel = run_file(con, "dedup_near")  # statement 1 fills temp table near_image_clusters
+            tags = {"near_k": opts.near_k, "run_id": run.run_id}
+            clusters = _write(lake, S.IMAGE_CLUSTERS, con.sql("select * from near_image_clusters"), params, **tags)
+            near = _write(lake, S.DUP_NEAR, near_rel, params, **tags)
+            con.register("near_result", near)
+            run.counts["clustered_images"] = clusters.count_rows()
+            run.counts["clusters"] = clusters.count_rows(filter="is_representative")
+            run.counts["near_duplicates"] = near.count_rows()
+        per_source = con.sql(PER_SOURCE_SUMMARY).to_arrow_table().to_pylist()
+    return DedupReport(run.run_id, per_source, run.counts)
+
+
+def _write(lake: Lake, name: str, rel, params: dict[str, Any], **constants: Any) -> lance.LanceDataset:
+    """Stream the relation's rows into table `name` (overwritten: a new Lance version).
+
+    Rows are conformed to the declared schema, with the constant columns (run_id, near_k) added;
+    the table's schema metadata "mmlake:params" holds the run's parameters.
+    """
+    schema = S.DERIVED_SCHEMAS[name].with_metadata({"mmlake:params": dumps(params)})
+
+    def conformed() -> Iterator[pa.RecordBatch]:
+        for batch in rel.to_arrow_reader(65536):
+            columns = dict(zip(batch.schema.names, batch.columns))
+            columns.update({k: pa.array([v] * batch.num_rows) for k, v in constants.items()})
+            yield pa.RecordBatch.from_arrays(
+                [columns[f.name].cast(f.type) if f.name in columns else pa.nulls(batch.num_rows, f.type)
+                 for f in schema], schema=schema)
+
+    reader = pa.RecordBatchReader.from_batches(schema, conformed())
+    return lance.write_dataset(reader, lake.uri(name), schema=schema, mode="overwrite", data_storage_version="2.2")
+
+
+def print_report(report: DedupReport, opts: DedupOptions) -> None:
+    near = f", near-duplicates within {opts.near_k} bits" if opts.near_k is not None else ""
+    print(f"dedup (scope {opts.scope}{near}; run {report.run_id}): what would be removed per source")
+    header = ["source", "samples", "exact_duplicates", "near_duplicates", "kept"]
+    rows = [[str(r[h]) for h in header] for r in report.per_source]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    if report.counts.get("images_with_phash", 0) == 0:
+        print("  note: no image has a phash yet; run `python -m etl enrich phash` first")
+    if opts.near_k is not None:
+        print(f"  image clusters: {report.counts['clusters']:,} "
+              f"({report.counts['clustered_images']:,} images) -> table {S.IMAGE_CLUSTERS}")
+    print(f"  tables: {S.DUP_EXACT}" + (f", {S.DUP_NEAR}, {S.IMAGE_CLUSTERS}" if opts.near_k is not None else ""))
+
+
+# -- CLI (wired by etl/commands/dedup.py) --------------------------------------------------------------
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--near", type=int, metavar="K", dest="near_k",
+                   help="also cluster images whose phashes differ in at most K bits (e.g. 2)")
+    p.add_argument("--bands", type=int, dest="near_bands",
+                   help="pigeonhole bands for --near (default K+2; recall is exact for any value > K)")
+    p.add_argument("--scope", choices=["source", "global"], default="source",
+                   help="look for the earlier duplicate within the same source (default) or in all sources")
+    p.add_argument("--memory-limit", default="4GB",
+                   help="DuckDB memory limit; the near-duplicate join spills to disk beyond it (default 4GB)")
+    p.add_argument("--images-only", action="store_true",
+                   help="compare images only, not conversations (text-only samples are then never duplicates)")
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = DedupOptions(near_k=args.near_k, near_bands=args.near_bands, scope=args.scope,
+                        consider_text=not args.images_only, memory_limit=args.memory_limit)
+    report = run_dedup(Lake.open(args.lake), opts)
+    print_report(report, opts)
+    return 0

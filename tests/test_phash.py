@@ -1,0 +1,248 @@
+"""Perceptual hashes: exact mode equals imagehash on every real image, fast mode stays close,
+bad images get NULL + one error row, and the enricher fills the lake column without touching blobs."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageFilter
+
+imagehash = pytest.importorskip("imagehash")
+
+from etl import schema as S  # noqa: E402
+from etl.enrich import phash as P  # noqa: E402
+from etl.enrich.base import EnrichBatch  # noqa: E402
+from etl.images import content_id, sniff  # noqa: E402
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def imagehash_u64(data: bytes) -> int:
+    """The reference: what every published phash column holds."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return int(str(imagehash.phash(Image.open(io.BytesIO(data)))), 16)
+
+
+def reference_or_error(data: bytes) -> int | None:
+    try:
+        return imagehash_u64(data)
+    except Exception:  # noqa: BLE001 - imagehash fails the way Pillow fails
+        return None
+
+
+def realdata_images(root: Path) -> dict[str, bytes]:
+    """Every image under realdata: plain files, tar/tgz members and parquet image bytes."""
+    found: dict[str, bytes] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            found[rel] = path.read_bytes()
+        elif path.suffix in (".tar", ".tgz"):
+            with tarfile.open(path) as tar:
+                for member in tar.getmembers():
+                    if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                        found[f"{rel}::{member.name}"] = tar.extractfile(member).read()
+        elif path.suffix == ".parquet":
+            table = pq.read_table(path)
+            for name in table.column_names:
+                col = table[name]
+                if pa.types.is_list(col.type) and pa.types.is_binary(col.type.value_type):
+                    for r, items in enumerate(col.to_pylist()):
+                        for j, data in enumerate(items or []):
+                            if data:
+                                found[f"{rel}::{name}[{r}][{j}]"] = data
+    return found
+
+
+def gray_png(width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# -- exact mode ------------------------------------------------------------------------------------
+def test_exact_mode_reproduces_the_upstream_imagehash_constant(realdata):
+    expected = json.loads((realdata / "imagehash" / "expected_hashes.json").read_text())
+    want = expected["constant_hashes"]["tests/data/imagehash.png"]["phash"]
+    data = (realdata / "imagehash" / "tests" / "data" / "imagehash.png").read_bytes()
+    assert P.hash_to_hex(P.phash_exact(data)) == want == "ba8c84536bd3c366"
+
+
+def test_exact_mode_equals_imagehash_on_every_realdata_image(realdata):
+    images = realdata_images(realdata)
+    assert len(images) > 250, "expected the whole realdata image set (files, tar members, parquet bytes)"
+    names = list(images)
+    values, errors = P.phash_batch([images[n] for n in names], "exact")
+    mismatches, error_mismatch = [], []
+    for name, value, error in zip(names, values, errors):
+        ref = reference_or_error(images[name])
+        if ref is None or value is None:
+            if (ref is None) != (value is None):
+                error_mismatch.append((name, ref, value, error))
+        elif ref != value:
+            mismatches.append((name, f"{ref:016x}", f"{value:016x}"))
+    assert not mismatches, mismatches
+    assert not error_mismatch, error_mismatch
+
+
+def test_exact_mode_equals_imagehash_on_generated_sizes_and_modes():
+    """Odd sizes (tall, wide, tiny, exactly 32) and every mode imagehash meets in the wild."""
+    rng = np.random.default_rng(11)
+    cases = [(1, 1), (5, 200), (200, 5), (31, 33), (32, 32), (33, 32), (40, 33), (1006, 7), (640, 480), (347, 1301)]
+    cases += [tuple(int(v) for v in rng.integers(2, 900, 2)) for _ in range(25)]
+    datas = []
+    for i, (w, h) in enumerate(cases):
+        noise = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        base = Image.fromarray(noise).filter(ImageFilter.GaussianBlur(3)) if i % 2 else Image.fromarray(noise)
+        mode = ["RGB", "L", "RGBA", "P", "CMYK", "LA", "I;16", "1"][i % 8]
+        im = base.convert(mode) if mode not in ("I;16",) else Image.fromarray(
+            (rng.integers(0, 65536, (h, w))).astype(np.uint16))
+        fmt = "JPEG" if mode in ("CMYK",) else "TIFF" if mode == "I;16" else "PNG"
+        buf = io.BytesIO()
+        im.save(buf, fmt)
+        datas.append(buf.getvalue())
+    datas.append(_solid_png(64, 48, 128))  # constant image: every AC coefficient ties at the median
+    values, _ = P.phash_batch(datas, "exact")
+    assert values == [imagehash_u64(d) for d in datas]
+
+
+def _solid_png(width: int, height: int, level: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (width, height), level).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_thumbnail_matches_pillow_lanczos_bit_for_bit_in_both_pass_orders():
+    rng = np.random.default_rng(5)
+    shapes = [(1000, 300), (300, 1000), (40, 33), (33, 40), (2, 700), (700, 2), (32, 500), (500, 32)]
+    for h, w in shapes:
+        gray = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        ref = np.asarray(Image.fromarray(gray).resize((32, 32), Image.Resampling.LANCZOS))
+        assert np.array_equal(P.thumbnail32(gray), ref), (h, w)
+
+
+# -- fast mode --------------------------------------------------------------------------------------
+def test_fast_mode_stays_within_a_few_bits_of_exact_on_real_jpegs(realdata):
+    folder = realdata / "llava_pretrain_pr1902" / "playground" / "data" / "LLaVA-Pretrain" / "images"
+    datas = [p.read_bytes() for p in sorted(folder.rglob("*.jpg"))][:120]
+    datas += [p.read_bytes() for p in sorted((realdata / "data_juicer" / "tests" / "ops" / "data").glob("*.jpg"))]
+    exact, _ = P.phash_batch(datas, "exact")
+    fast, _ = P.phash_batch(datas, "fast")
+    distances = np.array([bin(a ^ b).count("1") for a, b in zip(exact, fast)])
+    assert (distances <= 2).mean() >= 0.95, np.bincount(distances)
+    assert distances.max() <= 8
+
+
+def test_fast_mode_hashes_every_realdata_image_that_exact_mode_hashes(realdata):
+    """CMYK, grayscale, progressive and odd JPEGs all go through the reduced decode."""
+    images = list(realdata_images(realdata).values())
+    exact, _ = P.phash_batch(images, "exact")
+    fast, _ = P.phash_batch(images, "fast")
+    assert [v is None for v in fast] == [v is None for v in exact]
+    distances = np.array([bin(a ^ b).count("1") for a, b in zip(exact, fast) if a is not None])
+    assert (distances <= 2).mean() >= 0.95 and distances.max() <= 6
+
+
+def test_fast_mode_equals_exact_on_non_jpeg_images():
+    datas = [gray_png(300, 200, seed) for seed in range(3)]
+    assert P.phash_batch(datas, "fast")[0] == P.phash_batch(datas, "exact")[0]
+
+
+# -- bad and odd images -----------------------------------------------------------------------------
+def test_truncated_jpeg_gets_null_phash_and_a_decode_error(realdata):
+    data = (realdata / "pillow_test_images" / "Tests" / "images" / "truncated_jpeg.jpg").read_bytes()
+    for mode in P.MODES:
+        values, errors = P.phash_batch([data], mode)
+        assert values == [None]
+        assert "truncated" in errors[0]
+
+
+def test_animated_gif_hashes_its_first_frame(realdata):
+    data = (realdata / "pillow_test_images" / "Tests" / "images" / "iss634.gif").read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        im.seek(0)
+        first = im.convert("L")
+        assert getattr(im, "n_frames", 1) > 1
+    assert P.phash_exact(data) == int(str(imagehash.phash(first)), 16)
+
+
+def test_cmyk_and_rgb_copies_of_one_picture_hash_alike(realdata):
+    folder = realdata / "pillow_test_images" / "Tests" / "images"
+    a = P.phash_exact((folder / "pil_sample_rgb.jpg").read_bytes())
+    b = P.phash_exact((folder / "pil_sample_cmyk.jpg").read_bytes())
+    assert bin(a ^ b).count("1") == 0
+
+
+def test_hash_values_above_2_63_survive_as_uint64():
+    value = 0xFAC1853AB43E6EC0
+    arr = pa.array([value], pa.uint64())
+    assert arr.to_pylist() == [value] and value > 2**63
+
+
+# -- the enricher ------------------------------------------------------------------------------------
+def test_enricher_returns_values_and_one_failure_per_undecodable_image(realdata):
+    good = (realdata / "imagehash" / "tests" / "data" / "imagehash.png").read_bytes()
+    bad = (realdata / "pillow_test_images" / "Tests" / "images" / "truncated_jpeg.jpg").read_bytes()
+    rows = pa.table({"image_id": [content_id(good), content_id(bad), "missing"]})
+    enricher = P.PhashEnricher(mode="exact")
+    enricher.setup()
+    result = enricher.process(EnrichBatch(rows, [good, bad, None]))
+    assert result.values.column_names == ["image_id", "phash", "phash_mode"]
+    assert result.values.to_pylist() == [
+        {"image_id": content_id(good), "phash": 0xBA8C84536BD3C366, "phash_mode": "exact"}
+    ]
+    assert [(f.key, f.kind) for f in result.failures] == [(content_id(bad), "decode_error"), ("missing", "decode_error")]
+
+
+def test_unknown_mode_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown phash mode"):
+        P.PhashEnricher(mode="approximate")
+
+
+def _images_table(datas: list[bytes]) -> pa.Table:
+    import lance
+
+    rows = []
+    for data in datas:
+        info = sniff(data)
+        rows.append({"image_id": info.image_id, "format": info.format, "width": info.width,
+                     "height": info.height, "nbytes": info.nbytes})
+    table = pa.Table.from_pylist(rows)
+    return table.append_column(S.BLOB_COLUMN, lance.blob_array(datas))
+
+
+def test_enrich_phash_fills_the_column_records_errors_and_a_rerun_computes_nothing(lake, realdata):
+    from etl.enrich.runner import RunOptions, run_enricher
+
+    folder = realdata / "pillow_test_images" / "Tests" / "images"
+    names = ["hopper.png", "hopper.jpg", "pil_sample_cmyk.jpg", "truncated_jpeg.jpg", "iss634.gif", "i_trns.png"]
+    datas = [(folder / n).read_bytes() for n in names]
+    lake.append(S.IMAGES, _images_table(datas))
+    blob_files_before = sorted(p.name for p in Path(lake.uri(S.IMAGES)).rglob("*") if p.is_file())
+
+    counts = run_enricher(lake, P.PhashEnricher(mode="exact"), RunOptions(workers=1, progress=False))
+    assert counts["computed"] == 5 and counts["errors.decode_error"] == 1
+
+    got = {r["image_id"]: r for r in lake.dataset(S.IMAGES).to_table(columns=["image_id", "phash", "phash_mode"]).to_pylist()}
+    for name, data in zip(names, datas):
+        ref = reference_or_error(data)
+        assert got[content_id(data)]["phash"] == ref, name
+    assert got[content_id(datas[3])]["phash_mode"] is None
+    errors = lake.dataset(S.ERRORS).to_table().to_pylist()
+    assert [(e["stage"], e["kind"]) for e in errors] == [("phash", "decode_error")]
+
+    again = run_enricher(lake, P.PhashEnricher(mode="exact"), RunOptions(workers=1, progress=False))
+    assert again["todo"] == 0 and again["computed"] == 0
+    # blob data files are never rewritten: the old ones are all still there
+    blob_files_after = sorted(p.name for p in Path(lake.uri(S.IMAGES)).rglob("*") if p.is_file())
+    assert set(f for f in blob_files_before if f.endswith((".blob", ".lance"))) <= set(blob_files_after)

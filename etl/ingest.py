@@ -301,7 +301,8 @@ def sample_id(file: InputFile, record: SourceRecord) -> str:
 def sample_row(file: InputFile, record: SourceRecord, sid: str, image_ids: list[str]) -> dict:
     return {
         "sample_id": sid, "source": file.source, "source_file": file.name, "source_row": record.source_row,
-        "orig_id": record.orig_id, "image_ids": image_ids, "conversations": record.conversations,
+        "orig_id": record.orig_id, "image_ids": image_ids, "image_paths": [ref.path for ref in record.images],
+        "conversations": record.conversations,
         "meta": dumps(record.meta),
     }
 

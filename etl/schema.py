@@ -47,6 +47,7 @@ SAMPLES_SCHEMA = pa.schema(
         pa.field("source_row", pa.int64()),
         pa.field("orig_id", pa.string()),
         pa.field("image_ids", pa.list_(pa.string())),
+        pa.field("image_paths", pa.list_(pa.string())),  # as written in the source, same order (NULL: embedded)
         pa.field("conversations", CONVERSATIONS),
         pa.field("meta", pa.string()),  # JSON object of every other key of the raw record
         # enrichment

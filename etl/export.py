@@ -1,0 +1,580 @@
+"""Export: a recipe over a pinned lake version → training files a VLM trainer reads as they are.
+
+What one export writes under DIR:
+- `<recipe>.json` (or `<source>.json` per source with `split_by_source`): a JSON array, one record per
+  line. LLaVA format: `{"id", "image", "conversations": [{"from", "value"}]}` with `image` a string for
+  one image, a list for several and absent for text-only records (never `null`); ids are strings.
+  Messages format (LLaMA-Factory / Qwen fine-tuning): `{"id", "messages": [{"role", "content"}], "images"}`.
+- `data.yaml` (LLaVA-NeXT/OneVision `datasets: [{json_path, sampling_strategy}]`) or, for messages,
+  `dataset_info.json` (LLaMA-Factory); sampling already happened, so every entry says `all`.
+- `images/`: each referenced image once, at a path relative to `images/` (the `--image_folder` to pass)
+  that never escapes DIR, with the extension of its real format: GIF bytes that a source named `.jpg`
+  (OCR-VQA) are written as `.gif`, never transcoded, so bytes and sha256 stay the lake's.
+- `images.sha256` (`sha256sum -c` format) and `manifest.json`: lake versions, the recipe and its
+  sha256, counts per source and per removal reason, the sha256 of every other file. No timestamps:
+  the same recipe on the same lake version gives byte-identical files.
+
+Fixable problems found by sql/checks.sql are normalised here, in SQL: turn values are stripped of
+surrounding whitespace, and a sample with images but no `<image>` tag gets one `<image>\\n` per image at
+the start of its first turn. Text-only samples never get a tag.
+
+Image modes: `copy` writes the blob bytes; `hardlink`/`symlink` link from a content-addressed cache
+(`--image-cache`, default `DIR/../.mmlake-image-cache`, filled from the lake's blobs on first use and
+shared by later exports) because the lake keeps bytes inside Lance files, not as files; `none` writes
+JSON only (the paths still name where the images would be).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import yaml
+
+from etl import schema as S
+from etl.images import EXTENSIONS
+from etl.lake import Lake
+from etl.recipe import (REMOVAL_REASONS, CompiledRecipe, Recipe, check_dedup_tables, compile_recipe, lake_columns,
+                        load_recipe, sql_literal)
+from etl.runlog import recorded_run
+from etl.sqlrun import connect, lake_tables, set_variables
+
+IMAGE_MODES = ("copy", "hardlink", "symlink", "none")
+LAYOUTS = ("hashed", "original")
+FORMATS = ("llava", "messages")
+MANIFEST = "manifest.json"
+IMAGES_DIR = "images"
+IMAGES_SUMS = "images.sha256"
+CACHE_NAME = ".mmlake-image-cache"
+ORIGINAL_PATHS_COLUMN = "image_paths"  # per-sample image paths as written in the source (if ingest keeps them)
+
+
+class ExportError(ValueError):
+    """The export cannot run as asked; the message says what to change."""
+
+
+@dataclass
+class ExportOptions:
+    out: str
+    images: str = "copy"
+    layout: str = "hashed"
+    format: str = "llava"
+    version: str | None = None  # N (samples version) | TAG | table=N,table=N
+    split_by_source: bool = False
+    force: bool = False
+    image_cache: str | None = None
+    threads: int = 8
+    batch_rows: int = 50_000
+    image_batch: int = 1000
+    memory_limit: str = "2GB"  # DuckDB spills sorts/joins to a temp dir beyond this
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: dict
+    counts: Counter = field(default_factory=Counter)
+
+
+# -- the job ------------------------------------------------------------------------------------------
+def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
+    """Run the recipe on the (pinned) lake and write JSON, yaml, images, checksums and the manifest."""
+    validate_options(opts)
+    recipe = load_recipe(recipe_path)
+    pins = resolve_versions(lake, opts.version)
+    params = {"recipe": os.path.abspath(recipe_path), "recipe_sha256": recipe.sha256, "out": os.path.abspath(opts.out),
+              "images": opts.images, "layout": opts.layout, "format": opts.format, "versions": pins,
+              "split_by_source": opts.split_by_source}
+    with recorded_run(lake, "export", params) as run, tempfile.TemporaryDirectory(prefix="mmlake-export-") as tmp:
+        con = connect(lake, version=pins)
+        con.execute(f"set temp_directory = {sql_literal(tmp)}")
+        con.execute(f"set memory_limit = {sql_literal(opts.memory_limit)}")
+        compiled = compile_recipe(recipe, lake_columns(con))  # a bad recipe fails before DIR is touched
+        dedup_runs = check_dedup_tables(con, recipe, lake)
+        set_variables(con, compiled.variables())
+        stage_selection(con, compiled, opts)
+        counts = decision_counts(con)
+        check_sources_exist(con, recipe, counts)
+        out = prepare_out_dir(Path(opts.out), opts.force)
+        files = write_json_files(con, out, recipe, opts)
+        files.update(write_loader_config(out, recipe, opts, files))
+        counts["images"] = write_images(lake, con, out, opts, pins)
+        if opts.images != "none":
+            files[IMAGES_SUMS] = file_entry(out / IMAGES_SUMS)
+        manifest = build_manifest(lake, recipe, opts, pins, counts, files)
+        manifest["dedup"] = dedup_runs
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        run.counts.update({"samples_written": counts["samples"], "images_written": counts["images"]["written"],
+                           **{f"removed.{k}": v for k, v in counts["removed_total"].items()}})
+        con.close()
+    return ExportResult(out, manifest, run.counts)
+
+
+def validate_options(opts: ExportOptions) -> None:
+    for name, value, allowed in (("images", opts.images, IMAGE_MODES), ("layout", opts.layout, LAYOUTS),
+                                 ("format", opts.format, FORMATS)):
+        if value not in allowed:
+            raise ExportError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def prepare_out_dir(out: Path, force: bool) -> Path:
+    """An empty DIR to write into. A non-empty DIR needs --force, and only a previous export's DIR
+    (one with our manifest) is ever emptied: --force never deletes a folder mmlake did not write."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ExportError(f"{out} is not empty: pass --force to replace the export in it")
+        if not _is_previous_export(out):
+            raise ExportError(f"{out} is not empty and holds no mmlake {MANIFEST}: refusing to delete it even "
+                              "with --force; choose an empty or new directory")
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _is_previous_export(out: Path) -> bool:
+    try:
+        return "mmlake_export" in json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def resolve_versions(lake: Lake, spec: str | None) -> dict[str, int]:
+    """Pin every table (dedup tables too): now (None), `N` (samples at N, the rest now), `TAG`, or
+    `table=N,table=N` (a manifest's `lake.versions`)."""
+    current = {table: lake.dataset(table).version for table in lake_tables(lake)}
+    if spec is None:
+        return current
+    spec = spec.strip()
+    if spec.isdigit():
+        return {**current, S.SAMPLES: int(spec)}
+    if "=" in spec:
+        pins = dict(current)
+        for item in spec.split(","):
+            table, _, number = item.partition("=")
+            if table.strip() not in current or not number.strip().isdigit():
+                raise ExportError(f"--version {spec!r}: {item!r} is not TABLE=N with TABLE one of {sorted(current)}")
+            pins[table.strip()] = int(number)
+        return pins
+    return _versions_of_tag(lake, spec, current)
+
+
+def _versions_of_tag(lake: Lake, tag: str, current: dict[str, int]) -> dict[str, int]:
+    pins = dict(current)
+    for table in current:
+        tags = lake.dataset(table).tags.list()
+        if tag in tags:
+            pins[table] = int(tags[tag]["version"] if isinstance(tags[tag], dict) else tags[tag].version)
+        elif table in (S.SAMPLES, S.IMAGES):
+            raise ExportError(f"--version {tag!r}: the {table} table has no such tag (tags: {sorted(tags)})")
+    return pins
+
+
+# -- selection ----------------------------------------------------------------------------------------
+def stage_selection(con: duckdb.DuckDBPyConnection, compiled: CompiledRecipe, opts: ExportOptions) -> None:
+    """Materialise (small, no text) the recipe's decisions, the selected rows in output order with
+    their output file, position in it and image paths, and the image files to write."""
+    try:
+        con.execute("create temp table decisions as " + compiled.decisions_sql(
+            "source_index, source, sample_id, source_file, source_row, repeat, removed_by, problems, fixes, "
+            "n_images, n_image_tags, case when removed_by is null then image_ids end as image_ids"))
+    except duckdb.Error as exc:
+        raise ExportError(f"recipe {compiled.recipe.name}: the compiled query fails: {exc}") from exc
+    con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, opts.layout))
+    file_index = "source_index" if opts.split_by_source else "0"
+    con.execute(f"""
+        create temp table selected as
+        with selected_rows as (
+            select row_number() over (order by source_index, repeat_index, source_file, source_row, sample_id) as out_pos,
+                   {file_index} as file_index, sample_id, n_images, n_image_tags,
+                   list_contains(fixes, 'surrounding_whitespace') as needs_strip
+            from (select *, unnest(range(repeat)) as repeat_index from decisions where removed_by is null)
+        ),
+        paths_of_multi_image_samples as (  -- one-image samples need no (costly) ordered list aggregate
+            select sample_id, list(path order by pos) as paths
+            from sample_image_files where n_images > 1 group by sample_id
+        )
+        select r.*,
+               case when r.n_images = 1 then [one.path] else multi.paths end as paths,
+               r.out_pos - min(r.out_pos) over (partition by r.file_index) + 1 as file_pos,
+               count(*) over (partition by r.file_index) as file_rows
+        from selected_rows r
+        left join sample_image_files one on one.sample_id = r.sample_id and r.n_images = 1
+        left join paths_of_multi_image_samples multi on multi.sample_id = r.sample_id""")
+    con.execute("""
+        create temp table image_files as
+        select distinct f.image_id, f.path, i.nbytes
+        from sample_image_files f left join images i using (image_id)""")
+
+
+def extension_sql(format_column: str) -> str:
+    """The file extension of an image's real format (etl.images.EXTENSIONS), as a SQL expression."""
+    cases = " ".join(f"when {sql_literal(fmt)} then {sql_literal(ext)}" for fmt, ext in sorted(EXTENSIONS.items()))
+    return f"(case upper({format_column}) {cases} else '.' || lower(coalesce({format_column}, 'bin')) end)"
+
+
+def sample_image_files_sql(con: duckdb.DuckDBPyConnection, layout: str) -> str:
+    """(sample_id, pos, image_id, path) for every image of every selected sample; `path` is relative
+    to images/. hashed: `ab/abcdef….ext`. original: `<source>/<path as written>` with `..`, `.` and
+    leading `/` removed and the extension of the real format (a clash gets `~<image_id[:8]>`)."""
+    refs = """
+        select d.sample_id, d.source, d.n_images, unnest(d.image_ids) as image_id,
+               generate_subscripts(d.image_ids, 1) as pos{orig}
+        from decisions d{join}
+        where d.removed_by is null and d.n_images > 0"""
+    if layout == "hashed":
+        return f"""
+        with refs as ({refs.format(orig='', join='')})
+        select r.sample_id, r.n_images, r.pos, r.image_id,
+               substr(r.image_id, 1, 2) || '/' || r.image_id || {extension_sql('i.format')} as path
+        from refs r left join images i using (image_id)"""
+    if ORIGINAL_PATHS_COLUMN not in lake_columns(con).get(S.SAMPLES, []):
+        raise ExportError(f"--layout original needs the image paths as written in each source (a samples column "
+                          f"`{ORIGINAL_PATHS_COLUMN}`), which this lake does not keep; use --layout hashed")
+    return f"""
+        with refs as ({refs.format(orig=f', unnest(s.{ORIGINAL_PATHS_COLUMN}) as written',
+                                   join=' join samples s using (sample_id)')}),
+        cleaned as (
+            select r.*, regexp_replace(
+                       array_to_string(list_filter(string_split(replace(r.source || '/' || r.written, '\\', '/'), '/'),
+                                                   lambda seg: seg not in ('', '.', '..')), '/'),
+                       '\\.[^./]*$', '') || {extension_sql('i.format')} as wanted
+            from refs r left join images i using (image_id)
+        ),
+        clashes as (select wanted from cleaned group by wanted having count(distinct image_id) > 1)
+        select sample_id, n_images, pos, image_id,
+               case when wanted in (select wanted from clashes)
+                    then regexp_replace(wanted, '(\\.[^./]*)$', '~' || substr(image_id, 1, 8) || '\\1') else wanted end as path
+        from cleaned"""
+
+
+def decision_counts(con: duckdb.DuckDBPyConnection) -> dict:
+    """Counts for the manifest: per source considered / selected / written, removals, problems, fixes."""
+    per_source: dict[str, dict] = {}
+    for source, considered, selected, written in con.execute("""
+            select source, count(*), count(*) filter (where removed_by is null),
+                   coalesce(sum(repeat) filter (where removed_by is null), 0)
+            from decisions group by source, source_index order by source_index""").fetchall():
+        per_source[source] = {"considered": considered, "selected": selected, "written": int(written)}
+    removed, problems, fixes = _nested(con, """
+        select source, removed_by, count(*) from decisions where removed_by is not null group by all order by all"""), \
+        _nested(con, """
+        select source, p, count(*)
+        from (select source, unnest(problems) as p from decisions where removed_by = 'checks')
+        group by all order by all"""), \
+        _nested(con, """
+        select source, f, count(*)
+        from (select source, unnest(fixes) as f from decisions where removed_by is null)
+        group by all order by all""")
+    removed_total = Counter()
+    for reasons in removed.values():
+        removed_total.update(reasons)
+    return {
+        "samples": sum(v["written"] for v in per_source.values()),
+        "per_source": {s: v["written"] for s, v in per_source.items()},
+        "sources": per_source,
+        "removed": removed, "removed_total": dict(sorted(removed_total.items())),
+        "removal_reasons": list(REMOVAL_REASONS),
+        "problems_of_removed": problems, "fixes_applied": fixes,
+    }
+
+
+def check_sources_exist(con: duckdb.DuckDBPyConnection, recipe: Recipe, counts: dict) -> None:
+    """A recipe source with no sample at all is a typo or a missing ingest, never an empty mixture part."""
+    absent = [s.source for s in recipe.sources if s.source not in counts["sources"]]
+    if absent:
+        known = [r[0] for r in con.execute("select distinct source from samples order by 1").fetchall()]
+        raise ExportError(f"recipe {recipe.name}: no samples of source(s) {absent} in this lake version "
+                          f"(sources: {known})")
+
+
+def _nested(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for source, key, n in con.execute(sql).fetchall():
+        out[source][key] = n
+    return dict(out)
+
+
+# -- JSON ---------------------------------------------------------------------------------------------
+# Fixes (see sql/checks.sql) as plain lambdas: lambdas that capture outer columns are several times slower.
+STRIPPED_CONVERSATIONS = r"""case when needs_strip then list_transform(conversations, lambda t: {
+            'from': t['from'], 'value': regexp_replace(t.value, '^\s+|\s+$', '', 'g')}) else conversations end"""
+TAGGED_CONVERSATIONS = r"""case when n_images > 0 and n_image_tags = 0 and len(conversations) > 0
+            then list_concat([{'from': conversations[1]['from'],
+                               'value': repeat('<image>' || chr(10), n_images) || conversations[1].value}],
+                             conversations[2:])
+            else conversations end"""
+MESSAGES_SQL = """list_concat(
+            case when system is not null then [{'role': 'system', 'content': system}] else [] end,
+            list_transform(conversations, lambda t: {
+                'role': case t['from'] when 'human' then 'user' when 'gpt' then 'assistant' else t['from'] end,
+                'content': t.value}))"""
+RECORD_SQL = {
+    # three shapes so that text-only records carry no `image` key at all
+    "llava": """case when paths is null then to_json({'id': id, 'conversations': conversations})
+                     when len(paths) = 1 then to_json({'id': id, 'image': paths[1], 'conversations': conversations})
+                     else to_json({'id': id, 'image': paths, 'conversations': conversations}) end""",
+    "messages": f"""case when paths is null then to_json({{'id': id, 'messages': {MESSAGES_SQL}}})
+                        else to_json({{'id': id, 'messages': {MESSAGES_SQL}, 'images': paths}}) end""",
+}
+
+
+def records_sql(fmt: str, sources: list[str]) -> str:
+    """One line of JSON array text per selected row, in output order: `[`+newline before a file's
+    first record, `,` after every record but its last (ids are strings: orig_id, else sample_id)."""
+    system = ("case when json_type(s.meta, '$.system') = 'VARCHAR' then json_extract_string(s.meta, '$.system') end"
+              if fmt == "messages" else "null::varchar")
+    return f"""
+    with picked as (
+        select sel.out_pos, sel.file_index, sel.file_pos, sel.file_rows, sel.n_images, sel.n_image_tags, sel.needs_strip,
+               sel.paths,
+               coalesce(s.orig_id, s.sample_id) as id, s.conversations, {system} as system
+        from selected sel
+        join samples s using (sample_id)
+        where s.source in ({", ".join(sql_literal(s) for s in sources)})  -- read only the recipe's sources
+    ),
+    stripped as (select * replace ({STRIPPED_CONVERSATIONS} as conversations) from picked),
+    fixed as (select * replace ({TAGGED_CONVERSATIONS} as conversations) from stripped)
+    select file_index,
+           (case when file_pos = 1 then '[' || chr(10) else '' end)
+           || {RECORD_SQL[fmt]}
+           || (case when file_pos < file_rows then ',' else '' end) || chr(10) as line
+    from fixed
+    order by out_pos"""
+
+
+class JsonArrayFile:
+    """A JSON array file fed with ready-made lines, hashed as it is written (nothing held in memory)."""
+
+    def __init__(self, path: Path):
+        self.path, self.records, self.nbytes = path, 0, 0
+        self.sha = hashlib.sha256()
+        self.file = open(path, "wb")
+
+    def write(self, data, records: int) -> None:
+        self.file.write(data)
+        self.sha.update(data)
+        self.nbytes += len(data)
+        self.records += records
+
+    def close(self) -> dict:
+        self.write(b"]\n" if self.records else b"[]\n", 0)
+        self.file.close()
+        return {"sha256": self.sha.hexdigest(), "bytes": self.nbytes, "records": self.records}
+
+
+def json_file_name(recipe: Recipe, source: str | None) -> str:
+    if source is None:
+        return f"{recipe.name}.json"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", source) + ".json"
+
+
+def output_json_names(recipe: Recipe, opts: ExportOptions) -> list[str]:
+    """File names by file_index: one merged file, or one per source in recipe order."""
+    if not opts.split_by_source:
+        return [json_file_name(recipe, None)]
+    names = [json_file_name(recipe, s.source) for s in recipe.sources]
+    clashes = sorted({n for n in names if names.count(n) > 1} | ({MANIFEST, "dataset_info.json"} & set(names)))
+    if clashes:
+        raise ExportError(f"sources map to the same or a reserved file name ({clashes}); rename the sources "
+                          "or export without --split-by-source")
+    return names
+
+
+def write_json_files(con: duckdb.DuckDBPyConnection, out: Path, recipe: Recipe, opts: ExportOptions) -> dict:
+    """Stream the JSON lines from DuckDB in batches straight from Arrow buffers into their files."""
+    files = [JsonArrayFile(out / name) for name in output_json_names(recipe, opts)]
+    query = records_sql(opts.format, [s.source for s in recipe.sources])
+    for batch in con.sql(query).to_arrow_reader(opts.batch_rows):
+        for file_index, data, rows in _runs_by_file(batch):
+            files[file_index].write(data, rows)
+    return {f.path.name: f.close() for f in files}
+
+
+def _runs_by_file(batch: pa.RecordBatch) -> Iterator[tuple[int, memoryview, int]]:
+    """(file_index, bytes, rows) for each run of consecutive rows of one file (rows come in order)."""
+    index = batch.column(0).to_numpy(zero_copy_only=False)
+    lines = batch.column(1)
+    if lines.type != pa.string():
+        lines = lines.cast(pa.string())
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset: lines.offset + len(lines) + 1]
+    data = memoryview(lines.buffers()[2])
+    breaks = [0, *(np.flatnonzero(index[1:] != index[:-1]) + 1).tolist(), len(index)]
+    for start, stop in zip(breaks, breaks[1:]):
+        yield int(index[start]), data[offsets[start]: offsets[stop]], stop - start
+
+
+def write_loader_config(out: Path, recipe: Recipe, opts: ExportOptions, json_files: dict) -> dict:
+    """data.yaml for LLaVA-NeXT/OneVision, or dataset_info.json for LLaMA-Factory (messages)."""
+    names = output_json_names(recipe, opts)
+    if opts.format == "messages":
+        info = {Path(n).stem: {"file_name": n, "formatting": "sharegpt",
+                               "columns": {"messages": "messages", "images": "images"},
+                               "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                        "assistant_tag": "assistant", "system_tag": "system"}} for n in names}
+        path = out / "dataset_info.json"
+        path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+        return {path.name: file_entry(path)}
+    root = out.resolve()
+    doc = {"datasets": [{"json_path": str(root / n), "sampling_strategy": "all"} for n in names]}
+    header = (f"# LLaVA-NeXT / OneVision data yaml written by `python -m etl export` (recipe {recipe.name}, "
+              f"sha256 {recipe.sha256[:16]}).\n# Sampling already happened at export: every entry is `all`.\n"
+              f"# Train with: --data_path {root / 'data.yaml'} --image_folder {root / IMAGES_DIR}\n")
+    path = out / "data.yaml"
+    path.write_text(header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    return {path.name: file_entry(path)}
+
+
+def file_entry(path: Path) -> dict:
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+            size += len(chunk)
+    return {"sha256": sha.hexdigest(), "bytes": size}
+
+
+# -- images -------------------------------------------------------------------------------------------
+def write_images(lake: Lake, con: duckdb.DuckDBPyConnection, out: Path, opts: ExportOptions,
+                 pins: dict[str, int]) -> dict:
+    """Write every referenced image once under images/ (copy, or link from the cache) + images.sha256.
+
+    Blobs are read in batches in row-id order (one batched read_blobs call each: parallel calls
+    only contend); the thread pool writes a batch while the next one is read, so memory holds at
+    most two batches of bytes."""
+    counts = Counter(written=0, bytes=0, missing=0)
+    if opts.images == "none":
+        counts["skipped"] = con.execute("select count(*) from image_files").fetchone()[0]
+        return dict(counts)
+    attach_row_ids(lake, con, pins)
+    cache = Path(opts.image_cache) if opts.image_cache else out.resolve().parent / CACHE_NAME
+    placer = ImagePlacer(out / IMAGES_DIR, opts.images, cache)
+    query = "select image_id, path, row_id, nbytes from image_files_rows order by row_id nulls last, path"
+    with ThreadPoolExecutor(max_workers=opts.threads) as pool:
+        pending: list = []
+        for batch in con.sql(query).to_arrow_reader(opts.image_batch):
+            items = list(zip(*(batch.column(i).to_pylist() for i in range(4))))
+            payloads = read_payloads(lake, placer.needs_bytes(items), pins)  # one batched read: fastest
+            for job in pending:  # the previous batch is written while this one was read
+                counts.update(job.result())
+            step = max(1, -(-len(items) // opts.threads))
+            pending = [pool.submit(placer.place_batch, items[i:i + step], payloads) for i in range(0, len(items), step)]
+        for job in pending:
+            counts.update(job.result())
+    write_image_sums(con, out / IMAGES_SUMS)
+    return dict(counts)
+
+
+def write_image_sums(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """`sha256sum -c` lines for every image written; an image's sha256 is its image_id (content address)."""
+    with open(path, "w") as f:
+        for batch in con.sql("select image_id, path from image_files_rows where row_id is not null order by path") \
+                        .to_arrow_reader(100_000):
+            f.writelines(f"{i}  {IMAGES_DIR}/{p}\n" for i, p in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()))
+
+
+def attach_row_ids(lake: Lake, con: duckdb.DuckDBPyConnection, pins: dict[str, int]) -> None:
+    """image_files + the Lance row id of each image (one scan of the image_id column, no blobs)."""
+    scanner = lake.dataset(S.IMAGES, pins.get(S.IMAGES)).scanner(columns=["image_id"], with_row_id=True)
+    con.register("image_rows", scanner.to_reader())
+    con.execute("""
+        create temp table image_files_rows as
+        select f.image_id, f.path, f.nbytes, r._rowid as row_id
+        from image_files f left join image_rows r using (image_id)""")
+    con.unregister("image_rows")
+
+
+def read_payloads(lake: Lake, row_ids: list[int], pins: dict[str, int]) -> dict[int, bytes]:
+    """Blob bytes by row id."""
+    return dict(zip(row_ids, lake.read_image_bytes(row_ids, version=pins.get(S.IMAGES)))) if row_ids else {}
+
+
+class ImagePlacer:
+    """Puts image bytes at their export path: a copy, or a link to a content-addressed cache file."""
+
+    def __init__(self, images_dir: Path, mode: str, cache: Path):
+        self.images_dir, self.mode, self.cache = images_dir, mode, cache.resolve()  # resolved once, not per file
+        self.made_dirs: set[Path] = set()  # one mkdir per folder, not per file
+
+    def ensure_dir(self, folder: Path) -> None:
+        if folder not in self.made_dirs:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.made_dirs.add(folder)
+
+    def needs_bytes(self, items: list[tuple]) -> list[int]:
+        """Row ids whose bytes must be read: all for copies; for links, those not in the cache yet."""
+        return [row_id for image_id, path, row_id, nbytes in items if row_id is not None
+                and (self.mode == "copy" or not self.is_cached(image_id, Path(path).suffix, nbytes))]
+
+    def place_batch(self, items: list[tuple], payloads: dict[int, bytes]) -> Counter:
+        counts = Counter()
+        for image_id, path, row_id, nbytes in items:
+            if row_id is None:  # not in the lake (only with `checks: off`: checks call it missing_image)
+                counts["missing"] += 1
+                continue
+            self.place(image_id, self.images_dir / path, payloads.get(row_id), nbytes)
+            counts["written"] += 1
+            counts["bytes"] += nbytes
+        return counts
+
+    def place(self, image_id: str, dest: Path, data: bytes | None, nbytes: int) -> None:
+        self.ensure_dir(dest.parent)
+        if self.mode == "copy":
+            dest.write_bytes(data)
+            return
+        cached = self.cached_file(image_id, dest.suffix, data)
+        try:
+            os.link(cached, dest) if self.mode == "hardlink" else os.symlink(cached, dest)
+        except OSError as exc:
+            raise ExportError(f"cannot {self.mode} {cached} → {dest}: {exc} (hard links need the image cache "
+                              "on the same file system: pass --image-cache, or use --images copy)") from exc
+
+    def cache_path(self, image_id: str, suffix: str) -> Path:
+        return self.cache / image_id[:2] / f"{image_id}{suffix}"
+
+    def is_cached(self, image_id: str, suffix: str, nbytes: int) -> bool:
+        """A cache file is trusted when its size matches (its name is the sha256 of its content)."""
+        try:
+            return os.stat(self.cache_path(image_id, suffix)).st_size == nbytes
+        except OSError:
+            return False
+
+    def cached_file(self, image_id: str, suffix: str, data: bytes | None) -> Path:
+        """The cache file of this image, written once (atomically: temp file + rename) when missing."""
+        path = self.cache_path(image_id, suffix)
+        if data is not None:
+            self.ensure_dir(path.parent)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return path
+
+
+# -- manifest -----------------------------------------------------------------------------------------
+def build_manifest(lake: Lake, recipe: Recipe, opts: ExportOptions, pins: dict[str, int], counts: dict,
+                   files: dict) -> dict:
+    """Everything needed to know what this export is and to reproduce it (no timestamps, no absolute DIR)."""
+    return {
+        "mmlake_export": 1,
+        "lake": {"root": lake.root, "versions": pins},
+        "recipe": {**recipe.as_dict(), "sha256": recipe.sha256, "text": recipe.text},
+        "options": {"format": opts.format, "images": opts.images, "layout": opts.layout,
+                    "split_by_source": opts.split_by_source},
+        "image_folder": IMAGES_DIR,
+        "counts": counts,
+        "files": dict(sorted(files.items())),
+    }

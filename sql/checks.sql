@@ -1,0 +1,99 @@
+-- checks.sql: what is wrong with each sample, as named reasons (one row per sample).
+--
+-- Decides: whether a sample is fit for training as it stands. Two lists per sample:
+--   problems  blocking problems; a recipe with `checks: pass` keeps only samples with none.
+--     no_turns                      conversations NULL or empty
+--     odd_turn_count                not an even number of turns (a question without its answer)
+--     roles_not_alternating         turn 1, 3, 5... not `human` or turn 2, 4, 6... not `gpt` (every
+--                                   position is checked: the reference script only checked the even
+--                                   ones, so a bad role at an odd position passed)
+--     empty_turn                    a turn whose value is NULL, empty or whitespace only
+--     more_image_tags_than_images   more `<image>` tags than images, including any tag in a text-only
+--                                   sample (the reference script added `<image>` to text-only records)
+--     fewer_image_tags_than_images  some but not all images have a tag: which image goes where is unknown
+--     missing_image                 an image id the `images` table does not hold
+--     undecodable_image             an image whose phash failed (an `errors` row of stage `phash` and
+--                                   no phash); images never hashed are not suspected
+--     text_too_long                 more characters in all turns than getvariable('max_text_chars')
+--   fixes     problems export normalises instead of dropping the sample (never blocking):
+--     image_tag_missing             images but no `<image>` tag: export puts one `<image>\n` per image
+--                                   at the start of the first turn (what LLaVA's own loader assumes)
+--     surrounding_whitespace        a non-empty turn value with leading/trailing whitespace: export strips it
+--
+-- Inputs:     views samples (sample_id, source, image_ids, conversations), images (image_id, phash),
+--             errors (stage, error_id).
+-- Parameters: getvariable('max_text_chars'): character limit over all turns (default 100000).
+-- Output:     sample_id, source, n_images, n_image_tags, text_chars, problems list<varchar>,
+--             fixes list<varchar>; lists are empty (never NULL) when there is nothing to report.
+
+with turns as (
+    -- one row per turn, numbered from 1; a sample without turns keeps one row with a NULL turn
+    select sample_id,
+           source,
+           coalesce(len(image_ids), 0) as n_images,
+           unnest(case when len(conversations) > 0 then conversations else [null] end) as turn,
+           generate_subscripts(case when len(conversations) > 0 then conversations else [null] end, 1) as turn_no
+    from samples
+),
+turn_shapes as (
+    -- CASE evaluates its branch only where needed: most turns have no tag and no edge whitespace
+    select sample_id, source, n_images, turn, turn_no,
+           case when contains(turn.value, '<image>')
+                then (length(turn.value) - length(replace(turn.value, '<image>', ''))) // 7 else 0 end as image_tags,
+           regexp_matches(turn.value, '^\s|\s$') as has_edge_whitespace,
+           turn is not null and (turn.value is null or turn.value = ''
+               or (case when regexp_matches(turn.value, '^\s') then regexp_full_match(turn.value, '\s*') else false end))
+               as is_blank
+    from turns
+),
+turn_facts as (
+    select sample_id,
+           source,  -- a group key (not any_value): a filter on source then reaches the samples scan
+           any_value(n_images) as n_images,
+           count(turn) as n_turns,
+           coalesce(sum(image_tags), 0)::bigint as n_image_tags,
+           coalesce(sum(length(turn.value)), 0)::bigint as text_chars,
+           coalesce(bool_or(turn['from'] is distinct from (case when turn_no % 2 = 1 then 'human' else 'gpt' end))
+                    filter (where turn is not null), false) as has_misplaced_role,
+           bool_or(is_blank) as has_empty_turn,
+           coalesce(bool_or(has_edge_whitespace and not is_blank), false) as has_surrounding_whitespace
+    from turn_shapes
+    group by sample_id, source
+),
+image_refs as (
+    select sample_id, source, unnest(image_ids) as image_id
+    from samples
+),
+image_trouble_per_sample as (
+    -- only the samples with a bad image reach the group by (most samples have none)
+    select r.sample_id, r.source,
+           bool_or(i.image_id is null) as has_missing_image,
+           bool_or(i.image_id is not null and i.phash is null and e.error_id is not null) as has_undecodable_image
+    from image_refs r
+    left join images i using (image_id)
+    left join (select error_id from errors where stage = 'phash') e on e.error_id = 'phash/' || r.image_id
+    where i.image_id is null or (i.phash is null and e.error_id is not null)
+    group by r.sample_id, r.source
+),
+named_reasons as (
+    select f.*,
+           list_filter([
+               case when f.n_turns = 0 then 'no_turns' end,
+               case when f.n_turns % 2 = 1 then 'odd_turn_count' end,
+               case when f.has_misplaced_role then 'roles_not_alternating' end,
+               case when f.has_empty_turn then 'empty_turn' end,
+               case when f.n_image_tags > f.n_images then 'more_image_tags_than_images' end,
+               case when f.n_image_tags > 0 and f.n_image_tags < f.n_images then 'fewer_image_tags_than_images' end,
+               case when coalesce(t.has_missing_image, false) then 'missing_image' end,
+               case when coalesce(t.has_undecodable_image, false) then 'undecodable_image' end,
+               case when f.text_chars > coalesce(getvariable('max_text_chars'), 100000) then 'text_too_long' end
+           ], lambda r: r is not null) as problems,
+           list_filter([
+               case when f.n_images > 0 and f.n_image_tags = 0 then 'image_tag_missing' end,
+               case when f.has_surrounding_whitespace then 'surrounding_whitespace' end
+           ], lambda r: r is not null) as fixes
+    from turn_facts f
+    left join image_trouble_per_sample t using (sample_id, source)
+)
+select sample_id, source, n_images, n_image_tags, text_chars, problems, fixes
+from named_reasons;

@@ -1,0 +1,196 @@
+"""Mixture recipes: YAML validation, LLaVA-NeXT sampling semantics, seeded random picks that do not
+move when another source joins, filters (checks, where, dedup) with their removal reasons."""
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow as pa
+import pytest
+
+from etl import schema as S
+from etl.ingest import IngestOptions, ingest
+from etl.lake import Lake
+from etl.recipe import RecipeError, compile_recipe, lake_columns, parse_recipe
+from etl.sqlrun import connect, split_statements
+
+from conftest import run_cli
+
+
+def qa(i: int, question: str | None = None) -> dict:
+    return {"id": f"{i:05d}", "conversations": [{"from": "human", "value": question or f"Question {i}?"},
+                                                {"from": "gpt", "value": f"Answer {i}."}]}
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory) -> Lake:
+    """Text-only sources: alpha (37 samples, two of them broken), beta (10), gamma (5)."""
+    root = tmp_path_factory.mktemp("recipe")
+    alpha = [qa(i) for i in range(35)] + [
+        {"id": "broken_roles", "conversations": [{"from": "gpt", "value": "Hi"}, {"from": "human", "value": "?"}]},
+        {"id": "tag_without_image", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                                      {"from": "gpt", "value": "Nothing."}]}]
+    for name, records in (("alpha", alpha), ("beta", [qa(i) for i in range(10)]), ("gamma", [qa(i) for i in range(5)])):
+        (root / f"{name}.json").write_text(json.dumps(records))
+        ingest_lake = Lake.open(str(root / "lake"))
+        ingest(ingest_lake, [str(root / f"{name}.json")], IngestOptions(source=name, progress=False))
+    lake = Lake.open(str(root / "lake"))
+    # loss as an enricher would fill it: NULL for two samples (not computed), values elsewhere
+    ids = [r["sample_id"] for r in lake.dataset(S.SAMPLES).to_table(columns=["sample_id"], filter="source = 'beta'").to_pylist()]
+    losses = pa.table({"sample_id": ids[:8], "loss": pa.array([0.1 * (i + 1) for i in range(8)], pa.float32())})
+    lake.fill_columns(S.SAMPLES, losses)
+    return lake
+
+
+def decisions(lake: Lake, text: str) -> dict[str, dict[str, str | None]]:
+    """{source: {orig_id: removed_by}} for a recipe given as YAML text."""
+    con = connect(lake)
+    compiled = compile_recipe(parse_recipe(text), lake_columns(con))
+    out: dict[str, dict] = {}
+    for source, orig_id, removed_by in con.execute(compiled.decisions_sql("source, orig_id, removed_by")).fetchall():
+        out.setdefault(source, {})[orig_id] = removed_by
+    return out
+
+
+def picked(d: dict[str, str | None]) -> list[str]:
+    return sorted(k for k, v in d.items() if v is None)
+
+
+# -- validation ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, message", [
+    ("name: x\nsources: [{source: a, sampling: 'half'}]", "sampling 'half'"),
+    ("name: x\nsources: [{source: a, sampling: 'first:12.5%'}]", "integer percent"),
+    ("name: x\nsources: [{source: a, sampling: 'random:150%'}]", "≤ 100"),
+    ("name: x\nsources: [{source: a, sampling: 'first:0'}]", "≥ 1"),
+    ("name: x\nsources: [{source: a, sampl: all}]", "unknown key(s) ['sampl']"),
+    ("name: x\nsources: [a, a]", "listed twice"),
+    ("name: x\nseed: abc\nsources: [a]", "`seed` must be an integer"),
+    ("name: ../escape\nsources: [a]", "file-name-safe"),
+    ("name: x\nsources: [{source: a, repeat: 0}]", "repeat must be an integer ≥ 1"),
+    ("name: x\ndefaults: {checks: strict}\nsources: [a]", "checks must be one of"),
+    ("name: x\nsources: [{source: a, where: 'true; drop table samples'}]", "one SQL boolean expression"),
+    ("name: x\nsources: []", "non-empty list"),
+])
+def test_invalid_recipe_is_refused_with_a_message_naming_the_mistake(text, message):
+    with pytest.raises(RecipeError) as err:
+        parse_recipe(text)
+    assert message in str(err.value)
+
+
+def test_defaults_apply_to_every_source_and_entries_override_them():
+    recipe = parse_recipe("name: m\nseed: 7\ndefaults: {checks: off, dedup: exact, near_dup_k: 2}\n"
+                          "sources:\n  - a\n  - {source: b, dedup: none, sampling: 'end:3', repeat: 2}\n")
+    a, b = recipe.sources
+    assert (a.checks, a.dedup, a.near_dup_k, str(a.sampling), a.repeat) == ("off", "exact", 2, "all", 1)
+    assert (b.checks, b.dedup, b.near_dup_k, str(b.sampling), b.repeat) == ("off", "none", 2, "end:3", 2)
+
+
+# -- sampling semantics ----------------------------------------------------------------------------
+def test_percent_takes_ceil_of_p_times_eligible_over_100_like_llava_next(lake):
+    d = decisions(lake, "name: m\nsources: [{source: alpha, sampling: 'first:10%'}]")["alpha"]
+    eligible = [k for k, v in d.items() if v != "checks"]
+    assert len(eligible) == 35
+    assert len(picked(d)) == math.ceil(10 * 35 / 100) == 4
+
+
+def test_first_and_end_count_in_source_order_after_the_filters(lake):
+    first = decisions(lake, "name: m\nsources: [{source: alpha, sampling: 'first:3'}]")["alpha"]
+    end = decisions(lake, "name: m\nsources: [{source: alpha, sampling: 'end:3'}]")["alpha"]
+    assert picked(first) == ["00000", "00001", "00002"]
+    assert picked(end) == ["00032", "00033", "00034"]  # the two broken records at the end were removed first
+    assert first["broken_roles"] == end["broken_roles"] == "checks"
+
+
+def test_random_is_seeded_stable_and_unaffected_by_adding_a_source(lake):
+    alone = decisions(lake, "name: m\nseed: 42\nsources: [{source: alpha, sampling: 'random:30%'}]")
+    again = decisions(lake, "name: m\nseed: 42\nsources: [{source: alpha, sampling: 'random:30%'}]")
+    with_more = decisions(lake, "name: m\nseed: 42\nsources:\n  - {source: beta, sampling: 'random:5'}\n"
+                                "  - {source: alpha, sampling: 'random:30%'}\n  - gamma\n")
+    other_seed = decisions(lake, "name: m\nseed: 43\nsources: [{source: alpha, sampling: 'random:30%'}]")
+    assert picked(alone["alpha"]) == picked(again["alpha"]) == picked(with_more["alpha"])
+    assert len(picked(alone["alpha"])) == math.ceil(30 * 35 / 100)
+    assert picked(other_seed["alpha"]) != picked(alone["alpha"])
+    assert len(picked(with_more["beta"])) == 5 and len(picked(with_more["gamma"])) == 5
+
+
+def test_random_picks_are_not_simply_the_first_rows(lake):
+    d = decisions(lake, "name: m\nseed: 1\nsources: [{source: alpha, sampling: 'random:5'}]")["alpha"]
+    assert picked(d) != ["00000", "00001", "00002", "00003", "00004"]
+
+
+# -- filters ---------------------------------------------------------------------------------------
+def test_checks_pass_removes_blocking_problems_and_checks_off_keeps_them(lake):
+    on = decisions(lake, "name: m\nsources: [alpha]")["alpha"]
+    off = decisions(lake, "name: m\ndefaults: {checks: off}\nsources: [alpha]")["alpha"]
+    assert on["broken_roles"] == on["tag_without_image"] == "checks"
+    assert off["broken_roles"] is None and off["tag_without_image"] is None
+    assert len(picked(on)) == 35
+
+
+def test_where_on_loss_removes_rows_outside_the_range_and_rows_with_null_loss(lake):
+    d = decisions(lake, "name: m\nsources: [{source: beta, where: 'loss between 0.25 and 0.65'}]")["beta"]
+    assert picked(d) == ["00002", "00003", "00004", "00005"]
+    assert d["00008"] == d["00009"] == "where"  # loss not computed: NULL is never a pass
+
+
+def test_where_on_tags_sees_text_only_samples_as_having_no_tags(lake):
+    d = decisions(lake, "name: m\nsources: [{source: gamma, where: \"not list_contains(tags, 'text')\"}]")["gamma"]
+    assert len(picked(d)) == 5
+
+
+def test_dedup_exact_without_the_dedup_table_tells_the_user_to_run_dedup(lake):
+    with pytest.raises(RecipeError, match=r"python -m etl dedup"):
+        decisions(lake, "name: m\ndefaults: {dedup: exact}\nsources: [alpha]")
+
+
+def test_near_dup_without_its_table_tells_the_user_to_run_dedup_near(lake):
+    with pytest.raises(RecipeError, match=r"python -m etl dedup --near 2"):
+        decisions(lake, "name: m\ndefaults: {near_dup_k: 2}\nsources: [alpha]")
+
+
+def test_dry_run_prints_a_script_that_runs_in_duckdb_and_gives_the_mixture(lake, tmp_path):
+    recipe = tmp_path / "mix.yaml"
+    recipe.write_text("name: mix\nseed: 3\ndefaults: {max_text_chars: 5000}\nsources:\n"
+                      "  - {source: alpha, sampling: 'random:4', repeat: 2}\n  - {source: beta, sampling: 'first:50%'}\n")
+    script = run_cli("export", str(recipe), "--dry-run", lake=lake).stdout
+    assert "set variable max_text_chars = 5000;" in script
+    con = connect(lake)
+    *setup, query = split_statements(script)
+    for stmt in setup:
+        con.execute(stmt)
+    rows = con.execute(query).fetchall()
+    assert len(rows) == 4 * 2 + 5
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)  # sources in recipe order
+
+
+# -- dedup tables written by `python -m etl dedup` ------------------------------------------------------
+@pytest.fixture(scope="module")
+def deduped_lake(tmp_path_factory) -> Lake:
+    """Text-only source `chat` where records 3 and 5 repeat record 1 word for word; dedup has run."""
+    from etl.dedup import DedupOptions, run_dedup
+
+    root = tmp_path_factory.mktemp("dedup")
+    records = [qa(i) for i in range(6)]
+    records[3] = records[5] = {**qa(1), "id": "copy"}
+    records[5] = {**qa(1), "id": "copy2"}
+    (root / "chat.json").write_text(json.dumps(records))
+    lake = Lake.open(str(root / "lake"))
+    ingest(lake, [str(root / "chat.json")], IngestOptions(source="chat", progress=False))
+    run_dedup(lake, DedupOptions(near_k=2))
+    return lake
+
+
+def test_dedup_exact_removes_the_later_copies_with_reason_dedup_exact(deduped_lake):
+    d = decisions(deduped_lake, "name: m\ndefaults: {dedup: exact}\nsources: [chat]")["chat"]
+    assert d["copy"] == d["copy2"] == "dedup_exact"
+    assert picked(d) == ["00000", "00001", "00002", "00004"]
+
+
+def test_near_dup_k_other_than_the_computed_one_asks_for_a_dedup_rerun(deduped_lake):
+    con = connect(deduped_lake)
+    from etl.recipe import check_dedup_tables
+
+    ok = parse_recipe("name: m\ndefaults: {near_dup_k: 2}\nsources: [chat]")
+    assert check_dedup_tables(con, ok, deduped_lake)["dup_near"]["near_k"] == [2]
+    with pytest.raises(RecipeError, match=r"python -m etl dedup --near 3"):
+        check_dedup_tables(con, parse_recipe("name: m\ndefaults: {near_dup_k: 3}\nsources: [chat]"), deduped_lake)

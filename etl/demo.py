@@ -89,8 +89,10 @@ def make_images(root: Path) -> dict[str, str]:
 def llava_records(captions: dict[str, str]) -> list[dict]:
     records = []
     for i, (rel, caption) in enumerate(sorted(captions.items())):
-        q = QUESTIONS[i % len(QUESTIONS)]
-        human = f"<image>\n{q}" if i % 2 == 0 else f"{q}\n<image>"
+        # copies of one photo share its conversation, as a re-crawled dataset does: dedup finds them
+        k = sorted(set(captions.values())).index(caption)
+        q = QUESTIONS[k % len(QUESTIONS)]
+        human = f"<image>\n{q}" if k % 2 == 0 else f"{q}\n<image>"
         records.append({"id": f"{i:06d}", "image": rel,
                         "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": caption}]})
     records.append({"id": 777, "image": ["photos/astronaut.jpg", "photos/rocket.jpg"],  # integer id, two images

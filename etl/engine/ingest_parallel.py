@@ -1,0 +1,255 @@
+"""Parallel ingest (`ingest --workers N`): worker processes read, hash and write; one process commits.
+
+The serial ingest reads, hashes and writes one batch after another on one core. Here the work is
+cut into tasks run by a spawn-based process pool (Lance is not fork-safe):
+
+- a task is a range of rows of one file: whole row groups of about `TASK_BYTES` for readers that
+  can seek (`row_ranges`: HF parquet), else a batch of records this process has already parsed
+  (JSON, tars: parsing is cheap; image I/O, hashing and writing are not);
+- a worker resolves its records exactly like the serial ingest (`Ingestor.resolve`: load, sha256,
+  header sniff), keeps the images the lake does not hold yet, and writes images, errors and
+  samples as uncommitted Lance fragments (`write_fragments`); only fragment metadata comes back;
+- this process takes results in task order and commits each one like the serial ingest: images,
+  errors, samples (one `Append` each), then the file's checkpoint. If another task committed one
+  of the task's new images meanwhile (the same image in two shards at once), its image fragment
+  would duplicate a key: that task is redone here by the serial code instead, and its fragments
+  are dropped unreferenced.
+
+Resume and idempotence are the serial ingest's: a rerun starts at each file's checkpoint and skips
+the samples/errors of a cut task that did commit. At most `2 × workers` tasks are in flight, so
+memory stays around `2 × workers × TASK_BYTES` whatever the input size.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+
+import lance
+import pyarrow as pa
+from tqdm import tqdm
+
+from etl import schema as S
+from etl.errors import errors_table
+from etl.faults import crash_point
+from etl.ingest import (
+    PROGRESS_DISABLE, STAGE, Batch, IngestOptions, Ingestor, InputFile, expand_inputs, images_table, sample_id,
+)
+from etl.lake import Lake, conform
+from etl.runlog import Run, recorded_run
+from etl.sources import readers
+from etl.sources.base import SourceRecord, file_fingerprint
+
+TASK_BYTES = 64 << 20  # image bytes per task at most (also bounded by --batch-bytes)
+
+
+@dataclass
+class Task:
+    """Rows [start, end) of one file: read by the worker (`records` None) or already parsed here."""
+
+    file: InputFile
+    start: int
+    end: int | None
+    records: list[SourceRecord] | None = None
+    committed: frozenset[str] = frozenset()  # sample/error ids a crash left committed in this range
+    last: bool = False  # the file's final task: its commit marks the file done
+
+
+@dataclass
+class TaskResult:
+    """What a worker wrote (uncommitted fragments) and counted for one task."""
+
+    images: list = field(default_factory=list)  # FragmentMetadata
+    errors: list = field(default_factory=list)
+    samples: list = field(default_factory=list)
+    new_image_ids: list[str] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)
+    records: int = 0
+    next_row: int = 0
+
+
+# -- worker side ------------------------------------------------------------------------------------
+_worker: "TaskWorker | None" = None
+
+
+class TaskWorker:
+    """Lives in a worker process: one lake handle and the serial ingest's resolving code."""
+
+    def __init__(self, lake_root: str, opts: IngestOptions, run_id: str):
+        self.lake, self.opts = Lake.open(lake_root, create=False), opts
+        self.ingestor = Ingestor(self.lake, opts, Run(run_id, "ingest", {}))
+
+    def __call__(self, task: Task) -> TaskResult:
+        records = task.records if task.records is not None else list(read_range(task, self.opts))
+        fresh = [r for r in records if sample_id(task.file, r) not in task.committed
+                 and f"{STAGE}/{sample_id(task.file, r)}" not in task.committed]
+        samples, errors, images = self.ingestor.resolve(task.file, fresh)
+        carried = [iid for iid, img in images.items() if img.data is not None]
+        held = self.lake.existing_keys(S.IMAGES, carried)
+        new = [images[iid] for iid in carried if iid not in held]
+        result = TaskResult(new_image_ids=[img.info.image_id for img in new], records=len(records))
+        result.images = self.write(S.IMAGES, images_table(new) if new else None)
+        result.errors = self.write(S.ERRORS, errors_table(errors) if errors else None)
+        samples_table = pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA) if samples else None
+        result.samples = self.write(S.SAMPLES, samples_table)
+        result.counts.update({"records_already_in_lake": len(records) - len(fresh), "samples_added": len(samples),
+                              "images_added": len(new), "images_already_in_lake": len(images) - len(new),
+                              "image_bytes_added": sum(img.info.nbytes for img in new)})
+        result.counts.update(f"errors.{e.kind}" for e in errors)
+        result.next_row = max(records[-1].source_row + 1 if records else task.start, task.end or 0)
+        return result
+
+    def write(self, table_name: str, table: pa.Table | None) -> list:
+        if table is None:
+            return []
+        return lance.fragment.write_fragments(conform(table, S.SCHEMAS[table_name]), self.lake.uri(table_name),
+                                              schema=S.SCHEMAS[table_name], data_storage_version="2.2")
+
+
+def read_range(task: Task, opts: IngestOptions) -> Iterator[SourceRecord]:
+    reader = readers()[task.file.format](opts.image_roots, **opts.reader_options)
+    records = reader.read_file(task.file.path, task.file.name, task.start)
+    for record in records:
+        if task.end is not None and record.source_row >= task.end:
+            records.close()
+            return
+        yield record
+
+
+def _init(lake_root: str, opts: IngestOptions, run_id: str) -> None:
+    global _worker
+    _worker = TaskWorker(lake_root, opts, run_id)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A worker whose committing process died (kill -9) exits too, instead of waiting forever for tasks."""
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+def _run(task: Task) -> TaskResult:
+    assert _worker is not None, "worker not initialised"
+    return _worker(task)
+
+
+# -- committing side --------------------------------------------------------------------------------
+class Committer:
+    """Commits task results in task order, keeps checkpoints; redoes a task whose images raced."""
+
+    def __init__(self, lake: Lake, opts: IngestOptions, run: Run):
+        self.lake, self.opts, self.run = lake, opts, run
+        self.ingestor = Ingestor(lake, opts, run)  # the serial code, for raced tasks and resume keys
+        self.fingerprints: dict[InputFile, str] = {}
+
+    def start_file(self, file: InputFile) -> tuple[int, frozenset[str]] | None:
+        """(row to start from, keys a crash left past it), or None when a previous run finished the file."""
+        fingerprint = file_fingerprint(file.path)
+        cp = self.lake.checkpoint(f"{STAGE}:{file.source}", file.name)
+        if cp and cp["done"] and cp["fingerprint"] == fingerprint:
+            self.run.counts["files_already_done"] += 1
+            return None
+        start = cp["upto_row"] if cp and cp["fingerprint"] == fingerprint else 0
+        self.fingerprints[file] = fingerprint
+        return start, frozenset(self.ingestor.committed_keys(file, start))
+
+    def commit(self, task: Task, result: TaskResult, bar: tqdm) -> None:
+        """Images, errors, samples, then the checkpoint: the serial ingest's order."""
+        if self.lake.existing_keys(S.IMAGES, result.new_image_ids):
+            next_row = self.redo(task, bar)  # another task stored one of these images first
+        else:
+            for table_name, fragments, point in ((S.IMAGES, result.images, "after_images"),
+                                                 (S.ERRORS, result.errors, "after_errors"),
+                                                 (S.SAMPLES, result.samples, "after_samples")):
+                if fragments:
+                    lance.LanceDataset.commit(self.lake.uri(table_name), lance.LanceOperation.Append(fragments),
+                                              read_version=self.lake.dataset(table_name).version)
+                crash_point(point)
+            self.run.counts.update(result.counts)
+            bar.update(result.records)
+            next_row = result.next_row
+        file = task.file
+        self.lake.set_checkpoint(f"{STAGE}:{file.source}", file.name, self.fingerprints[file], next_row, done=task.last)
+        if task.last:
+            self.run.counts["files"] += 1
+
+    def redo(self, task: Task, bar: tqdm) -> int:
+        """Commit the task with the serial ingest's code (it checks every image against the lake)."""
+        self.run.counts["tasks_redone_for_shared_images"] += 1
+        records = task.records if task.records is not None else list(read_range(task, self.opts))
+        if not records:
+            return task.end or task.start
+        next_row = self.ingestor.commit(Batch(task.file, records), set(task.committed), bar)
+        return max(next_row, task.end or 0)
+
+
+def plan_tasks(committer: Committer, files: list[InputFile], opts: IngestOptions) -> Iterator[Task]:
+    """Every file's remaining rows as tasks, in file order; the last task of a file is flagged."""
+    for file in files:
+        started = committer.start_file(file)
+        if started is None:
+            continue
+        start, committed = started
+        tasks = (replace(t, committed=committed) for t in file_tasks(file, start, opts))
+        previous = next(tasks, Task(file, start, start, records=[]))
+        for task in tasks:
+            yield previous
+            previous = task
+        yield replace(previous, last=True)
+
+
+def file_tasks(file: InputFile, start: int, opts: IngestOptions) -> Iterator[Task]:
+    """Row-group ranges read by the workers, else batches of records parsed here."""
+    reader_cls, task_bytes = readers()[file.format], min(TASK_BYTES, opts.batch_bytes)
+    ranges = reader_cls.row_ranges(file.path, start, task_bytes) if hasattr(reader_cls, "row_ranges") else None
+    if ranges is not None:
+        yield from (Task(file, first, end) for first, end in ranges)
+        return
+    batch = Batch(file)
+    for record in reader_cls(opts.image_roots, **opts.reader_options).read_file(file.path, file.name, start):
+        batch.records.append(record)
+        batch.nbytes += sum(len(r.data) for r in record.images if r.data is not None)
+        if len(batch.records) >= opts.batch_records or batch.nbytes >= task_bytes:
+            yield Task(file, batch.records[0].source_row, None, records=batch.records)
+            batch = Batch(file)
+    if batch.records:
+        yield Task(file, batch.records[0].source_row, None, records=batch.records)
+
+
+def ingest_files_parallel(lake: Lake, files: list[InputFile], opts: IngestOptions, run: Run, workers: int,
+                          bar: tqdm) -> None:
+    """Ingest `files` with `workers` processes; this process commits their results in task order."""
+    committer = Committer(lake, opts, run)
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init,
+                             initargs=(lake.root, opts, run.run_id)) as pool:
+        in_flight: deque[tuple[Task, Future]] = deque()
+        for task in plan_tasks(committer, files, opts):
+            in_flight.append((task, pool.submit(_run, task)))
+            if len(in_flight) >= 2 * workers:
+                oldest, future = in_flight.popleft()
+                committer.commit(oldest, future.result(), bar)
+        while in_flight:
+            oldest, future = in_flight.popleft()
+            committer.commit(oldest, future.result(), bar)
+    committer.ingestor.pool.shutdown()
+
+
+def ingest_parallel_run(lake: Lake, paths: list[str], opts: IngestOptions, workers: int) -> Counter:
+    """`etl.ingest.ingest` on `workers` processes: same inputs, same run record, same resulting lake."""
+    files = expand_inputs(paths, opts)
+    params = {"paths": [os.path.abspath(p) for p in paths], "source": opts.source, "format": opts.format,
+              "image_roots": opts.image_roots, "files": [f.name for f in files], "workers": workers}
+    with recorded_run(lake, "ingest", params) as run:
+        with tqdm(desc="ingest", unit=" rec", disable=PROGRESS_DISABLE[opts.progress]) as bar:
+            ingest_files_parallel(lake, files, opts, run, workers, bar)
+        for table in (S.CHECKPOINTS, S.ERRORS, S.RUNS):
+            lake.compact(table)
+        if run.counts["images_added"]:
+            lake.ensure_key_index(S.IMAGES)
+    return run.counts

@@ -1,0 +1,349 @@
+"""Hugging Face parquet reader: LLaVA-OneVision-Data, LLaVA-ReCap-*, LLaVA-NeXT-Data, LLaMA-Factory shards.
+
+Reads a parquet file one row group at a time (in batches of about `BATCH_BYTES`), so a 140 GB
+ReCap-CC3M ingests in bounded memory; `start_row` skips whole row groups from the footer metadata.
+
+Which column plays which role is decided once per file from its Arrow schema:
+
+- images: HF `Image` columns (`struct<bytes, path>`), `Sequence(Image)` (lists of them), and plain
+  `binary` / `list<binary>` columns (data-juicer's `image_bytes`). Embedded bytes are used as they
+  are; a struct with null bytes but a `path` is a path relative to the dataset folder (the folder
+  given to ingest) or an `--image-root`; a null image is no image (a text-only row). When a file
+  has no embedded images, string columns named like images (`image`, `images`, `image_path`,
+  `url`, ...) are paths. The names given with embedded bytes (`image.path`, data-juicer's `images`
+  list) stay with the reference, so the lake keeps them as written (`samples.image_paths`).
+- dialogue: `conversations` (LLaVA turns, kept as written), `messages` (LLaMA-Factory parts,
+  converted like the messages reader, system turns to `meta["system"]`), or a caption column
+  (`text`, `caption`, `txt`) that becomes `[human: --prompt, gpt: caption]`; data-juicer's
+  `<__dj__image>` tags and `[[human]]:`/`[[gpt]]:` markers are honoured.
+- `id` becomes `orig_id`; every other column (`data_source`, ...) is kept in `meta`.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl.sources import register
+from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
+from etl.sources.llava import MalformedRecord, llava_turns
+from etl.sources.messages import MalformedMessages, messages_to_turns
+from etl.sources.webdataset import caption_turns, prompt_option
+
+PARQUET_MAGIC = b"PAR1"
+BATCH_BYTES = 32 << 20  # decoded bytes per record batch: bounds memory whatever the row-group size
+READ_AHEAD = 2  # record batches read ahead of the consumer
+READ_BUFFER = 8 << 20  # buffered (streaming) page reads instead of loading whole column chunks
+ID_COLUMNS = ("id", "sample_id", "uid")
+CAPTION_COLUMNS = ("text", "caption", "txt")
+IMAGE_PATH_COLUMNS = ("image", "images", "image_path", "image_paths", "image_file", "file_name", "url", "image_url")
+SHARD_NAME = re.compile(r"^[\w.-]+-\d{5}-of-\d{5}\.parquet$")
+NON_CONFIG_DIRS = ("data",)
+DJ_IMAGE_TAG, DJ_CHUNK_END = "<__dj__image>", "<|__dj__eoc|>"
+DJ_TURN = re.compile(r"\[\[(human|gpt)\]\]:\s?")
+_END = object()
+T = TypeVar("T")
+
+
+@register
+class HFParquetReader(SourceReader):
+    """Reads HF-style parquet shards (embedded or path-only images) into samples, row group by row group."""
+
+    format_name = "hf-parquet"
+    extensions = (".parquet", ".pq")
+
+    @classmethod
+    def sniff(cls, path: str) -> bool:
+        """A `.parquet`/`.pq` file (or an extensionless file) that starts with the parquet magic."""
+        if not path.lower().endswith(cls.extensions) and os.path.splitext(path)[1]:
+            return False
+        with open(path, "rb") as f:
+            return f.read(4) == PARQUET_MAGIC
+
+    @classmethod
+    def source_name_for(cls, path: str, root: str) -> str | None:
+        """The config folder a shard sits in (`<root>/<config>/train-*.parquet`), `data/` skipped.
+
+        A shard named on its own (`.../LLaVA-ReCap-558K/data/train-00000-of-00010.parquet`) takes
+        the name of its dataset folder.
+        """
+        parts = os.path.relpath(path, root).replace(os.sep, "/").split("/")
+        folders = [p for p in parts[:-1] if p not in NON_CONFIG_DIRS]
+        if folders:
+            return folders[0]
+        if SHARD_NAME.match(parts[-1]):  # a shard named alone (or by a glob): its dataset folder names it
+            folder = os.path.dirname(os.path.abspath(path))
+            while os.path.basename(folder) in NON_CONFIG_DIRS:
+                folder = os.path.dirname(folder)
+            return os.path.basename(folder) or None
+        return None
+
+    @classmethod
+    def row_ranges(cls, path: str, start_row: int, target_bytes: int) -> list[tuple[int, int]] | None:
+        """[first, end) row ranges from `start_row` on, whole row groups of about `target_bytes` each.
+
+        Lets parallel ingest hand each worker its own slice of a shard; None when the footer is unreadable
+        (the file is then read whole, and ends in a `corrupt_file` error).
+        """
+        try:
+            metadata = pq.ParquetFile(path).metadata
+        except (pa.ArrowException, OSError):
+            return None
+        ranges, first, size, row = [], start_row, 0, 0
+        for group in range(metadata.num_row_groups):
+            meta = metadata.row_group(group)
+            row += meta.num_rows
+            if row <= start_row:
+                continue
+            size += meta.total_byte_size
+            if size >= target_bytes or group == metadata.num_row_groups - 1:
+                ranges.append((first, row))
+                first, size = row, 0
+        return ranges
+
+    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
+        """Records from `start_row` on; a file that stops parsing ends with one `corrupt_file` error."""
+        row = start_row
+        try:
+            parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
+            layout = ColumnLayout.of(parquet.schema_arrow)
+            converter = RowConverter(layout, name, dataset_root(path, name), prompt_option(self.options.get("prompt")))
+            for first_row, batch in read_ahead(iter_row_batches(parquet, start_row)):
+                for row, values in enumerate(batch.to_pylist(), first_row):
+                    yield converter.record(values, row)
+                row = first_row + batch.num_rows
+        except (pa.ArrowException, OSError) as exc:  # truncated download, bad page: the rest is unreadable
+            message = f"parquet unreadable from row {row} on: {type(exc).__name__}: {exc}"
+            raw = raw_json({"file": name, "from_row": row})
+            yield SourceRecord(name, row, raw=raw, error=("corrupt_file", message))
+
+
+def read_ahead(items: Iterator[T], depth: int = READ_AHEAD) -> Iterator[T]:
+    """Yield `items` while a thread already reads the next `depth` of them.
+
+    Parquet page reads and decompression release the GIL, so the next batch is read while ingest
+    hashes and writes the current one; memory grows by at most `depth` batches.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stopped = threading.Event()
+
+    def offer(entry: tuple) -> bool:
+        """Queue `entry` unless the consumer has gone away (then the producer just ends)."""
+        while not stopped.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+            offer((_END, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            offer((_END, exc))
+
+    thread = threading.Thread(target=produce, name="parquet-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = slots.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stopped.set()
+
+
+def iter_row_batches(parquet: pq.ParquetFile, start_row: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(first row number, batch) from `start_row` on; row groups before it are never read."""
+    group_start = 0
+    for group in range(parquet.metadata.num_row_groups):
+        meta = parquet.metadata.row_group(group)
+        group_end = group_start + meta.num_rows
+        if group_end > start_row:
+            batch_rows = max(1, BATCH_BYTES * meta.num_rows // max(meta.total_byte_size, 1))
+            row = group_start
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group]):
+                skip = min(max(start_row - row, 0), batch.num_rows)
+                if skip < batch.num_rows:
+                    yield row + skip, batch.slice(skip)
+                row += batch.num_rows
+        group_start = group_end
+
+
+def dataset_root(path: str, name: str) -> str:
+    """The folder path-only images are relative to: the folder ingest was given (HF: the repo root).
+
+    For a single file named on the command line, the nearest ancestor (up to two levels) holding
+    the dataset card `README.md`, else the file's own folder.
+    """
+    path = os.path.abspath(path)
+    if "/" in name and path.replace(os.sep, "/").endswith("/" + name):
+        return path[: -len(name) - 1]
+    folder = os.path.dirname(path)
+    for candidate in (folder, os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))):
+        if os.path.isfile(os.path.join(candidate, "README.md")):
+            return candidate
+    return folder
+
+
+# -- columns ----------------------------------------------------------------------------------------
+def is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+
+
+def is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def element_type(t: pa.DataType) -> pa.DataType:
+    """The item type of a list column, or the type itself."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_list_view(t):
+        return t.value_type
+    return t
+
+
+def is_hf_image(t: pa.DataType) -> bool:
+    """HF `Image()` storage: struct<bytes: binary, path: string>."""
+    if not pa.types.is_struct(t):
+        return False
+    names = {t.field(i).name: t.field(i).type for i in range(t.num_fields)}
+    return "bytes" in names and is_binary(names["bytes"]) and is_string(names.get("path", pa.null()))
+
+
+@dataclass
+class ColumnLayout:
+    """Which columns hold the id, the images (embedded or paths) and the dialogue."""
+
+    id_column: str | None = None
+    embedded: list[str] = field(default_factory=list)  # HF Image structs / binary, or lists of them
+    paths: list[str] = field(default_factory=list)  # image paths (names only when bytes are embedded)
+    dialogue: str | None = None
+    dialogue_kind: str | None = None  # conversations | messages | caption
+    consumed: set[str] = field(default_factory=set)  # columns turned into id/images/turns; the rest is meta
+
+    @classmethod
+    def of(cls, schema: pa.Schema) -> "ColumnLayout":
+        layout = cls()
+        layout.id_column = next((c for c in ID_COLUMNS if c in schema.names), None)
+        for f in schema:
+            item = element_type(f.type)
+            if is_hf_image(item) or is_binary(item):
+                layout.embedded.append(f.name)
+            elif is_string(item) and f.name.lower() in IMAGE_PATH_COLUMNS:
+                layout.paths.append(f.name)
+        for kind, names in (("conversations", ("conversations",)), ("messages", ("messages",)),
+                            ("caption", CAPTION_COLUMNS)):
+            found = next((c for c in names if c in schema.names), None)
+            if found and not layout.dialogue:
+                layout.dialogue, layout.dialogue_kind = found, kind
+        layout.consumed = {c for c in (layout.id_column, layout.dialogue, *layout.embedded, *layout.paths) if c}
+        return layout
+
+
+
+class RowConverter:
+    """Turns one parquet row (a dict) into a SourceRecord following the file's ColumnLayout."""
+
+    def __init__(self, layout: ColumnLayout, name: str, base_dir: str, prompt: str):
+        self.layout, self.name, self.base_dir, self.prompt = layout, name, base_dir, prompt
+
+    def record(self, row: dict[str, Any], index: int) -> SourceRecord:
+        layout = self.layout
+        orig_id = as_text_id(row.get(layout.id_column)) if layout.id_column else None
+        record = SourceRecord(self.name, index, orig_id=orig_id)
+        record.meta = {k: v for k, v in row.items() if k not in layout.consumed}
+        # the row without its bytes: what the errors table keeps if this row or its image fails
+        record.raw = raw_json({k: without_bytes(v) if k in layout.embedded else v for k, v in row.items()})
+        try:
+            record.images = self.images(row)
+            record.conversations = self.dialogue(row, record)
+        except (MalformedRecord, MalformedMessages) as exc:
+            record.error = ("malformed_record", str(exc))
+        return record
+
+    def images(self, row: dict[str, Any]) -> list[ImageRef]:
+        """Embedded images in column order, named as the file names them; else the path columns."""
+        if self.layout.embedded:
+            refs = [ref for column in self.layout.embedded for value in as_list(row.get(column))
+                    if (ref := self.embedded_ref(value))]
+            names = [p for c in self.layout.paths for p in as_list(row.get(c))]
+            if len(names) == len(refs) and not any(ref.path for ref in refs):  # data-juicer: names beside bytes
+                for ref, name in zip(refs, names):
+                    ref.path = name
+            return refs
+        paths = [p for c in self.layout.paths for p in as_list(row.get(c)) if p]
+        return [ImageRef(path=p, base_dir=self.base_dir) for p in paths]
+
+    def embedded_ref(self, value: Any) -> ImageRef | None:
+        """An HF Image struct or raw bytes as a reference; a null image (text-only row) is None."""
+        if isinstance(value, dict):
+            data, path = value.get("bytes"), value.get("path")
+            if data is None and not path:
+                return None
+            return ImageRef(path=path, data=data, base_dir=self.base_dir)
+        return ImageRef(data=value) if value is not None else None
+
+    def dialogue(self, row: dict[str, Any], record: SourceRecord) -> list[dict]:
+        kind, value = self.layout.dialogue_kind, row.get(self.layout.dialogue) if self.layout.dialogue else None
+        if kind == "conversations":
+            if value is None:
+                raise MalformedRecord("`conversations` is null")
+            turns, extras = llava_turns(value)
+            if extras:
+                record.meta["turn_extras"] = extras
+            return turns
+        if kind == "messages":
+            dialogue = messages_to_turns(value)
+            if dialogue.system:
+                record.meta["system"] = dialogue.system[0] if len(dialogue.system) == 1 else dialogue.system
+            return dialogue.turns
+        if kind == "caption" and value is not None:
+            return data_juicer_turns(value, self.prompt)
+        if not record.images:
+            raise MalformedRecord("row has neither images nor a dialogue column")
+        record.images_only = True
+        return []
+
+
+def without_bytes(value: Any) -> Any:
+    """An image value for the errors table: its path kept, its bytes replaced by their length."""
+    if isinstance(value, list):
+        return [without_bytes(v) for v in value]
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        return {**value, "bytes": f"<{len(value['bytes'])} bytes>"}
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return value
+
+
+def as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def data_juicer_turns(text: str, prompt: str) -> list[dict]:
+    """A caption (or data-juicer text) as turns: `[[human]]:`/`[[gpt]]:` chunks, else prompt + caption.
+
+    `<__dj__image>` becomes `<image>`; a plain caption loses its image tags (the prompt carries them).
+    """
+    text = text.replace(DJ_CHUNK_END, "")
+    if DJ_TURN.search(text):
+        pieces = DJ_TURN.split(text)[1:]
+        return [{"from": who, "value": said.replace(DJ_IMAGE_TAG, "<image>").rstrip("\n")}
+                for who, said in zip(pieces[::2], pieces[1::2])]
+    return caption_turns(text.replace(DJ_IMAGE_TAG, "").strip(), prompt)

@@ -1,0 +1,185 @@
+"""WebDataset reader: `.tar` / `.tgz` shards (BLIP3o, LAION/img2dataset, clip-retrieval), streamed.
+
+A shard is read as a stream (`tarfile` mode `r|*`): nothing is extracted, member names are never
+used as filesystem paths, and memory holds one sample group at a time. Members are grouped the
+WebDataset way: consecutive members sharing a key (`dir/key` = the name up to the first dot of its
+base name, directory prefixes included); per-member `.gz` is decompressed (`0001.txt.gz` → `txt`).
+
+Each group becomes one record, its row being the group's index in the shard:
+
+- image(s) + caption (`.txt`, `.caption`, else `caption`/`text` of the `.json`) → a sample
+  `[{"from": "human", "value": --prompt}, {"from": "gpt", "value": caption}]` (prompt default
+  `<image>`; a literal `\\n` in the option is a newline);
+- image(s) only → the images are stored, no sample (image-only shards);
+- caption only → a text-only sample: the prompt without its `<image>` tag (if anything is left),
+  then the caption;
+- neither → an error row listing the members.
+
+Other members (`.cls`, `.json`, ...) are kept in `meta` under their extension; `orig_id` is the key.
+A truncated or corrupt shard yields the groups read so far, then one `corrupt_shard` error.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from etl.sources import register
+from etl.sources.base import ImageRef, SourceReader, SourceRecord, raw_json
+
+DEFAULT_PROMPT = "<image>"
+IMAGE_TAG = "<image>"
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+CAPTION_EXTENSIONS = ("txt", "caption")
+JSON_CAPTION_KEYS = ("caption", "text", "txt")
+MEMBER_NAME = re.compile(r"^((?:.*/)?[^./][^/]*?)\.([^/]*)$")  # (key, extension); hidden files excluded
+MAX_MEMBER_BYTES = 1 << 30  # a member (after gunzip) larger than this is refused, not loaded
+
+
+@dataclass
+class Group:
+    """The members of one key, in shard order: extension → bytes (plus the member names)."""
+
+    key: str
+    members: dict[str, bytes] = field(default_factory=dict)
+    names: list[str] = field(default_factory=list)
+    problem: str | None = None  # a member that could not be read (bad gzip, too large)
+
+
+@register
+class WebDatasetReader(SourceReader):
+    """Reads WebDataset tar shards (plain or gzip) into caption samples or image-only records."""
+
+    format_name = "webdataset"
+    extensions = (".tar", ".tgz", ".tar.gz")
+
+    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
+        prompt = prompt_option(self.options.get("prompt"))
+        row = start_row
+        try:
+            for row, group in iter_groups(path, start_row):
+                yield group_record(group, name, row, prompt)
+                row += 1
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            message = f"shard unreadable after {row} groups: {type(exc).__name__}: {exc}"
+            yield SourceRecord(name, row, raw=raw_json({"shard": name}), error=("corrupt_shard", message))
+
+
+def prompt_option(value: str | None) -> str:
+    return (value or DEFAULT_PROMPT).replace("\\n", "\n")
+
+
+def caption_turns(caption: str, prompt: str) -> list[dict[str, str]]:
+    """The caption sample every captioning dataset becomes: the prompt asks, the caption answers.
+
+    An empty prompt (a text-only group whose prompt was just `<image>`) leaves the caption alone.
+    """
+    asked = [{"from": "human", "value": prompt}] if prompt else []
+    return [*asked, {"from": "gpt", "value": caption}]
+
+
+def split_member_name(member_name: str) -> tuple[str, str] | None:
+    """(key, lower-case extension) of a member, or None for names without one (or hidden files)."""
+    match = MEMBER_NAME.match(member_name)
+    return (match.group(1), match.group(2).lower()) if match else None
+
+
+def iter_groups(path: str, start_row: int = 0) -> Iterator[tuple[int, Group]]:
+    """(row, group) for each key of the shard in order; groups before `start_row` are not loaded."""
+    row, current = -1, None
+    with tarfile.open(path, mode="r|*") as tar:
+        for member in tar:
+            parsed = split_member_name(member.name) if member.isfile() else None
+            if parsed is None:
+                continue  # directories, links, devices, extension-less names: not sample members
+            key, extension = parsed
+            if current is None or key != current.key:
+                if current is not None and row >= start_row:
+                    yield row, current
+                row, current = row + 1, Group(key)
+            if row >= start_row:
+                add_member(current, tar, member, extension)
+        if current is not None and row >= start_row:
+            yield row, current
+
+
+def add_member(group: Group, tar: tarfile.TarFile, member: tarfile.TarInfo, extension: str) -> None:
+    """Read one member into the group (gunzipping `.gz`), noting rather than raising on bad members."""
+    group.names.append(member.name)
+    if member.size > MAX_MEMBER_BYTES:
+        group.problem = f"{member.name}: {member.size} bytes is over the {MAX_MEMBER_BYTES} limit"
+        return
+    data = tar.extractfile(member).read()
+    if extension.endswith(".gz") or extension == "gz":
+        try:
+            data = gunzip_bounded(data)
+        except (OSError, EOFError, zlib.error, ValueError) as exc:
+            group.problem = f"{member.name}: bad gzip member: {exc}"
+            return
+        extension = extension[: -len(".gz")] if extension.endswith(".gz") else ""
+    group.members[extension] = data
+
+
+def gunzip_bounded(data: bytes) -> bytes:
+    """Decompress a gzip member, refusing output over MAX_MEMBER_BYTES (a gzip bomb)."""
+    with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+        out = f.read(MAX_MEMBER_BYTES + 1)
+    if len(out) > MAX_MEMBER_BYTES:
+        raise ValueError(f"decompresses to over {MAX_MEMBER_BYTES} bytes")
+    return out
+
+
+def group_record(group: Group, name: str, row: int, prompt: str) -> SourceRecord:
+    """One group → a caption sample, an image-only record, a text-only sample or an error."""
+    record = SourceRecord(name, row, orig_id=group.key, raw=raw_json({"key": group.key, "members": group.names}))
+    if group.problem:
+        record.error = ("malformed_record", group.problem)
+        return record
+    images = [ext for ext in group.members if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
+    record.images = [ImageRef(data=group.members[ext]) for ext in images]
+    try:
+        caption, record.meta = caption_and_meta(group, set(images))
+    except (UnicodeDecodeError, ValueError) as exc:
+        record.error = ("malformed_record", f"key {group.key}: {exc}")
+        return record
+    if caption is not None:
+        record.conversations = caption_turns(caption, prompt if images else text_only(prompt))
+    elif images:
+        record.images_only = True
+    else:
+        record.error = ("no_image_or_caption", f"key {group.key}: no image and no caption among {group.names}")
+    return record
+
+
+def text_only(prompt: str) -> str:
+    return prompt.replace(IMAGE_TAG, "").strip()
+
+
+def member_value(extension: str, data: bytes) -> Any:
+    """A non-image member for meta: parsed JSON, UTF-8 text, or (binary) a note of its size."""
+    if extension == "json":
+        return json.loads(data)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        if extension in CAPTION_EXTENSIONS:
+            raise
+        return f"<{len(data)} bytes of binary data>"
+
+
+def caption_and_meta(group: Group, image_extensions: set[str]) -> tuple[str | None, dict[str, Any]]:
+    """The caption (first of .txt/.caption/.json caption) and every other member, decoded, as meta."""
+    meta: dict[str, Any] = {}
+    for ext, data in group.members.items():
+        if ext not in image_extensions:
+            meta[ext] = member_value(ext, data)
+    caption = next((meta.pop(ext) for ext in CAPTION_EXTENSIONS if ext in meta), None)
+    if caption is None and isinstance(meta.get("json"), dict):
+        caption = next((meta["json"][k] for k in JSON_CAPTION_KEYS if isinstance(meta["json"].get(k), str)), None)
+    return (caption.strip() if caption is not None else None), meta

@@ -127,13 +127,8 @@ MMLAKE = """
 import sys
 from etl.ingest import IngestOptions, ingest
 from etl.lake import Lake
-opts = IngestOptions(source="bench", progress=False)
-workers = int(sys.argv[4])
-if workers > 1:  # the parallel engine (etl/engine/ingest_parallel.py)
-    from etl.engine.ingest_parallel import ingest_parallel_run
-    counts = ingest_parallel_run(Lake.open(sys.argv[2]), [sys.argv[1]], opts, workers)
-else:
-    counts = ingest(Lake.open(sys.argv[2]), [sys.argv[1]], opts)
+opts = IngestOptions(source="bench", progress=False, workers=int(sys.argv[4]))  # > 1: etl/engine/ingest_parallel.py
+counts = ingest(Lake.open(sys.argv[2]), [sys.argv[1]], opts)
 assert counts["samples_added"] == int(sys.argv[3]), dict(counts)
 """
 

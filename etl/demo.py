@@ -7,9 +7,7 @@ posing as an image, a missing image, a malformed record and a broken JSONL line.
 """
 from __future__ import annotations
 
-import io
 import json
-import os
 import shutil
 from pathlib import Path
 

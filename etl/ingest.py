@@ -40,6 +40,7 @@ class IngestOptions:
     batch_records: int = 1000
     batch_bytes: int = 256 << 20
     io_threads: int = 8
+    workers: int = 1  # > 1: worker processes read, hash and write; this process commits
     reader_options: dict = field(default_factory=dict)
     progress: bool | None = None  # None: a bar only on a terminal
 
@@ -73,8 +74,8 @@ def expand_inputs(paths: Iterable[str], opts: IngestOptions) -> list[InputFile]:
 def _files_of(arg: str) -> Iterator[tuple[str, str | None]]:
     if os.path.isdir(arg):
         for dirpath, dirnames, filenames in os.walk(arg):
-            dirnames.sort()
-            for fn in sorted(filenames):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # e.g. a download's .cache/
+            for fn in sorted(f for f in filenames if not f.startswith(".")):
                 yield os.path.join(dirpath, fn), arg
     elif glob.has_magic(arg):
         root = _glob_root(arg)
@@ -325,16 +326,27 @@ def ingest(lake: Lake, paths: list[str], opts: IngestOptions) -> Counter:
     """Ingest every file named by `paths`; returns the run's counts (also stored in `runs`)."""
     files = expand_inputs(paths, opts)
     params = {"paths": [os.path.abspath(p) for p in paths], "source": opts.source, "format": opts.format,
-              "image_roots": opts.image_roots, "files": [f.name for f in files]}
+              "image_roots": opts.image_roots, "files": [f.name for f in files], "workers": opts.workers}
     with recorded_run(lake, "ingest", params) as run:
-        ingestor = Ingestor(lake, opts, run)
         with tqdm(desc="ingest", unit=" rec", disable=PROGRESS_DISABLE[opts.progress]) as bar:
-            for file in files:
-                bar.set_description(f"ingest {file.name}")
-                ingestor.ingest_file(file, bar)
-        ingestor.pool.shutdown()
+            if opts.workers > 1:
+                from etl.engine.ingest_parallel import ingest_files_parallel  # the engine builds on this module
+
+                ingest_files_parallel(lake, files, opts, run, opts.workers, bar)
+            else:
+                ingest_files_serially(lake, files, opts, run, bar)
         for table in (S.CHECKPOINTS, S.ERRORS, S.RUNS):
             lake.compact(table)
         if run.counts["images_added"]:
             lake.ensure_key_index(S.IMAGES)
     return run.counts
+
+
+def ingest_files_serially(lake: Lake, files: list[InputFile], opts: IngestOptions, run: Run, bar: tqdm) -> None:
+    ingestor = Ingestor(lake, opts, run)
+    try:
+        for file in files:
+            bar.set_description(f"ingest {file.name}")
+            ingestor.ingest_file(file, bar)
+    finally:
+        ingestor.pool.shutdown()

@@ -106,3 +106,14 @@ def test_hf_paths_name_a_repo_and_a_folder_inside_it():
     assert parse_hub_ref("lmms-lab/LLaVA-ReCap-558K").include == ()
     with pytest.raises(ValueError, match="owner"):
         parse_hub_ref("not-a-repo-id")
+
+
+def test_the_cli_ingests_from_a_hub_mirror_with_two_workers(tmp_path):
+    from conftest import run_cli
+
+    hub_snapshot(tmp_path / "mirror" / "lmms-lab" / "LLaVA-OneVision-Data", {"a": 2, "b": 1})
+    lake = Lake.open(str(tmp_path / "lake"))
+    out = run_cli("ingest", "--from-hub", REPO, "--hub-mirror", str(tmp_path / "mirror"), "--include", "a/*",
+                  "--workers", "2", "--no-progress", lake=lake).stdout
+    assert "samples_added" in out
+    assert sources(lake) == {"a": 2}

@@ -1,7 +1,6 @@
 """kill -9 during an ingest, then rerun: the lake ends exactly as after an uninterrupted run."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -9,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from PIL import Image

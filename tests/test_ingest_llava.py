@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pytest
 
 from etl.images import content_id
 from etl.ingest import IngestOptions, ingest

@@ -278,20 +278,18 @@ def shards_sharing_images(folder: Path, shards: int = 3, rows: int = 24) -> None
 
 
 def test_parallel_ingest_builds_the_same_lake_as_the_serial_one(tmp_path):
-    from etl.engine import ingest_parallel
-
     shards_sharing_images(tmp_path / "ds")
     serial, parallel = Lake.open(str(tmp_path / "serial")), Lake.open(str(tmp_path / "parallel"))
-    small_tasks = IngestOptions(progress=False, batch_bytes=2000)  # many tasks, so shared images race
+    small_tasks = IngestOptions(progress=False, batch_bytes=2000, workers=2)  # many tasks, so shared images race
 
     ingest(serial, [str(tmp_path / "ds")], IngestOptions(progress=False))
-    counts = ingest_parallel.ingest_parallel_run(parallel, [str(tmp_path / "ds")], small_tasks, workers=2)
+    counts = ingest(parallel, [str(tmp_path / "ds")], small_tasks)
 
     assert lake_contents(parallel) == lake_contents(serial)
     assert counts["samples_added"] == serial.count(S.SAMPLES) and counts["files"] == 3
     ids = parallel.dataset(S.IMAGES).to_table(columns=["image_id"])["image_id"].to_pylist()
     assert len(ids) == len(set(ids))  # each shared image stored once
-    again = ingest_parallel.ingest_parallel_run(parallel, [str(tmp_path / "ds")], small_tasks, workers=2)
+    again = ingest(parallel, [str(tmp_path / "ds")], small_tasks)
     assert again["files_already_done"] == 3 and lake_contents(parallel) == lake_contents(serial)
 
 
@@ -300,9 +298,9 @@ def test_parallel_ingest_killed_mid_commit_resumes_to_the_same_lake(tmp_path, po
     shards_sharing_images(tmp_path / "ds", shards=2)
     serial = Lake.open(str(tmp_path / "serial"))
     ingest(serial, [str(tmp_path / "ds")], IngestOptions(progress=False))
-    script = ("import sys; from etl.engine.ingest_parallel import ingest_parallel_run; from etl.ingest import IngestOptions;"
-              "from etl.lake import Lake; ingest_parallel_run(Lake.open(sys.argv[1]), [sys.argv[2]],"
-              " IngestOptions(progress=False, batch_bytes=2000), workers=2)")
+    script = ("import sys; from etl.ingest import IngestOptions, ingest;"
+              "from etl.lake import Lake; ingest(Lake.open(sys.argv[1]), [sys.argv[2]],"
+              " IngestOptions(progress=False, batch_bytes=2000, workers=2))")
     cmd = [sys.executable, "-c", script, str(tmp_path / "parallel"), str(tmp_path / "ds")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 

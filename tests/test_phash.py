@@ -158,6 +158,92 @@ def test_fast_mode_equals_exact_on_non_jpeg_images():
     assert P.phash_batch(datas, "fast")[0] == P.phash_batch(datas, "exact")[0]
 
 
+def _noise_jpeg(width: int, height: int, seed: int, quality: int = 90) -> bytes:
+    rng = np.random.default_rng(seed)
+    noise = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(2))
+    buf = io.BytesIO()
+    noise.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_fast_mode_decodes_jpegs_at_the_smallest_scale_keeping_64_px_a_side():
+    cases = {(1000, 800): 8, (1000, 300): 4, (336, 500): 4, (200, 150): 2, (127, 400): 1}
+    for (width, height), scale in cases.items():
+        gray, full_shape, got = P.decode_gray_reduced(_noise_jpeg(width, height, seed=width))
+        assert (got, full_shape) == (scale, (height, width))
+        assert gray.dtype == np.uint8 and gray.shape == (-(-height // scale), -(-width // scale))
+    assert P.decode_gray_reduced(gray_png(300, 200, seed=1))[2] == 1  # other formats: whole, like exact
+
+
+def test_fast_mode_equals_exact_on_jpegs_too_small_to_decode_reduced():
+    """Saturated colours: libjpeg's luma differs from Pillow's RGB -> "L" by up to ~40 levels here,
+    so a small JPEG must not be drafted to "L" either."""
+    rng = np.random.default_rng(0)
+    datas = []
+    for width, height in [(120, 100), (127, 400), (400, 100), (20, 300)]:
+        buf = io.BytesIO()
+        Image.fromarray((rng.integers(0, 2, (height, width, 3)) * 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+        datas.append(buf.getvalue())
+    for data in datas:
+        gray, _, scale = P.decode_gray_reduced(data)
+        assert scale == 1 and np.array_equal(gray, P.decode_gray(data))
+    assert P.phash_batch(datas, "fast")[0] == P.phash_batch(datas, "exact")[0]
+
+
+def test_one_eighth_jpeg_decode_is_the_block_means_of_the_luma(realdata):
+    """The fact fast mode relies on: libjpeg's 1/8 DCT-domain decode is the 8x8 block means."""
+    data = (realdata / "data_juicer" / "tests" / "ops" / "data" / "blip.jpg").read_bytes()
+    reduced, (height, width), scale = P.decode_gray_reduced(data)
+    assert scale == 8
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("L", None)  # luma, full size
+        luma = np.asarray(im).astype(np.float64)
+    padded = np.pad(luma, ((0, -height % 8), (0, -width % 8)), mode="edge")
+    means = padded.reshape(padded.shape[0] // 8, 8, padded.shape[1] // 8, 8).mean(axis=(1, 3))
+    assert np.abs(means - reduced).max() <= 1.5
+
+
+def test_block_weights_give_the_full_size_thumbnail_of_a_block_constant_image():
+    """Resizing block means with block-integrated weights ~ resizing the full image (pixel noise at
+    block scale, the hardest case); resizing the small image with its own LANCZOS (the old fast
+    mode) is several times further off."""
+    rng = np.random.default_rng(4)
+    for (height, width), scale in [((301, 457), 4), ((600, 803), 8), ((250, 130), 2)]:
+        blocks = rng.integers(0, 256, (-(-height // scale), -(-width // scale)), dtype=np.uint8)
+        full = np.kron(blocks, np.ones((scale, scale), np.uint8))[:height, :width]
+        want = P.thumbnail32(full).astype(int)
+        error = np.abs(P.thumbnail32_reduced(blocks, (height, width), scale).astype(int) - want)
+        assert error.mean() < 0.3 and error.max() <= 8, (height, width, scale)
+        own_resize = np.asarray(Image.fromarray(blocks).resize((32, 32), Image.Resampling.LANCZOS)).astype(int)
+        assert np.abs(own_resize - want).mean() > 2 * error.mean()
+
+
+def test_reduced_coefficients_are_normalised_and_stay_inside_the_decoded_blocks():
+    for full_size, scale in [(336, 4), (1280, 8), (129, 2), (4000, 8), (130, 2)]:
+        kk, bounds = P.reduced_coefficients(full_size, scale)
+        n_blocks = -(-full_size // scale)
+        assert kk.shape[0] == 32 and bounds[:, 0].min() >= 0
+        assert (bounds[:, 0] + bounds[:, 1]).max() <= n_blocks
+        assert np.abs(kk.sum(axis=1) - (1 << 22)).max() <= 64  # normalised, in 22-bit fixed point
+        taps = np.arange(kk.shape[1])[None, :] >= bounds[:, 1:2]
+        assert not kk[taps].any()  # nothing outside each output's band
+
+
+def test_compiled_fast_resampler_equals_its_plain_python_fallback():
+    """Without numba the same code runs as Python / numpy and gives the same thumbnails."""
+    kernels = P._kernels()
+    if kernels is None:
+        pytest.skip("numba not installed: only the fallback exists")
+    table = P._lanczos_integral()
+    for full_size, scale in [(336, 4), (1280, 8), (129, 2), (997, 8)]:
+        compiled = kernels.reduced_coefficients(full_size, scale, table)
+        plain = P._reduced_coefficients_loop(full_size, scale, table)
+        assert all(np.array_equal(a, b) for a, b in zip(compiled, plain)), (full_size, scale)
+    gray, full_shape, scale = P.decode_gray_reduced(_noise_jpeg(900, 700, seed=3))
+    rows, cols = (P.reduced_coefficients(n, scale) for n in full_shape)
+    assert np.array_equal(P._two_passes_numpy(gray, rows, cols), P.thumbnail32_reduced(gray, full_shape, scale))
+
+
 # -- bad and odd images -----------------------------------------------------------------------------
 def test_truncated_jpeg_gets_null_phash_and_a_decode_error(realdata):
     data = (realdata / "pillow_test_images" / "Tests" / "images" / "truncated_jpeg.jpg").read_bytes()

@@ -22,9 +22,6 @@ memory stays around `2 × workers × TASK_BYTES` whatever the input size.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
-import threading
-import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -36,12 +33,13 @@ from tqdm import tqdm
 
 from etl import schema as S
 from etl.errors import errors_table
+from etl.engine.local import exit_with_parent
 from etl.faults import crash_point
 from etl.ingest import (
-    PROGRESS_DISABLE, STAGE, Batch, IngestOptions, Ingestor, InputFile, expand_inputs, images_table, sample_id,
+    STAGE, Batch, IngestOptions, Ingestor, InputFile, images_table, sample_id,
 )
 from etl.lake import Lake, conform
-from etl.runlog import Run, recorded_run
+from etl.runlog import Run
 from etl.sources import readers
 from etl.sources.base import SourceRecord, file_fingerprint
 
@@ -124,14 +122,7 @@ def read_range(task: Task, opts: IngestOptions) -> Iterator[SourceRecord]:
 def _init(lake_root: str, opts: IngestOptions, run_id: str) -> None:
     global _worker
     _worker = TaskWorker(lake_root, opts, run_id)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """A worker whose committing process died (kill -9) exits too, instead of waiting forever for tasks."""
-    while os.getppid() == parent_pid:
-        time.sleep(0.5)
-    os._exit(1)
+    exit_with_parent()  # a worker whose committing process died (kill -9) exits too
 
 
 def _run(task: Task) -> TaskResult:
@@ -238,18 +229,3 @@ def ingest_files_parallel(lake: Lake, files: list[InputFile], opts: IngestOption
             oldest, future = in_flight.popleft()
             committer.commit(oldest, future.result(), bar)
     committer.ingestor.pool.shutdown()
-
-
-def ingest_parallel_run(lake: Lake, paths: list[str], opts: IngestOptions, workers: int) -> Counter:
-    """`etl.ingest.ingest` on `workers` processes: same inputs, same run record, same resulting lake."""
-    files = expand_inputs(paths, opts)
-    params = {"paths": [os.path.abspath(p) for p in paths], "source": opts.source, "format": opts.format,
-              "image_roots": opts.image_roots, "files": [f.name for f in files], "workers": workers}
-    with recorded_run(lake, "ingest", params) as run:
-        with tqdm(desc="ingest", unit=" rec", disable=PROGRESS_DISABLE[opts.progress]) as bar:
-            ingest_files_parallel(lake, files, opts, run, workers, bar)
-        for table in (S.CHECKPOINTS, S.ERRORS, S.RUNS):
-            lake.compact(table)
-        if run.counts["images_added"]:
-            lake.ensure_key_index(S.IMAGES)
-    return run.counts

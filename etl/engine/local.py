@@ -7,6 +7,9 @@ stays bounded whatever the number of tasks.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
@@ -14,8 +17,21 @@ from typing import Any
 _worker: Callable[[Any], Any] | None = None
 
 
+def exit_with_parent() -> None:
+    """Make this worker exit when the process that hands it tasks dies (kill -9 leaves no orphans)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _init_worker(factory: Callable[[], Callable[[Any], Any]]) -> None:
     global _worker
+    exit_with_parent()
     _worker = factory()
 
 

@@ -17,6 +17,7 @@ _READER_MODULES = [
     "etl.sources.webdataset",  # .tar / .tgz
     "etl.sources.vila",  # JSON whose first key is test_cases
     "etl.sources.messages",  # JSON/JSONL whose first record has `messages`
+    "etl.sources.data_juicer",  # JSON/JSONL whose first record has `text` (+ `images`)
     "etl.sources.llava",  # any other JSON/JSONL: must stay last
 ]
 

@@ -195,12 +195,21 @@ def stage_selection(con: duckdb.DuckDBPyConnection, compiled: CompiledRecipe, op
     except duckdb.Error as exc:
         raise ExportError(f"recipe {compiled.recipe.name}: the compiled query fails: {exc}") from exc
     con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, opts.layout))
+    con.execute("""
+        create temp table image_files as
+        select distinct f.image_id, f.path, i.nbytes
+        from sample_image_files f left join images i using (image_id)""")
     file_index = "source_index" if opts.split_by_source else "0"
+    # A one-image sample's path: in the hashed layout a function of the image alone, so those samples
+    # join the (small) per-image table on their image id instead of the per-reference one on sample_id.
+    one_image = ("left join image_files one on r.n_images = 1 and one.image_id = r.image_ids[1]"
+                 if opts.layout == "hashed" else
+                 "left join sample_image_files one on r.n_images = 1 and one.sample_id = r.sample_id")
     con.execute(f"""
         create temp table selected as
         with selected_rows as (
             select row_number() over (order by source_index, repeat_index, source_file, source_row, sample_id) as out_pos,
-                   {file_index} as file_index, sample_id, n_images, n_image_tags,
+                   {file_index} as file_index, sample_id, n_images, n_image_tags, image_ids,
                    list_contains(fixes, 'surrounding_whitespace') as needs_strip
             from (select *, unnest(range(repeat)) as repeat_index from decisions where removed_by is null)
         ),
@@ -208,17 +217,11 @@ def stage_selection(con: duckdb.DuckDBPyConnection, compiled: CompiledRecipe, op
             select sample_id, list(path order by pos) as paths
             from sample_image_files where n_images > 1 group by sample_id
         )
-        select r.*,
-               case when r.n_images = 1 then [one.path] else multi.paths end as paths,
-               r.out_pos - min(r.out_pos) over (partition by r.file_index) + 1 as file_pos,
-               count(*) over (partition by r.file_index) as file_rows
+        select r.* exclude (image_ids),
+               case when r.n_images = 1 then [one.path] else multi.paths end as paths
         from selected_rows r
-        left join sample_image_files one on one.sample_id = r.sample_id and r.n_images = 1
-        left join paths_of_multi_image_samples multi on multi.sample_id = r.sample_id""")
-    con.execute("""
-        create temp table image_files as
-        select distinct f.image_id, f.path, i.nbytes
-        from sample_image_files f left join images i using (image_id)""")
+        {one_image}
+        left join paths_of_multi_image_samples multi on r.n_images > 1 and multi.sample_id = r.sample_id""")
 
 
 def extension_sql(format_column: str) -> str:
@@ -323,6 +326,7 @@ MESSAGES_SQL = """list_concat(
             list_transform(conversations, lambda t: {
                 'role': case t['from'] when 'human' then 'user' when 'gpt' then 'assistant' else t['from'] end,
                 'content': t.value}))"""
+RECORD_END = b",\n"  # after every record from records_sql; JsonArrayFile drops a file's last one
 RECORD_SQL = {
     # three shapes so that text-only records carry no `image` key at all
     "llava": """case when paths is null then to_json({'id': id, 'conversations': conversations})
@@ -334,14 +338,13 @@ RECORD_SQL = {
 
 
 def records_sql(fmt: str, sources: list[str]) -> str:
-    """One line of JSON array text per selected row, in output order: `[`+newline before a file's
-    first record, `,` after every record but its last (ids are strings: orig_id, else sample_id)."""
+    """One JSON record + `,` + newline per selected row, in output order, with its file index (ids are
+    strings: orig_id, else sample_id). JsonArrayFile turns these into the array's text."""
     system = ("case when json_type(s.meta, '$.system') = 'VARCHAR' then json_extract_string(s.meta, '$.system') end"
               if fmt == "messages" else "null::varchar")
     return f"""
     with picked as (
-        select sel.out_pos, sel.file_index, sel.file_pos, sel.file_rows, sel.n_images, sel.n_image_tags, sel.needs_strip,
-               sel.paths,
+        select sel.out_pos, sel.file_index, sel.n_images, sel.n_image_tags, sel.needs_strip, sel.paths,
                coalesce(s.orig_id, s.sample_id) as id, s.conversations, {system} as system
         from selected sel
         join samples s using (sample_id)
@@ -349,30 +352,35 @@ def records_sql(fmt: str, sources: list[str]) -> str:
     ),
     stripped as (select * replace ({STRIPPED_CONVERSATIONS} as conversations) from picked),
     fixed as (select * replace ({TAGGED_CONVERSATIONS} as conversations) from stripped)
-    select file_index,
-           (case when file_pos = 1 then '[' || chr(10) else '' end)
-           || {RECORD_SQL[fmt]}
-           || (case when file_pos < file_rows then ',' else '' end) || chr(10) as line
+    select file_index, {RECORD_SQL[fmt]} || ',' || chr(10) as line
     from fixed
     order by out_pos"""
 
 
 class JsonArrayFile:
-    """A JSON array file fed with ready-made lines, hashed as it is written (nothing held in memory)."""
+    """A JSON array file fed with runs of `record,\n` lines, hashed as it is written (nothing held in
+    memory). The text is `[\n` rec `,\n` rec … rec `\n]\n` (`[]\n` when empty): each run is written
+    without its last `,\n`, which is written only once another run follows."""
 
     def __init__(self, path: Path):
         self.path, self.records, self.nbytes = path, 0, 0
         self.sha = hashlib.sha256()
         self.file = open(path, "wb")
 
-    def write(self, data, records: int) -> None:
+    def _put(self, data) -> None:
         self.file.write(data)
         self.sha.update(data)
         self.nbytes += len(data)
-        self.records += records
+
+    def write(self, lines, records: int) -> None:
+        """`lines`: `records` consecutive records, each followed by RECORD_END."""
+        if records:
+            self._put(b"[\n" if self.records == 0 else RECORD_END)
+            self._put(lines[: len(lines) - len(RECORD_END)])
+            self.records += records
 
     def close(self) -> dict:
-        self.write(b"]\n" if self.records else b"[]\n", 0)
+        self._put(b"\n]\n" if self.records else b"[]\n")
         self.file.close()
         return {"sha256": self.sha.hexdigest(), "bytes": self.nbytes, "records": self.records}
 

@@ -36,14 +36,17 @@ with turns as (
     from samples
 ),
 turn_shapes as (
-    -- CASE evaluates its branch only where needed: most turns have no tag and no edge whitespace
+    -- CASE evaluates its branch only where needed: most turns have no tag and no edge whitespace.
+    -- Whitespace is RE2's \s, [\t\n\f\r ] (codes 9 10 12 13 32): the codes of the first and last
+    -- character are tested first (cheap), a regex runs only for values starting or ending with one.
     select sample_id, source, n_images, turn, turn_no,
            case when contains(turn.value, '<image>')
                 then (length(turn.value) - length(replace(turn.value, '<image>', ''))) // 7 else 0 end as image_tags,
-           regexp_matches(turn.value, '^\s|\s$') as has_edge_whitespace,
+           ascii(turn.value) in (9, 10, 12, 13, 32)
+               or ascii(turn.value[-1]) in (9, 10, 12, 13, 32) as has_edge_whitespace,
            turn is not null and (turn.value is null or turn.value = ''
-               or (case when regexp_matches(turn.value, '^\s') then regexp_full_match(turn.value, '\s*') else false end))
-               as is_blank
+               or (case when ascii(turn.value) in (9, 10, 12, 13, 32)
+                        then regexp_full_match(turn.value, '\s*') else false end)) as is_blank
     from turns
 ),
 turn_facts as (
@@ -64,15 +67,22 @@ image_refs as (
     select sample_id, source, unnest(image_ids) as image_id
     from samples
 ),
+undecodable_images as (
+    -- images whose phash failed: a phash `errors` row and no phash (joined per image, not per reference)
+    select distinct i.image_id
+    from images i
+    join errors e on e.error_id = 'phash/' || i.image_id
+    where i.phash is null and e.stage = 'phash'
+),
 image_trouble_per_sample as (
     -- only the samples with a bad image reach the group by (most samples have none)
     select r.sample_id, r.source,
            bool_or(i.image_id is null) as has_missing_image,
-           bool_or(i.image_id is not null and i.phash is null and e.error_id is not null) as has_undecodable_image
+           bool_or(u.image_id is not null) as has_undecodable_image
     from image_refs r
     left join images i using (image_id)
-    left join (select error_id from errors where stage = 'phash') e on e.error_id = 'phash/' || r.image_id
-    where i.image_id is null or (i.phash is null and e.error_id is not null)
+    left join undecodable_images u using (image_id)
+    where i.image_id is null or u.image_id is not null
     group by r.sample_id, r.source
 ),
 named_reasons as (

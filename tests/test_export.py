@@ -318,3 +318,49 @@ def test_version_tag_pins_every_table_to_the_tagged_state(crafted_lake, tmp_path
     assert tagged.manifest["lake"]["versions"][S.SAMPLES] == now.manifest["lake"]["versions"][S.SAMPLES] - 1
     with pytest.raises(ExportError, match="no such tag"):
         export(crafted_lake, recipe, ExportOptions(out=str(tmp_path / "x"), version="v9"))
+
+
+# -- the exact bytes ----------------------------------------------------------------------------------
+def test_llava_json_text_is_pinned_byte_for_byte(tmp_path):
+    """The array's exact text (framing, separators, key order, fixes, one/several/no image) stays what
+    trainers and earlier exports saw, whatever the query plan: a speed-up must not change one byte."""
+    import lance
+
+    from etl.images import content_id
+
+    lake = Lake.open(str(tmp_path / "lake"))
+    blobs = [b"GIF89a pinned-1", b"\xff\xd8\xff pinned-2"]
+    ids = [content_id(b) for b in blobs]
+    lake.append(S.IMAGES, pa.table({"image_id": ids, S.BLOB_COLUMN: lance.blob_array(blobs), "format": ["GIF", "JPEG"],
+                                    "width": pa.array([1, 1], pa.int32()), "height": pa.array([1, 1], pa.int32()),
+                                    "nbytes": pa.array([len(b) for b in blobs], pa.int64())}))
+
+    def sample(i, source, orig_id, image_ids, human, gpt):
+        return {"sample_id": f"{source}/p.json#{i}", "source": source, "source_file": "p.json", "source_row": i,
+                "orig_id": orig_id, "image_ids": image_ids,
+                "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}]}
+
+    lake.append(S.SAMPLES, pa.Table.from_pylist([
+        sample(0, "a", "one", [ids[0]], "<image>\nTitle?", "\t A \"Book\".\n "),
+        sample(1, "a", None, [ids[1]], "Colour?", "Red."),
+        sample(2, "b", "text", [], "Héllo?", "Hi."),
+        sample(3, "b", "two", [ids[1], ids[0]], "<image> and <image>: same?", "No."),
+    ], schema=S.SAMPLES_SCHEMA))
+    out = tmp_path / "out"
+    export(lake, write_recipe(tmp_path / "r.yaml", "name: pinned\nsources: [b, a]\n"),
+           ExportOptions(out=str(out), images="none"))
+    gif, jpg = f"{ids[0][:2]}/{ids[0]}.gif", f"{ids[1][:2]}/{ids[1]}.jpg"
+    assert (out / "pinned.json").read_bytes().decode() == (
+        '[\n'
+        '{"id":"text","conversations":[{"from":"human","value":"Héllo?"},{"from":"gpt","value":"Hi."}]},\n'
+        f'{{"id":"two","image":["{jpg}","{gif}"],"conversations":['
+        '{"from":"human","value":"<image> and <image>: same?"},'
+        '{"from":"gpt","value":"No."}]},\n'
+        f'{{"id":"one","image":"{gif}","conversations":[{{"from":"human","value":"<image>\\nTitle?"}},'
+        '{"from":"gpt","value":"A \\"Book\\"."}]},\n'
+        f'{{"id":"a/p.json#1","image":"{jpg}","conversations":[{{"from":"human","value":"<image>\\nColour?"}},'
+        '{"from":"gpt","value":"Red."}]}\n'
+        ']\n')
+    export(lake, write_recipe(tmp_path / "none.yaml", "name: none\nsources: [{source: a, where: 'false'}]\n"),
+           ExportOptions(out=str(tmp_path / "empty"), images="none"))
+    assert (tmp_path / "empty" / "none.json").read_bytes() == b"[]\n"

@@ -304,9 +304,10 @@ def test_parallel_ingest_killed_mid_commit_resumes_to_the_same_lake(tmp_path, po
     cmd = [sys.executable, "-c", script, str(tmp_path / "parallel"), str(tmp_path / "ds")]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
-    crashed = subprocess.run(cmd, env={**env, "MMLAKE_FAULT": point}, capture_output=True)
+    # capture_output waits for every holder of the pipes: it returns only once the orphaned workers exit
+    crashed = subprocess.run(cmd, env={**env, "MMLAKE_FAULT": point}, capture_output=True, timeout=300)
     assert crashed.returncode == 137, crashed.stderr.decode()[-2000:]
-    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
 
     assert lake_contents(Lake.open(str(tmp_path / "parallel"))) == lake_contents(serial)
 

@@ -22,6 +22,7 @@ memory stays around `2 × workers × TASK_BYTES` whatever the input size.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -119,10 +120,10 @@ def read_range(task: Task, opts: IngestOptions) -> Iterator[SourceRecord]:
         yield record
 
 
-def _init(lake_root: str, opts: IngestOptions, run_id: str) -> None:
+def _init(lake_root: str, opts: IngestOptions, run_id: str, parent: int) -> None:
     global _worker
     _worker = TaskWorker(lake_root, opts, run_id)
-    exit_with_parent()  # a worker whose committing process died (kill -9) exits too
+    exit_with_parent(parent)  # a worker whose committing process died (kill -9) exits too
 
 
 def _run(task: Task) -> TaskResult:
@@ -218,7 +219,7 @@ def ingest_files_parallel(lake: Lake, files: list[InputFile], opts: IngestOption
     """Ingest `files` with `workers` processes; this process commits their results in task order."""
     committer = Committer(lake, opts, run)
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init,
-                             initargs=(lake.root, opts, run.run_id)) as pool:
+                             initargs=(lake.root, opts, run.run_id, os.getpid())) as pool:
         in_flight: deque[tuple[Task, Future]] = deque()
         for task in plan_tasks(committer, files, opts):
             in_flight.append((task, pool.submit(_run, task)))

@@ -17,9 +17,12 @@ from typing import Any
 _worker: Callable[[Any], Any] | None = None
 
 
-def exit_with_parent() -> None:
-    """Make this worker exit when the process that hands it tasks dies (kill -9 leaves no orphans)."""
-    parent = os.getppid()
+def exit_with_parent(parent: int) -> None:
+    """Make this worker exit when the process that hands it tasks dies (kill -9 leaves no orphans).
+
+    `parent` is the pid the parent passed in: reading getppid() here would be too late if the parent
+    died while this worker was still starting up.
+    """
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -29,9 +32,9 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _init_worker(factory: Callable[[], Callable[[Any], Any]]) -> None:
+def _init_worker(factory: Callable[[], Callable[[Any], Any]], parent: int) -> None:
     global _worker
-    exit_with_parent()
+    exit_with_parent(parent)
     _worker = factory()
 
 
@@ -52,7 +55,8 @@ class LocalEngine:
                 yield worker(task)
             return
         ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(factory,)) as pool:
+        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(factory, os.getpid())) as pool:
             pending = set()
             for task in tasks:
                 pending.add(pool.submit(_run_task, task))

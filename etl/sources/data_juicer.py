@@ -8,43 +8,31 @@ key but `text`/`images` (e.g. data-juicer's `meta`, `__dj__stats__`) is kept in 
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from typing import Any
 
 from etl.sources import register
-from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
+from etl.sources.base import ImageRef, SourceRecord, as_text_id, raw_json
 from etl.sources.hf_parquet import data_juicer_turns
-from etl.sources.llava import JsonLineError, iter_json_records
-from etl.sources.messages import first_record
+from etl.sources.jsonfiles import JsonRecordsReader
 from etl.sources.webdataset import prompt_option
 
 RECORD_KEYS = ("text", "images")
 
 
 @register
-class DataJuicerReader(SourceReader):
+class DataJuicerReader(JsonRecordsReader):
     """Reads data-juicer `text` (+ `images`) records into samples."""
 
     format_name = "data-juicer"
-    extensions = (".json", ".jsonl")
 
     @classmethod
-    def sniff(cls, path: str) -> bool:
-        """A .json/.jsonl file whose first record has `text` and no LLaVA/messages keys."""
-        if not path.lower().endswith(cls.extensions):
-            return False
-        first = first_record(path)
+    def accepts(cls, first: Any) -> bool:
+        """The first record has a string `text` and no LLaVA/messages keys."""
         return isinstance(first, dict) and isinstance(first.get("text"), str) \
             and not {"conversations", "messages"} & first.keys()
 
-    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
-        base_dir = os.path.dirname(os.path.abspath(path))
-        prompt = prompt_option(self.options.get("prompt"))
-        for row, item in iter_json_records(path, start_row):
-            if isinstance(item, JsonLineError):
-                yield SourceRecord(name, row, raw=item.line, error=("bad_json_line", item.message))
-            else:
-                yield dj_record(item, name, row, base_dir, prompt)
+    def to_record(self, item: Any, name: str, row: int, base_dir: str) -> SourceRecord:
+        return dj_record(item, name, row, base_dir, prompt_option(self.options.get("prompt")))
 
 
 def dj_record(item: object, name: str, row: int, base_dir: str, prompt: str) -> SourceRecord:

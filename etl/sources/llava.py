@@ -17,15 +17,13 @@ sample shape without changing a character of the text:
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections.abc import Iterator
 from typing import Any
 
-import ijson
 
 from etl.sources import register
-from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
+from etl.sources.base import ImageRef, SourceRecord, as_text_id, raw_json
+from etl.sources.jsonfiles import JsonRecordsReader
 
 CONVERSATION_KEYS = ("id", "image", "conversations")
 CHATML_TURN = re.compile(r"<\|im_start\|>(\w+)\n?(.*?)(?:<\|im_end\|>|$)", re.S)
@@ -37,20 +35,12 @@ class MalformedRecord(ValueError):
 
 
 @register
-class LlavaReader(SourceReader):
+class LlavaReader(JsonRecordsReader):
     """Reads LLaVA-style JSON arrays, JSONL and wrapped JSON objects into samples."""
 
     format_name = "llava"
-    extensions = (".json", ".jsonl")
-
-    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
-        base_dir = os.path.dirname(os.path.abspath(path))
-        for row, item in iter_json_records(path, start_row):
-            yield self.to_record(item, name, row, base_dir)
 
     def to_record(self, item: Any, name: str, row: int, base_dir: str) -> SourceRecord:
-        if isinstance(item, JsonLineError):
-            return SourceRecord(name, row, raw=item.line, error=("bad_json_line", item.message))
         record = SourceRecord(name, row, raw=raw_json(item))
         try:
             if not isinstance(item, dict):
@@ -125,72 +115,3 @@ def text_of(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False)
-
-
-# -- streaming JSON ---------------------------------------------------------------------------------
-class JsonLineError:
-    """A JSONL line that does not parse: kept with its text so it lands in `errors`."""
-
-    def __init__(self, line: str, message: str):
-        self.line, self.message = line, message
-
-
-def first_char(path: str) -> str:
-    with open(path, "rb") as f:
-        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return head[:1].decode("ascii", "replace")
-
-
-def iter_json_records(path: str, start_row: int = 0) -> Iterator[tuple[int, Any]]:
-    """(row, record) pairs of a JSON array, a wrapped JSON object or JSONL, from `start_row` on."""
-    kind = json_layout(path)
-    if kind == "array":
-        yield from iter_ijson_items(path, "item", start_row)
-    elif kind == "object":
-        yield from iter_ijson_items(path, f"{wrapped_list_key(path)}.item", start_row)
-    else:
-        yield from iter_jsonl(path, start_row)
-
-
-def json_layout(path: str) -> str:
-    """"array", "object" (one JSON object wrapping a record list) or "jsonl"."""
-    c = first_char(path)
-    if c == "[":
-        return "array"
-    if c == "{":
-        with open(path, "rb") as f:
-            first_line = f.readline()
-        try:
-            json.loads(first_line)
-            return "jsonl"
-        except ValueError:
-            return "object"
-    return "jsonl"
-
-
-def wrapped_list_key(path: str) -> str:
-    """The first top-level key whose value is a list of objects (`annotations`, `data`, ...)."""
-    with open(path, "rb") as f:
-        for prefix, event, _ in ijson.parse(f):
-            if event == "start_map" and prefix.endswith(".item") and prefix.count(".") == 1:
-                return prefix[: -len(".item")]
-    raise MalformedRecord(f"{path}: a JSON object with no list of records inside")
-
-
-def iter_ijson_items(path: str, prefix: str, start_row: int) -> Iterator[tuple[int, Any]]:
-    with open(path, "rb") as f:
-        for row, item in enumerate(ijson.items(f, prefix, use_float=True)):
-            if row >= start_row:
-                yield row, item
-
-
-def iter_jsonl(path: str, start_row: int) -> Iterator[tuple[int, Any]]:
-    """Rows are 0-based line numbers, so an error names the line; blank lines are skipped."""
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        for row, line in enumerate(f):
-            if row < start_row or not line.strip():
-                continue
-            try:
-                yield row, json.loads(line)
-            except ValueError as exc:
-                yield row, JsonLineError(line.rstrip("\n"), f"line {row + 1}: {exc}")

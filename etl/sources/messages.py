@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from etl.sources import register
-from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
-from etl.sources.llava import JsonLineError, iter_json_records
+from etl.sources.base import ImageRef, SourceRecord, as_text_id, raw_json
+from etl.sources.jsonfiles import JsonRecordsReader
 
 IMAGE_TAG = "<image>"
 ROLE_TO_FROM = {"user": "human", "human": "human", "assistant": "gpt", "gpt": "gpt", "model": "gpt"}
@@ -38,7 +35,6 @@ SYSTEM_ROLES = ("system", "developer")
 IMAGE_PART_TYPES = ("image", "image_url", "input_image")
 TEXT_PART_TYPES = ("text", "input_text", "output_text")
 RECORD_KEYS = ("id", "messages", "images", "image")
-SNIFF_BYTES = 1 << 20  # the first record must start within this many bytes
 
 
 class MalformedMessages(ValueError):
@@ -55,27 +51,18 @@ class Dialogue:
 
 
 @register
-class MessagesReader(SourceReader):
+class MessagesReader(JsonRecordsReader):
     """Reads `messages` JSON arrays and JSONL (LLaMA-Factory, OpenAI chat) into samples."""
 
     format_name = "messages"
-    extensions = (".json", ".jsonl")
 
     @classmethod
-    def sniff(cls, path: str) -> bool:
-        """A .json/.jsonl file whose first record has a `messages` key."""
-        if not path.lower().endswith(cls.extensions):
-            return False
-        first = first_record(path)
+    def accepts(cls, first: Any) -> bool:
+        """The first record has a `messages` key."""
         return isinstance(first, dict) and "messages" in first
 
-    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
-        base_dir = os.path.dirname(os.path.abspath(path))
-        for row, item in iter_json_records(path, start_row):
-            if isinstance(item, JsonLineError):
-                yield SourceRecord(name, row, raw=item.line, error=("bad_json_line", item.message))
-            else:
-                yield messages_record(item, name, row, base_dir)
+    def to_record(self, item: Any, name: str, row: int, base_dir: str) -> SourceRecord:
+        return messages_record(item, name, row, base_dir)
 
 
 def messages_record(item: Any, name: str, row: int, base_dir: str | None) -> SourceRecord:
@@ -173,17 +160,3 @@ def data_url_bytes(url: str) -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise MalformedMessages(f"image data URL does not decode: {exc}") from exc
-
-
-def first_record(path: str) -> Any:
-    """The first record of a JSON array or JSONL file, parsed from its first MB (None if unreadable)."""
-    with open(path, "rb") as f:
-        head = f.read(SNIFF_BYTES).lstrip(b"\xef\xbb\xbf \t\r\n")
-    text = head.decode("utf-8", "ignore")
-    if text.startswith("["):
-        text = text[1:].lstrip()
-    try:
-        value, _ = json.JSONDecoder().raw_decode(text)
-    except ValueError:
-        return None
-    return value

@@ -35,6 +35,12 @@ def realdata() -> Path:
     return REALDATA
 
 
+def needs_realdata(path: Path) -> None:
+    """Skip the calling test, saying which file is missing, when a realdata file is absent."""
+    if not path.exists():
+        pytest.skip(f"realdata not present: {path} (see ../shared/realdata/MANIFEST.md)")
+
+
 @pytest.fixture
 def lake(tmp_path) -> Lake:
     return Lake.open(str(tmp_path / "lake"))

@@ -5,9 +5,7 @@ import base64
 import io
 import json
 import os
-from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from etl import schema as S
@@ -16,15 +14,12 @@ from etl.ingest import IngestOptions, ingest
 from etl.lake import Lake
 from etl.sources import detect_format
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+from conftest import REALDATA, needs_realdata
+
 MLLM_DEMO = REALDATA / "llamafactory/mllm_demo"
 CHATML = REALDATA / "data_juicer/demos/data/demo-dataset-chatml.jsonl"
 VILA = REALDATA / "vila_inference_test/inference_test/inference_test.json"
 
-
-def needs_realdata(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"realdata not present: {path} (see ../shared/realdata/MANIFEST.md)")
 
 
 def jpeg(seed: int) -> bytes:

@@ -20,7 +20,8 @@ from etl.lake import Lake
 from etl.sources import detect_format
 from etl.sources.hf_parquet import HFParquetReader, iter_row_batches
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+from conftest import REALDATA, needs_realdata
+
 DJ_PARQUET = REALDATA / "data_juicer/demos/data/demo-dataset-images-bytes.parquet"
 LF_DATASET = REALDATA / "llamafactory/mllm_example_dataset_2024-04"
 
@@ -41,10 +42,6 @@ ONEVISION_SCHEMA = pa.schema(
     metadata={"huggingface": json.dumps({"info": {"features": ONEVISION_FEATURES}})},
 )
 
-
-def needs_realdata(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"realdata not present: {path} (see ../shared/realdata/MANIFEST.md)")
 
 
 def jpeg(seed: int, size: tuple[int, int] = (48, 32)) -> bytes:

@@ -7,7 +7,6 @@ import json
 import tarfile
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from etl import schema as S
@@ -17,15 +16,12 @@ from etl.lake import Lake
 from etl.sources import detect_format
 from etl.sources.webdataset import WebDatasetReader
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+from conftest import REALDATA, needs_realdata
+
 WDS = REALDATA / "webdataset" / "testdata"
 CLIP_TARS = REALDATA / "clip_retrieval/tests/test_clip_inference/test_tars"
 RESIZE_IMAGES = REALDATA / "img2dataset/tests/resize_test_image"
 
-
-def needs_realdata(path: Path) -> None:
-    if not path.exists():
-        pytest.skip(f"realdata not present: {path} (see ../shared/realdata/MANIFEST.md)")
 
 
 def png(seed: int) -> bytes:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from etl import schema as S
 from etl.lake import Lake
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +40,20 @@ def needs_realdata(path: Path) -> None:
     """Skip the calling test, saying which file is missing, when a realdata file is absent."""
     if not path.exists():
         pytest.skip(f"realdata not present: {path} (see ../shared/realdata/MANIFEST.md)")
+
+
+def samples_of(lake: Lake, source: str) -> list[dict]:
+    """The samples of one source, in file-row order (no enrichment columns)."""
+    cols = ["source_row", "orig_id", "image_ids", "image_paths", "conversations", "meta"]
+    rows = lake.dataset(S.SAMPLES).to_table(columns=cols, filter=f"source = '{source}'").to_pylist()
+    return sorted(rows, key=lambda r: r["source_row"])
+
+
+def errors_of(lake: Lake, source: str) -> list[dict]:
+    """The error rows of one source, in file-row order."""
+    cols = ["row", "kind", "message", "orig_id", "raw"]
+    rows = lake.dataset(S.ERRORS).to_table(columns=cols, filter=f"source = '{source}'").to_pylist()
+    return sorted(rows, key=lambda r: r["row"])
 
 
 @pytest.fixture

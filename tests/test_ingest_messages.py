@@ -8,13 +8,12 @@ import os
 
 from PIL import Image
 
-from etl import schema as S
 from etl.images import content_id
 from etl.ingest import IngestOptions, ingest
 from etl.lake import Lake
 from etl.sources import detect_format
 
-from conftest import REALDATA, needs_realdata
+from conftest import REALDATA, errors_of, needs_realdata, samples_of
 
 MLLM_DEMO = REALDATA / "llamafactory/mllm_demo"
 CHATML = REALDATA / "data_juicer/demos/data/demo-dataset-chatml.jsonl"
@@ -28,16 +27,6 @@ def jpeg(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def samples_of(lake: Lake, source: str) -> list[dict]:
-    rows = lake.dataset(S.SAMPLES).to_table(
-        columns=["source_row", "orig_id", "image_ids", "conversations", "meta"], filter=f"source = '{source}'"
-    ).to_pylist()
-    return sorted(rows, key=lambda r: r["source_row"])
-
-
-def errors_of(lake: Lake, source: str) -> list[dict]:
-    rows = lake.dataset(S.ERRORS).to_table(columns=["row", "kind", "message", "raw"], filter=f"source = '{source}'")
-    return sorted(rows.to_pylist(), key=lambda r: r["row"])
 
 
 def test_mllm_demo_keeps_a_duplicated_image_twice_in_image_ids_order(tmp_path):

@@ -20,7 +20,7 @@ from etl.lake import Lake
 from etl.sources import detect_format
 from etl.sources.hf_parquet import HFParquetReader, iter_row_batches
 
-from conftest import REALDATA, needs_realdata
+from conftest import REALDATA, errors_of, needs_realdata, samples_of
 
 DJ_PARQUET = REALDATA / "data_juicer/demos/data/demo-dataset-images-bytes.parquet"
 LF_DATASET = REALDATA / "llamafactory/mllm_example_dataset_2024-04"
@@ -72,15 +72,6 @@ def write_onevision(path: Path, rows: list[dict], row_group_size: int = 8) -> No
     pq.write_table(pa.Table.from_pylist(rows, schema=ONEVISION_SCHEMA), path, row_group_size=row_group_size)
 
 
-def samples_of(lake: Lake, source: str) -> list[dict]:
-    cols = ["source_row", "orig_id", "image_ids", "image_paths", "conversations", "meta"]
-    rows = lake.dataset(S.SAMPLES).to_table(columns=cols, filter=f"source = '{source}'").to_pylist()
-    return sorted(rows, key=lambda r: r["source_row"])
-
-
-def errors_of(lake: Lake, source: str) -> list[dict]:
-    rows = lake.dataset(S.ERRORS).to_table(columns=["row", "kind", "orig_id", "raw"], filter=f"source = '{source}'")
-    return sorted(rows.to_pylist(), key=lambda r: r["row"])
 
 
 def test_onevision_parquet_keeps_every_good_row_and_records_each_bad_row_with_its_row_number(tmp_path):

@@ -16,7 +16,7 @@ from etl.lake import Lake
 from etl.sources import detect_format
 from etl.sources.webdataset import WebDatasetReader
 
-from conftest import REALDATA, needs_realdata
+from conftest import REALDATA, errors_of, needs_realdata, samples_of
 
 WDS = REALDATA / "webdataset" / "testdata"
 CLIP_TARS = REALDATA / "clip_retrieval/tests/test_clip_inference/test_tars"
@@ -39,16 +39,6 @@ def write_tar(path: Path, members: list[tuple[str, bytes]], mode: str = "w") -> 
     return path
 
 
-def samples_of(lake: Lake, source: str) -> list[dict]:
-    rows = lake.dataset(S.SAMPLES).to_table(
-        columns=["source_row", "orig_id", "image_ids", "conversations", "meta"], filter=f"source = '{source}'"
-    ).to_pylist()
-    return sorted(rows, key=lambda r: r["source_row"])
-
-
-def errors_of(lake: Lake, source: str) -> list[dict]:
-    rows = lake.dataset(S.ERRORS).to_table(columns=["row", "kind", "message"], filter=f"source = '{source}'")
-    return sorted(rows.to_pylist(), key=lambda r: r["row"])
 
 
 def test_captioned_shard_becomes_caption_samples_with_the_configured_prompt(tmp_path):

@@ -205,13 +205,7 @@ def plot_composition(comp: pl.DataFrame, colors: Mapping[str, tuple] | None = No
             if share >= 0.06:
                 ax.text(left + share / 2, row, f"{share:.0%}", ha="center", va="center", fontsize=8, color="white")
             left += share
-    ax.set_yticks(range(len(measures)), [f"by {m}" for m in measures])
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.set_title("Mixture composition: share of each source")
-    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
-    return fig
+    return finish_share_bars(fig, ax, [f"by {m}" for m in measures], "Mixture composition: share of each source")
 
 
 # -- turns and images per sample ------------------------------------------------------------------
@@ -271,11 +265,16 @@ def plot_images_per_sample(ips: pl.DataFrame) -> Figure:
         shares = np.array([part.get(s, 0.0) for s in sources])
         ax.barh(range(len(sources)), shares, left=left, color=bucket_colors[bucket], label=bucket)
         left += shares
-    ax.set_yticks(range(len(sources)), sources)
+    return finish_share_bars(fig, ax, sources, "Images per sample: text-only / single-image / multi-image share")
+
+
+def finish_share_bars(fig, ax, labels: list[str], title: str):
+    """Common layout of the 100%-stacked horizontal bar charts: one labelled row each, percent axis."""
+    ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-    ax.set_title("Images per sample: text-only / single-image / multi-image share")
+    ax.set_title(title)
     fig.legend(loc="outside right upper", fontsize=8, frameon=False)
     return fig
 

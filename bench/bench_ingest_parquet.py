@@ -5,7 +5,10 @@ Data: LLaVA-OneVision-schema shards (`id`, `image: struct<bytes, path>`, `conver
 the real photos under ../shared/realdata (pillow-made JPEGs when absent), cycled with a unique
 trailer after each JPEG's end marker so every row is a distinct image (nothing dedups away).
 
-Compared, each in its own process (peak RSS is that process's own, from wait4):
+Compared, each in its own process tree (peak RSS summed over it, sampled), every run starting with
+the dataset evicted from the page cache and no dirty pages pending (`sync` + POSIX_FADV_DONTNEED),
+as a 100 GB source always is (it never fits the cache; and a warm `cat > /dev/null` measures nothing,
+coreutils splices it):
 - `read_direct` (dd, O_DIRECT: the disk's speed), `cat`: the time to read the same bytes (the floor
   for any reader); `copy`: read + write them once (the floor for anything that stores them, as the
   lake does);
@@ -94,6 +97,17 @@ def generate(folder: Path, total_bytes: int) -> dict:
     info = {"target_bytes": total_bytes, "bytes": written, "rows": row, "shards": shards}
     marker.write_text(json.dumps(info))
     return info
+
+
+def evict_from_page_cache(files: list[str]) -> None:
+    """Write back every dirty page (the previous run's output), then drop `files` from the page cache."""
+    os.sync()
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def run_measured(cmd: list[str], **kwargs) -> dict:
@@ -191,6 +205,7 @@ def main() -> None:
     for name, cmd in runs:
         for out in ("lake", "converted", "copy.bin"):
             shutil.rmtree(work / out, ignore_errors=True) if (work / out).is_dir() else (work / out).unlink(missing_ok=True)
+        evict_from_page_cache(files)
         results[name] = run_measured(cmd, env=env)
         results[name]["mb_per_s"] = round(data["bytes"] / 1e6 / results[name]["seconds"], 1)
         results[name]["samples_per_s"] = round(data["rows"] / results[name]["seconds"], 1)
@@ -205,9 +220,9 @@ def main() -> None:
         "time_vs_cat": round(results[best]["seconds"] / results["cat"]["seconds"], 2),
         "time_vs_copy": round(results[best]["seconds"] / results["copy"]["seconds"], 2),
         "time_vs_read_direct": round(results[best]["seconds"] / results["read_direct"]["seconds"], 2),
-        "note": "read_direct = the disk's read speed (O_DIRECT); cat = buffered read, run first, so partly from "
-                "disk; copy = read+write of the same bytes, the floor for anything that stores them (the lake "
-                "does), run after cat, so from the page cache; other jobs shared the 2 CPUs (load average recorded)",
+        "note": "every run starts with the dataset out of the page cache (cold, as a 100 GB source is); "
+                "read_direct = the disk's read speed (O_DIRECT); cat = buffered read; copy = read + write of "
+                "the same bytes, the floor for anything that stores them (the lake does)",
     }
     write_results(report)
     if not args.keep:

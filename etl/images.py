@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -36,19 +37,35 @@ class ImageInfo:
     nbytes: int
 
 
-def content_id(data: bytes) -> str:
+def content_id(data: bytes | memoryview) -> str:
     """The image's primary key: sha256 hex of the bytes exactly as stored."""
     return hashlib.sha256(data).hexdigest()
 
 
-def sniff(data: bytes) -> ImageInfo:
+HEADER_BYTES = 16 << 10  # where almost every header ends (JPEG SOF after a small EXIF, PNG IHDR, GIF, WebP)
+
+
+def sniff(data: bytes | memoryview) -> ImageInfo:
     """Format and size from the header only (no pixel decode); raise NotAnImage otherwise.
 
+    The header is parsed from the first HEADER_BYTES (no copy of the whole image); a header that
+    does not fit (a TIFF directory at the end, huge metadata) is parsed again from all the bytes.
     Truncated files whose header is intact are accepted on purpose: decode problems surface at
     enrichment, with their own error rows, and the bytes are kept as they came.
     """
-    if not data:
+    if not len(data):
         raise NotAnImage("empty file")
+    header = None
+    if len(data) > HEADER_BYTES:
+        try:
+            header = _header(data[:HEADER_BYTES])
+        except NotAnImage:
+            pass
+    fmt, width, height = header or _header(data)
+    return ImageInfo(content_id(data), fmt, width, height, len(data))
+
+
+def _header(data: bytes | memoryview) -> tuple[str, int, int]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -56,11 +73,11 @@ def sniff(data: bytes) -> ImageInfo:
                 fmt, (width, height) = im.format, im.size
     except Image.DecompressionBombError as exc:
         raise NotAnImage(f"decompression bomb: {exc}", kind="decompression_bomb") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise NotAnImage(f"not an image: {type(exc).__name__}: {exc}") from exc
     if not fmt or width <= 0 or height <= 0:
         raise NotAnImage(f"unusable image header (format={fmt}, size={width}x{height})")
-    return ImageInfo(content_id(data), fmt, width, height, len(data))
+    return fmt, width, height
 
 
 def extension_for(fmt: str | None) -> str:

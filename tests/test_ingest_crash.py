@@ -60,10 +60,12 @@ def lake_content(root: str) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(sources, tmp_path_factory) -> dict:
+    """The lake of an uninterrupted run, and how long that run took (kills are timed within it)."""
     files, images = sources
     root = str(tmp_path_factory.mktemp("ref") / "lake")
+    started = time.perf_counter()
     subprocess.run(ingest_cmd(root, files, images), check=True, cwd=REPO, capture_output=True)
-    return lake_content(root)
+    return {**lake_content(root), "seconds": time.perf_counter() - started}
 
 
 def test_reference_run_counts(reference):
@@ -79,13 +81,18 @@ def test_crash_between_commits_then_rerun_matches_uninterrupted(sources, referen
                              env={**os.environ, "MMLAKE_FAULT": f"{point}:{nth}"})
     assert crashed.returncode == 137, crashed.stderr.decode()[-2000:]
     subprocess.run(ingest_cmd(root, files, images), check=True, cwd=REPO, capture_output=True)
-    assert lake_content(root) == reference
+    assert lake_content(root) == without_time(reference)
 
 
-def kill_at_random(files, images, root, rng) -> bool:
-    """Start an ingest, SIGKILL it after 0.8-3 s; True when it was still running (a real mid-run kill)."""
+def without_time(reference: dict) -> dict:
+    return {k: v for k, v in reference.items() if k != "seconds"}
+
+
+def kill_at_random(files, images, root, rng, run_seconds: float) -> bool:
+    """Start an ingest, SIGKILL it 30-65% into an uninterrupted run's time; True when it was still
+    running (a real mid-run kill)."""
     proc = subprocess.Popen(ingest_cmd(root, files, images), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(0.8, 3.0))
+    time.sleep(rng.uniform(0.3, 0.65) * run_seconds)
     running = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -95,9 +102,9 @@ def kill_at_random(files, images, root, rng) -> bool:
 def test_kill_9_at_a_random_moment_then_rerun_matches_uninterrupted(sources, reference, tmp_path):
     files, images = sources
     root = str(tmp_path / "lake")
-    assert kill_at_random(files, images, root, random.Random(1)), "ingest finished before the kill"
+    assert kill_at_random(files, images, root, random.Random(1), reference["seconds"]), "ingest finished before the kill"
     subprocess.run(ingest_cmd(root, files, images), check=True, cwd=REPO, capture_output=True)
-    assert lake_content(root) == reference
+    assert lake_content(root) == without_time(reference)
 
 
 @pytest.mark.slow
@@ -106,7 +113,7 @@ def test_repeated_kill_9_then_rerun_matches_uninterrupted(sources, reference, tm
     files, images = sources
     root = str(tmp_path / "lake")
     rng = random.Random(seed)
-    killed = [kill_at_random(files, images, root, rng) for _ in range(3)]
+    killed = [kill_at_random(files, images, root, rng, reference["seconds"]) for _ in range(3)]
     assert killed[0], "the first ingest finished before the kill"
     subprocess.run(ingest_cmd(root, files, images), check=True, cwd=REPO, capture_output=True)
-    assert lake_content(root) == reference
+    assert lake_content(root) == without_time(reference)

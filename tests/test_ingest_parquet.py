@@ -15,9 +15,10 @@ from PIL import Image
 
 from etl import schema as S
 from etl.images import content_id
-from etl.ingest import IngestOptions, ingest
+from etl.ingest import IngestOptions, KeyIndexUpkeep, ingest
 from etl.lake import Lake
 from etl.sources import detect_format
+from etl.sources import hf_parquet
 from etl.sources.hf_parquet import HFParquetReader, iter_row_batches
 
 from conftest import REALDATA, errors_of, needs_realdata, samples_of
@@ -98,8 +99,22 @@ def test_onevision_parquet_keeps_every_good_row_and_records_each_bad_row_with_it
     row_29 = next(e for e in errors if e["row"] == 29)
     assert '"conversations": null' in row_29["raw"] and '"bytes": "<' in row_29["raw"]  # raw row, bytes elided
     assert len(text_only) == 8
-    stored = lake.image_bytes_by_id([content_id(rows[0]["image"]["bytes"])])
-    assert list(stored.values()) == [rows[0]["image"]["bytes"]]  # bytes kept exactly as they came
+    good = {content_id(rows[i]["image"]["bytes"]): rows[i]["image"]["bytes"]
+            for i in range(40) if rows[i]["image"] and i not in bad}
+    assert lake.image_bytes_by_id(list(good)) == good  # bytes kept exactly as they came (gaps: Arrow `take`)
+
+
+def test_a_long_ingest_keeps_the_image_key_index_covering_what_it_committed(tmp_path, monkeypatch):
+    write_onevision(tmp_path / "ds" / "train-00000-of-00001.parquet", onevision_rows(12, with_bad_rows=False),
+                    row_group_size=2)
+    monkeypatch.setattr(KeyIndexUpkeep, "every", 4)
+    refreshes, refresh = [], Lake.ensure_key_index
+    monkeypatch.setattr(Lake, "ensure_key_index", lambda self, name: refreshes.append(self.count(name)) or refresh(self, name))
+    lake = Lake.open(str(tmp_path / "lake"))
+
+    ingest(lake, [str(tmp_path / "ds")], IngestOptions(source="ov", progress=False, batch_records=1))
+
+    assert refreshes == [4, 8, 12, 12]  # every 4th image commit, then once at the end of the run
 
 
 def test_a_crash_mid_file_resumes_from_the_checkpoint_without_duplicating_rows(tmp_path, monkeypatch):
@@ -128,21 +143,34 @@ def test_a_crash_mid_file_resumes_from_the_checkpoint_without_duplicating_rows(t
     assert lake.count(S.IMAGES) == 30
 
 
-def test_start_row_skips_whole_row_groups_without_reading_them(tmp_path):
+def test_a_file_read_through_many_small_mapping_windows_yields_every_row_once(tmp_path, monkeypatch):
+    path = tmp_path / "train-00000-of-00001.parquet"
+    write_onevision(path, onevision_rows(20, with_bad_rows=False), row_group_size=3)
+    whole = [(r.source_row, r.orig_id, bytes(r.images[0].data)) for r in HFParquetReader().read_file(str(path), path.name)]
+    monkeypatch.setattr(hf_parquet, "WINDOW_BYTES", 1)  # one row group per mapping
+
+    windowed = [(r.source_row, r.orig_id, bytes(r.images[0].data)) for r in HFParquetReader().read_file(str(path), path.name)]
+
+    assert windowed == whole and [row for row, _, _ in whole] == list(range(20))
+
+
+def test_start_row_skips_whole_row_groups_without_reading_them(tmp_path, monkeypatch):
     path = tmp_path / "train-00000-of-00001.parquet"
     write_onevision(path, onevision_rows(20, with_bad_rows=False), row_group_size=6)
+    groups_read, real_iter_batches = [], pq.ParquetFile.iter_batches
 
-    class RecordingFile(pq.ParquetFile):
-        groups_read: list[int] = []
+    def recording_iter_batches(self, *args, row_groups=None, **kwargs):
+        groups_read.extend(row_groups)
+        return real_iter_batches(self, *args, row_groups=row_groups, **kwargs)
 
-        def iter_batches(self, *args, row_groups=None, **kwargs):
-            self.groups_read.extend(row_groups)
-            return super().iter_batches(*args, row_groups=row_groups, **kwargs)
-
-    parquet = RecordingFile(path)
-    firsts = [first for first, _ in iter_row_batches(parquet, start_row=13)]
-    assert parquet.groups_read == [2, 3]  # rows 12-17 and 18-19; groups 0 and 1 are never decoded
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", recording_iter_batches)
+    metadata = pq.ParquetFile(path).metadata
+    firsts = [first for first, _ in iter_row_batches(str(path), metadata, start_row=13)]
+    assert groups_read == [2, 3]  # rows 12-17 and 18-19; groups 0 and 1 are never decoded
     assert firsts[0] == 13
+    groups_read.clear()
+    assert [first for first, _ in iter_row_batches(str(path), metadata, start_row=6, end_row=12)] == [6]
+    assert groups_read == [1]  # a parallel task's range: the groups past it are not read ahead
     records = list(HFParquetReader().read_file(str(path), path.name, start_row=13))
     assert [r.source_row for r in records] == list(range(13, 20))
     assert records[0].orig_id == "000000013"
@@ -286,7 +314,7 @@ def test_parallel_ingest_killed_mid_commit_resumes_to_the_same_lake(tmp_path, po
     shards_sharing_images(tmp_path / "ds", shards=2)
     serial = Lake.open(str(tmp_path / "serial"))
     ingest(serial, [str(tmp_path / "ds")], IngestOptions(progress=False))
-    script = ("import sys; from etl.ingest import IngestOptions, ingest;"
+    script = ("import sys; from etl.ingest import IngestOptions, KeyIndexUpkeep, ingest;"
               "from etl.lake import Lake; ingest(Lake.open(sys.argv[1]), [sys.argv[2]],"
               " IngestOptions(progress=False, batch_bytes=2000, workers=2))")
     cmd = [sys.executable, "-c", script, str(tmp_path / "parallel"), str(tmp_path / "ds")]

@@ -37,14 +37,14 @@ from etl.errors import errors_table
 from etl.engine.local import exit_with_parent
 from etl.faults import crash_point
 from etl.ingest import (
-    STAGE, Batch, IngestOptions, Ingestor, InputFile, images_table, sample_id,
+    STAGE, Batch, IngestOptions, Ingestor, InputFile, fewer_gc_passes, images_table, sample_id,
 )
 from etl.lake import Lake, conform
 from etl.runlog import Run
 from etl.sources import readers
 from etl.sources.base import SourceRecord, file_fingerprint
 
-TASK_BYTES = 64 << 20  # image bytes per task at most (also bounded by --batch-bytes)
+TASK_BYTES = 128 << 20  # image bytes per task at most (also bounded by --batch-bytes)
 
 
 @dataclass
@@ -112,7 +112,8 @@ class TaskWorker:
 
 def read_range(task: Task, opts: IngestOptions) -> Iterator[SourceRecord]:
     reader = readers()[task.file.format](opts.image_roots, **opts.reader_options)
-    records = reader.read_file(task.file.path, task.file.name, task.start)
+    bounded = {"end_row": task.end} if task.end is not None else {}  # only row-range readers make such tasks
+    records = reader.read_file(task.file.path, task.file.name, task.start, **bounded)
     for record in records:
         if task.end is not None and record.source_row >= task.end:
             records.close()
@@ -123,6 +124,7 @@ def read_range(task: Task, opts: IngestOptions) -> Iterator[SourceRecord]:
 def _init(lake_root: str, opts: IngestOptions, run_id: str, parent: int) -> None:
     global _worker
     _worker = TaskWorker(lake_root, opts, run_id)
+    fewer_gc_passes()  # for the worker's life
     exit_with_parent(parent)  # a worker whose committing process died (kill -9) exits too
 
 
@@ -162,6 +164,8 @@ class Committer:
                 if fragments:
                     lance.LanceDataset.commit(self.lake.uri(table_name), lance.LanceOperation.Append(fragments),
                                               read_version=self.lake.dataset(table_name).version)
+                    if table_name == S.IMAGES:
+                        self.ingestor.key_index.committed()
                 crash_point(point)
             self.run.counts.update(result.counts)
             bar.update(result.records)
@@ -229,4 +233,4 @@ def ingest_files_parallel(lake: Lake, files: list[InputFile], opts: IngestOption
         while in_flight:
             oldest, future = in_flight.popleft()
             committer.commit(oldest, future.result(), bar)
-    committer.ingestor.pool.shutdown()
+    committer.ingestor.shutdown()

@@ -10,18 +10,33 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+import pyarrow as pa
 
 
 @dataclass
 class ImageRef:
-    """One image of a record: embedded bytes, or a path to resolve against the image roots."""
+    """One image of a record: embedded bytes, or a path to resolve against the image roots.
+
+    Bytes embedded in an Arrow array (parquet) stay there: `data` is a zero-copy view and `arrow`
+    says where it lives, so ingest hashes them in place and copies them into the lake with one
+    Arrow `take` per array instead of through Python `bytes`.
+    """
 
     path: str | None = None  # as written in the source (relative or absolute)
-    data: bytes | None = None  # embedded bytes (parquet, tar members)
+    data: bytes | memoryview | None = None  # embedded bytes (parquet, tar members)
     base_dir: str | None = None  # the folder a relative `path` is relative to by default
+    arrow: tuple[pa.Array, int] | None = None  # (large_binary array, row) that `data` views
+
+    def __getstate__(self) -> dict:
+        """Pickled (sent to a worker process) as plain bytes: a view cannot cross processes."""
+        state = dict(self.__dict__)
+        if isinstance(self.data, memoryview):
+            state["data"], state["arrow"] = bytes(self.data), None
+        return state
 
 
 @dataclass
@@ -34,9 +49,15 @@ class SourceRecord:
     conversations: list[dict[str, str | None]] = field(default_factory=list)
     images: list[ImageRef] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
-    raw: str | None = None  # the record as it came (JSON text), stored in errors if it fails
+    # the record as it came (JSON text), stored in errors if it fails; or a function making it, for
+    # readers whose records rarely fail and are costly to serialise (call `raw_text()`)
+    raw: str | Callable[[], str] | None = None
     error: tuple[str, str] | None = None  # (kind, message) when the record itself is unusable
     images_only: bool = False  # image-only shards: store the images, make no sample
+
+
+    def raw_text(self) -> str | None:
+        return self.raw() if callable(self.raw) else self.raw
 
 
 class SourceReader(ABC):

@@ -26,8 +26,10 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -41,6 +43,7 @@ PARQUET_MAGIC = b"PAR1"
 BATCH_BYTES = 32 << 20  # decoded bytes per record batch: bounds memory whatever the row-group size
 READ_AHEAD = 2  # record batches read ahead of the consumer
 READ_BUFFER = 8 << 20  # buffered (streaming) page reads instead of loading whole column chunks
+WINDOW_BYTES = 128 << 20  # row groups read through one memory mapping (bounds what is mapped)
 ID_COLUMNS = ("id", "sample_id", "uid")
 CAPTION_COLUMNS = ("text", "caption", "txt")
 IMAGE_PATH_COLUMNS = ("image", "images", "image_path", "image_paths", "image_file", "file_name", "url", "image_url")
@@ -108,15 +111,16 @@ class HFParquetReader(SourceReader):
                 first, size = row, 0
         return ranges
 
-    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
-        """Records from `start_row` on; a file that stops parsing ends with one `corrupt_file` error."""
+    def read_file(self, path: str, name: str, start_row: int = 0, end_row: int | None = None) -> Iterator[SourceRecord]:
+        """Records from `start_row` on (up to the row group holding `end_row`, when given: parallel
+        ingest's task ranges); a file that stops parsing ends with one `corrupt_file` error."""
         row = start_row
         try:
             parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
             layout = ColumnLayout.of(parquet.schema_arrow)
             converter = RowConverter(layout, name, dataset_root(path, name), prompt_option(self.options.get("prompt")))
-            for first_row, batch in read_ahead(iter_row_batches(parquet, start_row)):
-                for row, values in enumerate(batch.to_pylist(), first_row):
+            for first_row, batch in read_ahead(iter_row_batches(path, parquet.metadata, start_row, end_row)):
+                for row, values in enumerate(batch_rows(batch, layout.embedded), first_row):
                     yield converter.record(values, row)
                 row = first_row + batch.num_rows
         except (pa.ArrowException, OSError) as exc:  # truncated download, bad page: the rest is unreadable
@@ -167,21 +171,71 @@ def read_ahead(items: Iterator[T], depth: int = READ_AHEAD) -> Iterator[T]:
         stopped.set()
 
 
-def iter_row_batches(parquet: pq.ParquetFile, start_row: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """(first row number, batch) from `start_row` on; row groups before it are never read."""
-    group_start = 0
-    for group in range(parquet.metadata.num_row_groups):
-        meta = parquet.metadata.row_group(group)
-        group_end = group_start + meta.num_rows
-        if group_end > start_row:
-            batch_rows = max(1, BATCH_BYTES * meta.num_rows // max(meta.total_byte_size, 1))
-            row = group_start
-            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group]):
-                skip = min(max(start_row - row, 0), batch.num_rows)
-                if skip < batch.num_rows:
-                    yield row + skip, batch.slice(skip)
-                row += batch.num_rows
-        group_start = group_end
+def iter_row_batches(path: str, metadata: pq.FileMetaData, start_row: int,
+                     end_row: int | None = None) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(first row number, batch) from `start_row` on; row groups before it (and from `end_row`
+    on) are never read.
+
+    The file is memory-mapped (pages are decoded where the page cache holds them, not copied out
+    first), one window of about WINDOW_BYTES of row groups at a time, so what stays mapped (and
+    counts as resident memory) is bounded whatever the file size; the kernel reads the next window
+    while this one is decoded.
+    """
+    firsts = {g: first for g, first, end in row_group_rows(metadata)
+              if end > start_row and (end_row is None or first < end_row)}
+    groups = list(firsts)
+    with open(path, "rb") as raw:
+        planned = list(windows(groups, metadata))
+        prefetch(raw.fileno(), metadata, planned[0] if planned else [])
+        for number, window in enumerate(planned):
+            if number + 1 < len(planned):
+                prefetch(raw.fileno(), metadata, planned[number + 1])  # read while this window is decoded
+            parquet = pq.ParquetFile(path, metadata=metadata, memory_map=True, pre_buffer=False, buffer_size=READ_BUFFER)
+            for group in window:
+                meta = metadata.row_group(group)
+                batch_rows = max(1, BATCH_BYTES * meta.num_rows // max(meta.total_byte_size, 1))
+                row = firsts[group]
+                for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group]):
+                    skip = min(max(start_row - row, 0), batch.num_rows)
+                    if skip < batch.num_rows:
+                        yield row + skip, batch.slice(skip)
+                    row += batch.num_rows
+            del parquet  # unmaps the window
+
+
+def row_group_rows(metadata: pq.FileMetaData) -> list[tuple[int, int, int]]:
+    """(row group, first row, end row) of every row group."""
+    out, first = [], 0
+    for group in range(metadata.num_row_groups):
+        end = first + metadata.row_group(group).num_rows
+        out.append((group, first, end))
+        first = end
+    return out
+
+
+def windows(groups: list[int], metadata: pq.FileMetaData) -> Iterator[list[int]]:
+    """`groups` cut into runs of about WINDOW_BYTES."""
+    window, size = [], 0
+    for group in groups:
+        window.append(group)
+        size += metadata.row_group(group).total_byte_size
+        if size >= WINDOW_BYTES:
+            yield window
+            window, size = [], 0
+    if window:
+        yield window
+
+
+def prefetch(fd: int, metadata: pq.FileMetaData, groups: list[int]) -> None:
+    """Start reading `groups` into the page cache (POSIX_FADV_WILLNEED returns at once)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    for group in groups:
+        meta = metadata.row_group(group)
+        chunks = [meta.column(c) for c in range(meta.num_columns)]
+        start = min(c.dictionary_page_offset or c.data_page_offset for c in chunks)
+        end = max((c.dictionary_page_offset or c.data_page_offset) + c.total_compressed_size for c in chunks)
+        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
 
 
 def dataset_root(path: str, name: str) -> str:
@@ -198,6 +252,60 @@ def dataset_root(path: str, name: str) -> str:
         if os.path.isfile(os.path.join(candidate, "README.md")):
             return candidate
     return folder
+
+
+def batch_rows(batch: pa.RecordBatch, embedded: list[str]) -> list[dict[str, Any]]:
+    """`batch.to_pylist()`, except that the image columns' bytes stay in Arrow memory (ArrowBytes)."""
+    if not embedded:
+        return batch.to_pylist()
+    rows = batch.drop_columns(embedded).to_pylist()
+    for column in embedded:
+        for row, value in zip(rows, python_values(batch.column(column))):
+            row[column] = value
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class ArrowBytes:
+    """One binary value left in its Arrow array: a zero-copy view and where it lives."""
+
+    view: memoryview
+    array: pa.Array  # large_binary
+    index: int
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+
+def python_values(array: pa.Array) -> list[Any]:
+    """Like `array.to_pylist()` for image columns (binary, HF Image structs, lists of them), but every
+    binary value is an ArrowBytes view instead of a copy."""
+    kind = array.type
+    if is_binary(kind):
+        return binary_values(array)
+    if pa.types.is_struct(kind):
+        names = [kind.field(i).name for i in range(kind.num_fields)]
+        children = [python_values(child) for child in array.flatten()]  # flatten: slice and nulls applied
+        valid = array.is_valid().to_pylist()
+        return [dict(zip(names, values)) if ok else None for ok, *values in zip(valid, *children)]
+    if element_type(kind) is not kind:
+        items, values, at = array.value_lengths().to_pylist(), python_values(array.flatten()), 0
+        rows = []
+        for n in items:
+            rows.append(None if n is None else values[at: at + n])
+            at += n or 0
+        return rows
+    return array.to_pylist()
+
+
+def binary_values(array: pa.Array) -> list[ArrowBytes | None]:
+    array = array.cast(pa.large_binary())  # binary → large_binary shares the data buffer
+    _, offsets_buffer, data_buffer = array.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[array.offset: array.offset + len(array) + 1].tolist()
+    data = memoryview(data_buffer) if data_buffer is not None else memoryview(b"")
+    valid = array.is_valid().to_pylist() if array.null_count else [True] * len(array)
+    return [ArrowBytes(data[start:end], array, i) if ok else None
+            for i, (ok, start, end) in enumerate(zip(valid, offsets, offsets[1:]))]
 
 
 # -- columns ----------------------------------------------------------------------------------------
@@ -267,7 +375,8 @@ class RowConverter:
         record = SourceRecord(self.name, index, orig_id=orig_id)
         record.meta = {k: v for k, v in row.items() if k not in layout.consumed}
         # the row without its bytes: what the errors table keeps if this row or its image fails
-        record.raw = raw_json({k: without_bytes(v) if k in layout.embedded else v for k, v in row.items()})
+        # (serialised only then: JSON of every good row costs more than reading it)
+        record.raw = partial(raw_json, {k: without_bytes(v) if k in layout.embedded else v for k, v in row.items()})
         try:
             record.images = self.images(row)
             record.conversations = self.dialogue(row, record)
@@ -294,8 +403,8 @@ class RowConverter:
             data, path = value.get("bytes"), value.get("path")
             if data is None and not path:
                 return None
-            return ImageRef(path=path, data=data, base_dir=self.base_dir)
-        return ImageRef(data=value) if value is not None else None
+            return embedded(data, ImageRef(path=path, base_dir=self.base_dir))
+        return embedded(value, ImageRef()) if value is not None else None
 
     def dialogue(self, row: dict[str, Any], record: SourceRecord) -> list[dict]:
         kind, value = self.layout.dialogue_kind, row.get(self.layout.dialogue) if self.layout.dialogue else None
@@ -319,13 +428,22 @@ class RowConverter:
         return []
 
 
+def embedded(data: ArrowBytes | bytes | None, ref: ImageRef) -> ImageRef:
+    """`ref` carrying the bytes (a view into their Arrow array when they are still there)."""
+    if isinstance(data, ArrowBytes):
+        ref.data, ref.arrow = data.view, (data.array, data.index)
+    else:
+        ref.data = data
+    return ref
+
+
 def without_bytes(value: Any) -> Any:
     """An image value for the errors table: its path kept, its bytes replaced by their length."""
     if isinstance(value, list):
         return [without_bytes(v) for v in value]
     if isinstance(value, dict) and value.get("bytes") is not None:
         return {**value, "bytes": f"<{len(value['bytes'])} bytes>"}
-    if isinstance(value, bytes):
+    if isinstance(value, (bytes, ArrowBytes)):
         return f"<{len(value)} bytes>"
     return value
 

@@ -9,7 +9,9 @@ Compared, each in its own process (peak RSS is that process's own):
 - JSON, every sample, no images:
   baseline = read the samples (pyarrow → Python rows), a Python loop building a list of dicts
   (id, image, stripped conversations), `json.dump` of the list;
-  mmlake   = `etl.export.export(..., images="none")` with `checks: off` (same work) and `checks: pass`.
+  mmlake   = `etl.export.export(..., images="none")` with `checks: off` (same work) and `checks: pass`;
+  `json_mmlake_random` (checks pass, `sampling: random:50%`, half the records) is measured beside
+  them, with no target.
 - Images, one sample per distinct image:
   baseline = `shutil.copy` per image from the source folder (what the seed export does);
   mmlake   = `--images copy` (blob bytes → files, 8 threads), `--images hardlink` with a cold cache
@@ -17,6 +19,7 @@ Compared, each in its own process (peak RSS is that process's own):
   disk     = one `dd`-style sequential write of the same number of bytes, fsync'ed (the disk's speed).
 
     .venv/bin/python bench/bench_export.py [--quick] [--samples N] [--images N] [--workdir DIR] [--keep]
+                                           [--cases json_baseline,json_mmlake_checks_pass,...] [--repeat N]
 
 Writes bench/results/export.json and .md (export_quick.* with --quick).
 """
@@ -208,6 +211,8 @@ def one(name: str, info: dict, out: Path, workdir: Path) -> dict:
         result = run_mmlake(info, out, str(recipes / "all_off.yaml"), "none", None)
     elif name == "json_mmlake_checks_pass":
         result = run_mmlake(info, out, str(recipes / "all_pass.yaml"), "none", None)
+    elif name == "json_mmlake_random":
+        result = run_mmlake(info, out, str(recipes / "all_random.yaml"), "none", None)
     elif name == "images_baseline_copy":
         result = run_baseline_images(info, out, info["sizes"]["images"])
     elif name == "images_mmlake_copy":
@@ -239,6 +244,9 @@ def main() -> None:
     p.add_argument("--images", type=int, default=50_000)
     p.add_argument("--workdir", default="/tmp/mmlake-bench-export")
     p.add_argument("--keep", action="store_true", help="keep the generated lake for the next run")
+    p.add_argument("--cases", help=f"comma-separated subset of {','.join(CASES)} (default: all); a subset "
+                                   "writes export_partial.* instead of the full results")
+    p.add_argument("--repeat", type=int, default=1, help="run the cases N times in turn and report medians")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
@@ -254,45 +262,76 @@ def main() -> None:
     print(f"data: {args.samples:,} samples, {args.images:,} images ({info['image_bytes'] / 1e9:.2f} GB) "
           f"ready in {time.perf_counter() - t:.0f} s", flush=True)
     write_recipes(workdir / "recipes")
-    results = {}
+    cases = args.cases.split(",") if args.cases else list(CASES)
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    if "images_mmlake_hardlink_warm" in cases and "images_mmlake_hardlink_cold" not in cases:
+        cases.insert(cases.index("images_mmlake_hardlink_warm"), "images_mmlake_hardlink_cold")
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.repeat):  # rounds of every case in turn: a neighbour's load hits all cases alike
+        shutil.rmtree(workdir / "out", ignore_errors=True)
+        for name in cases:
+            runs.setdefault(name, []).append(measure(name, ["--workdir", str(workdir)]))
+            if name != "images_mmlake_hardlink_cold":  # the warm run reuses the cache the cold one filled
+                shutil.rmtree(workdir / "out" / name, ignore_errors=True)
     shutil.rmtree(workdir / "out", ignore_errors=True)
-    for name in ("json_baseline", "json_mmlake_checks_off", "json_mmlake_checks_pass", "images_baseline_copy",
-                 "images_mmlake_copy", "images_mmlake_hardlink_cold", "images_mmlake_hardlink_warm",
-                 "disk_sequential_write"):
-        results[name] = measure(name, ["--workdir", str(workdir)])
-        if name != "images_mmlake_hardlink_cold":  # the warm run reuses the cache the cold one filled
-            shutil.rmtree(workdir / "out" / name, ignore_errors=True)
-    shutil.rmtree(workdir / "out", ignore_errors=True)
-    report(args, info, results)
+    results = {name: median_run(r) for name, r in runs.items()}
+    report(args, info, results, partial=bool(args.cases))
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+CASES = ("json_baseline", "json_mmlake_checks_off", "json_mmlake_checks_pass", "json_mmlake_random",
+         "images_baseline_copy", "images_mmlake_copy", "images_mmlake_hardlink_cold", "images_mmlake_hardlink_warm",
+         "disk_sequential_write")
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time (its own RSS and counts), plus every wall time measured."""
+    ordered = sorted(runs, key=lambda r: r["seconds"])
+    result = dict(ordered[(len(ordered) - 1) // 2])
+    if len(runs) > 1:
+        result["all_seconds"] = [r["seconds"] for r in runs]
+    return result
 
 
 def write_recipes(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "all_off.yaml").write_text("name: all\ndefaults: {checks: off}\nsources: [img, mix]\n")
     (folder / "all_pass.yaml").write_text("name: all\ndefaults: {checks: pass}\nsources: [img, mix]\n")
+    (folder / "all_random.yaml").write_text("name: all\nseed: 7\ndefaults: {checks: pass}\n"
+                                            "sources: [{source: img, sampling: 'random:50%'}, "
+                                            "{source: mix, sampling: 'random:50%'}]\n")
     (folder / "img.yaml").write_text("name: img\ndefaults: {checks: off}\nsources: [img]\n")
 
 
-def report(args, info: dict, results: dict) -> None:
+RATIOS = {  # name: (numerator case, denominator case, measure); the baseline's time over mmlake's
+    "json_speedup_checks_off": ("json_baseline", "json_mmlake_checks_off", "seconds"),
+    "json_speedup_checks_pass": ("json_baseline", "json_mmlake_checks_pass", "seconds"),
+    "images_copy_speedup": ("images_baseline_copy", "images_mmlake_copy", "seconds"),
+    "images_hardlink_warm_speedup": ("images_baseline_copy", "images_mmlake_hardlink_warm", "seconds"),
+    "images_copy_vs_disk": ("images_mmlake_copy", "disk_sequential_write", "MB_per_s"),  # throughput / disk's
+}
+
+
+def report(args, info: dict, results: dict, partial: bool = False) -> None:
     r = results
-    ratios = {
-        "json_speedup_checks_off": round(r["json_baseline"]["seconds"] / r["json_mmlake_checks_off"]["seconds"], 2),
-        "json_speedup_checks_pass": round(r["json_baseline"]["seconds"] / r["json_mmlake_checks_pass"]["seconds"], 2),
-        "images_copy_speedup": round(r["images_baseline_copy"]["seconds"] / r["images_mmlake_copy"]["seconds"], 2),
-        "images_hardlink_warm_speedup": round(r["images_baseline_copy"]["seconds"] / r["images_mmlake_hardlink_warm"]["seconds"], 2),
-        "images_copy_vs_disk": round(r["images_mmlake_copy"]["MB_per_s"] / r["disk_sequential_write"]["MB_per_s"], 2),
-    }
+    ratios = {k: round(r[a][m] / r[b][m], 2) for k, (a, b, m) in RATIOS.items() if a in r and b in r}
     doc = {"samples": args.samples, "images": args.images, "image_bytes": info["image_bytes"], "cores": os.cpu_count(),
-           "results": results, "ratios": ratios, "targets": {"json_speedup": 5.0, "images_copy_vs_disk": 1.0}}
+           "repeat": args.repeat, "results": results, "ratios": ratios,
+           "targets": {"json_speedup": 5.0, "images_copy_vs_disk": 1.0}}
     name = "export_quick" if args.quick else "export"
+    if partial or (not args.quick and (args.samples, args.images) != (1_000_000, 50_000)):
+        name += "_partial"  # a subset or custom sizes never overwrites the reference figures
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = [f"# Export benchmark ({args.samples:,} samples, {args.images:,} images, "
              f"{info['image_bytes'] / 1e9:.2f} GB, {os.cpu_count()} cores)", "",
              "Each case runs in its own process: `seconds` is its wall time (interpreter start and imports",
-             "included), `work s` the time inside the process after imports.", "",
+             "included), `work s` the time inside the process after imports."
+             + (f" Median of {args.repeat} rounds (cases run in turn each round)." if args.repeat > 1 else ""),
+             "`json_mmlake_random` exports half the samples (`sampling: random:50%`, checks pass): no target.", "",
              "| case | seconds | work s | MB/s | peak RSS MB |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {k} | {v['seconds']} | {v.get('work_seconds', '')} | {v['MB_per_s']} | {v['peak_rss_mb']:.0f} |"
               for k, v in results.items()]

@@ -186,42 +186,48 @@ def _versions_of_tag(lake: Lake, tag: str, current: dict[str, int]) -> dict[str,
 
 # -- selection ----------------------------------------------------------------------------------------
 def stage_selection(con: duckdb.DuckDBPyConnection, compiled: CompiledRecipe, opts: ExportOptions) -> None:
-    """Materialise (small, no text) the recipe's decisions, the selected rows in output order with
-    their output file, position in it and image paths, and the image files to write."""
+    """Materialise the recipe's decisions and the image files to write. Without sampling, each selected
+    sample's id and the JSON of its fixed turns (`body`) are computed in the same pass, so the samples
+    are read once; a sampling recipe ranks samples with a window, which must not carry the turns (a
+    sort of every turn's text), so its records join the samples back (records_sql)."""
+    carried = ""
+    if carries_body(compiled.recipe):
+        carried = (", case when removed_by is null then coalesce(orig_id, sample_id) end as id, "
+                   f"case when removed_by is null then {BODY_SQL[opts.format]} end as body")
     try:
         con.execute("create temp table decisions as " + compiled.decisions_sql(
             "source_index, source, sample_id, source_file, source_row, repeat, removed_by, problems, fixes, "
-            "n_images, n_image_tags, case when removed_by is null then image_ids end as image_ids"))
+            "n_images, n_image_tags, case when removed_by is null then image_ids end as image_ids" + carried))
     except duckdb.Error as exc:
         raise ExportError(f"recipe {compiled.recipe.name}: the compiled query fails: {exc}") from exc
-    con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, opts.layout))
+    stage_image_files(con, opts.layout)
+
+
+def carries_body(recipe: Recipe) -> bool:
+    """Whether `decisions` holds each selected record's id and body (no source samples)."""
+    return all(s.sampling.strategy == "all" for s in recipe.sources)
+
+
+def stage_image_files(con: duckdb.DuckDBPyConnection, layout: str) -> None:
+    """`image_files` (image_id, path, nbytes: every image to write, once) and `sample_image_files`
+    (sample_id, n_images, pos, image_id, path per reference). In the hashed layout a path is a
+    function of the image alone, so only multi-image samples need per-reference rows (their ordered
+    path lists); one-image samples join image_files on their image id."""
+    if layout == "hashed":
+        con.execute(f"""
+            create temp table image_files as
+            with ids as (select distinct unnest(image_ids) as image_id from decisions
+                         where removed_by is null and n_images > 0)
+            select distinct ids.image_id,
+                   substr(ids.image_id, 1, 2) || '/' || ids.image_id || {extension_sql('i.format')} as path, i.nbytes
+            from ids left join images i using (image_id)""")
+        con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, layout))
+        return
+    con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, layout))
     con.execute("""
         create temp table image_files as
         select distinct f.image_id, f.path, i.nbytes
         from sample_image_files f left join images i using (image_id)""")
-    file_index = "source_index" if opts.split_by_source else "0"
-    # A one-image sample's path: in the hashed layout a function of the image alone, so those samples
-    # join the (small) per-image table on their image id instead of the per-reference one on sample_id.
-    one_image = ("left join image_files one on r.n_images = 1 and one.image_id = r.image_ids[1]"
-                 if opts.layout == "hashed" else
-                 "left join sample_image_files one on r.n_images = 1 and one.sample_id = r.sample_id")
-    con.execute(f"""
-        create temp table selected as
-        with selected_rows as (
-            select row_number() over (order by source_index, repeat_index, source_file, source_row, sample_id) as out_pos,
-                   {file_index} as file_index, sample_id, n_images, n_image_tags, image_ids,
-                   list_contains(fixes, 'surrounding_whitespace') as needs_strip
-            from (select *, unnest(range(repeat)) as repeat_index from decisions where removed_by is null)
-        ),
-        paths_of_multi_image_samples as (  -- one-image samples need no (costly) ordered list aggregate
-            select sample_id, list(path order by pos) as paths
-            from sample_image_files where n_images > 1 group by sample_id
-        )
-        select r.* exclude (image_ids),
-               case when r.n_images = 1 then [one.path] else multi.paths end as paths
-        from selected_rows r
-        {one_image}
-        left join paths_of_multi_image_samples multi on r.n_images > 1 and multi.sample_id = r.sample_id""")
 
 
 def extension_sql(format_column: str) -> str:
@@ -231,9 +237,10 @@ def extension_sql(format_column: str) -> str:
 
 
 def sample_image_files_sql(con: duckdb.DuckDBPyConnection, layout: str) -> str:
-    """(sample_id, pos, image_id, path) for every image of every selected sample; `path` is relative
-    to images/. hashed: `ab/abcdef….ext`. original: `<source>/<path as written>` with `..`, `.` and
-    leading `/` removed and the extension of the real format (a clash gets `~<image_id[:8]>`)."""
+    """(sample_id, n_images, pos, image_id, path) for every image of every selected sample (hashed:
+    of every selected multi-image sample); `path` is relative to images/. hashed: `ab/abcdef….ext`
+    (from image_files). original: `<source>/<path as written>` with `..`, `.` and leading `/`
+    removed and the extension of the real format (a clash gets `~<image_id[:8]>`)."""
     refs = """
         select d.sample_id, d.source, d.n_images, unnest(d.image_ids) as image_id,
                generate_subscripts(d.image_ids, 1) as pos{orig}
@@ -241,10 +248,9 @@ def sample_image_files_sql(con: duckdb.DuckDBPyConnection, layout: str) -> str:
         where d.removed_by is null and d.n_images > 0"""
     if layout == "hashed":
         return f"""
-        with refs as ({refs.format(orig='', join='')})
-        select r.sample_id, r.n_images, r.pos, r.image_id,
-               substr(r.image_id, 1, 2) || '/' || r.image_id || {extension_sql('i.format')} as path
-        from refs r left join images i using (image_id)"""
+        with refs as ({refs.format(orig='', join='')} and d.n_images > 1)
+        select r.sample_id, r.n_images, r.pos, r.image_id, f.path
+        from refs r join image_files f using (image_id)"""
     if ORIGINAL_PATHS_COLUMN not in lake_columns(con).get(S.SAMPLES, []):
         raise ExportError(f"--layout original needs the image paths as written in each source (a samples column "
                           f"`{ORIGINAL_PATHS_COLUMN}`), which this lake does not keep; use --layout hashed")
@@ -313,48 +319,85 @@ def _nested(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, dict[str, int
 
 
 # -- JSON ---------------------------------------------------------------------------------------------
-# Fixes (see sql/checks.sql) as plain lambdas: lambdas that capture outer columns are several times slower.
-STRIPPED_CONVERSATIONS = r"""case when needs_strip then list_transform(conversations, lambda t: {
-            'from': t['from'], 'value': regexp_replace(t.value, '^\s+|\s+$', '', 'g')}) else conversations end"""
-TAGGED_CONVERSATIONS = r"""case when n_images > 0 and n_image_tags = 0 and len(conversations) > 0
-            then list_concat([{'from': conversations[1]['from'],
-                               'value': repeat('<image>' || chr(10), n_images) || conversations[1].value}],
-                             conversations[2:])
-            else conversations end"""
-MESSAGES_SQL = """list_concat(
-            case when system is not null then [{'role': 'system', 'content': system}] else [] end,
-            list_transform(conversations, lambda t: {
+# A record is assembled as text from JSON pieces: '{"id":' to_json(id) [',"image":' to_json(path)]
+# ',"conversations":' body '}' is byte for byte what to_json of the struct writes, and the body (the
+# JSON of the fixed turns) is computed once per sample, in the pass over the samples that decides it.
+# Fixes (see sql/checks.sql) as plain lambdas (lambdas that capture outer columns are several times
+# slower), in one CASE: most samples need neither fix and take the first branch.
+STRIP = r"""list_transform({0}, lambda t: {{
+            'from': t['from'], 'value': regexp_replace(t.value, '^\s+|\s+$', '', 'g')}})"""
+TAG = r"""list_concat([{{'from': {0}[1]['from'], 'value': repeat('<image>' || chr(10), n_images) || {0}[1].value}}],
+                             {0}[2:])"""
+NEEDS_STRIP = "list_contains(fixes, 'surrounding_whitespace')"
+NEEDS_TAG = "coalesce(n_images > 0 and n_image_tags = 0 and len(conversations) > 0, false)"  # NULL turns: no tag
+FIXED_CONVERSATIONS = f"""(case
+            when len(fixes) = 0 then conversations  -- no fix to apply: nearly every sample
+            when {NEEDS_STRIP} and {NEEDS_TAG} then {TAG.format(STRIP.format('conversations'))}
+            when {NEEDS_STRIP} then {STRIP.format('conversations')}
+            when {NEEDS_TAG} then {TAG.format('conversations')}
+            else conversations end)"""
+SYSTEM_SQL = "case when json_type(meta, '$.system') = 'VARCHAR' then json_extract_string(meta, '$.system') end"
+MESSAGES_SQL = f"""list_concat(
+            case when {SYSTEM_SQL} is not null then [{{'role': 'system', 'content': {SYSTEM_SQL}}}] else [] end,
+            list_transform({FIXED_CONVERSATIONS}, lambda t: {{
                 'role': case t['from'] when 'human' then 'user' when 'gpt' then 'assistant' else t['from'] end,
-                'content': t.value}))"""
+                'content': t.value}}))"""
+BODY_SQL = {  # the JSON text of a selected sample's turns (`null` for a NULL list, as to_json of the struct wrote)
+    "llava": f"coalesce(to_json({FIXED_CONVERSATIONS})::varchar, 'null')",
+    "messages": f"coalesce(to_json({MESSAGES_SQL})::varchar, 'null')",
+}
 RECORD_END = b",\n"  # after every record from records_sql; JsonArrayFile drops a file's last one
 RECORD_SQL = {
     # three shapes so that text-only records carry no `image` key at all
-    "llava": """case when paths is null then to_json({'id': id, 'conversations': conversations})
-                     when len(paths) = 1 then to_json({'id': id, 'image': paths[1], 'conversations': conversations})
-                     else to_json({'id': id, 'image': paths, 'conversations': conversations}) end""",
-    "messages": f"""case when paths is null then to_json({{'id': id, 'messages': {MESSAGES_SQL}}})
-                        else to_json({{'id': id, 'messages': {MESSAGES_SQL}, 'images': paths}}) end""",
+    "llava": """'{"id":' || to_json(id)
+                || case when paths is null then ''
+                        when len(paths) = 1 then ',"image":' || coalesce(to_json(paths[1]), 'null')
+                        else ',"image":' || to_json(paths) end
+                || ',"conversations":' || body || '}'""",
+    "messages": """'{"id":' || to_json(id) || ',"messages":' || body
+                   || case when paths is null then '' else ',"images":' || to_json(paths) end || '}'""",
 }
 
 
-def records_sql(fmt: str, sources: list[str]) -> str:
-    """One JSON record + `,` + newline per selected row, in output order, with its file index (ids are
-    strings: orig_id, else sample_id). JsonArrayFile turns these into the array's text."""
-    system = ("case when json_type(s.meta, '$.system') = 'VARCHAR' then json_extract_string(s.meta, '$.system') end"
-              if fmt == "messages" else "null::varchar")
+def records_sql(fmt: str, layout: str, split_by_source: bool, join_sources: list[str] | None = None) -> str:
+    """One JSON record + `,` + newline per selected row (repeats expanded), in output order, with its
+    file index (ids are strings: orig_id, else sample_id). JsonArrayFile turns these into the array's
+    text. Sorted once, on the output order itself. The id and body come from `decisions`, or, with
+    `join_sources` (a sampling recipe: see stage_selection), from the samples of those sources joined
+    back. A SELECT over the sorted subquery keeps its order (DuckDB's documented order preservation,
+    with preserve_insertion_order on, its default; tests pin the bytes)."""
+    file_index = "source_index" if split_by_source else "0"
+    # A one-image sample's path: in the hashed layout a function of the image alone, so those samples
+    # join the (small) per-image table on their image id instead of the per-reference one on sample_id.
+    one_image = ("left join image_files one on d.n_images = 1 and one.image_id = d.image_ids[1]"
+                 if layout == "hashed" else
+                 "left join sample_image_files one on d.n_images = 1 and one.sample_id = d.sample_id")
+    if join_sources is None:
+        record, samples = "d.id, d.body", ""
+    else:
+        record = f"coalesce(s.orig_id, s.joined_id) as id, {BODY_SQL[fmt]} as body"
+        samples = f"""
+        join (select sample_id as joined_id, orig_id, conversations, meta from samples
+              where source in ({", ".join(sql_literal(s) for s in join_sources)})) s on s.joined_id = d.sample_id"""
     return f"""
-    with picked as (
-        select sel.out_pos, sel.file_index, sel.n_images, sel.n_image_tags, sel.needs_strip, sel.paths,
-               coalesce(s.orig_id, s.sample_id) as id, s.conversations, {system} as system
-        from selected sel
-        join samples s using (sample_id)
-        where s.source in ({", ".join(sql_literal(s) for s in sources)})  -- read only the recipe's sources
+    with paths_of_multi_image_samples as (  -- one-image samples need no (costly) ordered list aggregate
+        select sample_id, list(path order by pos) as paths
+        from sample_image_files where n_images > 1 group by sample_id
     ),
-    stripped as (select * replace ({STRIPPED_CONVERSATIONS} as conversations) from picked),
-    fixed as (select * replace ({TAGGED_CONVERSATIONS} as conversations) from stripped)
+    picked as (
+        select d.source_index, d.repeat, d.source_file, d.source_row, d.sample_id, {record},
+               case when d.n_images = 1 then [one.path] else multi.paths end as paths
+        from decisions d{samples}
+        {one_image}
+        left join paths_of_multi_image_samples multi on d.n_images > 1 and multi.sample_id = d.sample_id
+        where d.removed_by is null
+    )
     select file_index, {RECORD_SQL[fmt]} || ',' || chr(10) as line
-    from fixed
-    order by out_pos"""
+    from (  -- the sort moves the pieces; each record's text is assembled after it, batch by batch
+        select {file_index} as file_index, id, body, paths
+        from (select *, unnest(range(repeat)) as repeat_index from picked)
+        order by source_index, repeat_index, source_file, source_row, sample_id
+    )"""
 
 
 class JsonArrayFile:
@@ -404,12 +447,26 @@ def output_json_names(recipe: Recipe, opts: ExportOptions) -> list[str]:
 
 
 def write_json_files(con: duckdb.DuckDBPyConnection, out: Path, recipe: Recipe, opts: ExportOptions) -> dict:
-    """Stream the JSON lines from DuckDB in batches straight from Arrow buffers into their files."""
+    """Stream the JSON lines from DuckDB in batches straight from Arrow buffers into their files.
+
+    One writer thread hashes and writes a batch while DuckDB produces the next (both release the
+    GIL); at most two batches wait for it, so memory stays bounded."""
     files = [JsonArrayFile(out / name) for name in output_json_names(recipe, opts)]
-    query = records_sql(opts.format, [s.source for s in recipe.sources])
-    for batch in con.sql(query).to_arrow_reader(opts.batch_rows):
+    query = records_sql(opts.format, opts.layout, opts.split_by_source,
+                        None if carries_body(recipe) else [s.source for s in recipe.sources])
+
+    def write(batch: pa.RecordBatch) -> None:
         for file_index, data, rows in _runs_by_file(batch):
             files[file_index].write(data, rows)
+
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: list = []
+        for batch in con.sql(query).to_arrow_reader(opts.batch_rows):
+            if len(pending) == 2:
+                pending.pop(0).result()
+            pending.append(writer.submit(write, batch))
+        for job in pending:
+            job.result()
     return {f.path.name: f.close() for f in files}
 
 

@@ -207,8 +207,22 @@ def checks_sql_body() -> str:
     return "\n".join(lines[start:]).rstrip().rstrip(";")
 
 
-def indent(text: str, by: str = "    ") -> str:
-    return "\n".join(by + line if line.strip() else line for line in text.splitlines())
+CHECKED_SAMPLES = "checked_samples"  # the CTE of sql/checks.sql with every samples column + the check results
+
+
+def checks_sql_ctes() -> str:
+    """The CTEs of sql/checks.sql (without `with` and the final select), to splice into a recipe's
+    `with` chain: its `checked_samples` CTE is the samples view plus the check columns, so a recipe
+    reads the samples once (no second scan, no join on sample_id)."""
+    body = checks_sql_body()
+    if not body.lower().startswith("with "):
+        raise RecipeError(f"{CHECKS_SQL} must be one `with … select` query")
+    lines = body[len("with "):].splitlines()
+    final = max(i for i, line in enumerate(lines) if line.lower().startswith("select"))  # the unindented last select
+    ctes = "\n".join(lines[:final]).rstrip().rstrip(",")
+    if not re.search(rf"^{CHECKED_SAMPLES} as \(", ctes, re.M):
+        raise RecipeError(f"{CHECKS_SQL} must define the CTE `{CHECKED_SAMPLES}` (samples + check columns)")
+    return ctes
 
 
 @dataclass(frozen=True)
@@ -243,7 +257,7 @@ class CompiledRecipe:
 
 def compile_recipe(recipe: Recipe, tables: Mapping[str, Sequence[str]]) -> CompiledRecipe:
     """Compose the recipe's CTEs; `tables` maps the lake's views to their columns (for dedup tables)."""
-    ctes = [f"sample_checks as (\n    -- sql/checks.sql\n{indent(checks_sql_body(), ' ' * 4)}\n)"]
+    ctes = [f"-- sql/checks.sql\n{checks_sql_ctes()}"]
     with_tags = any(_mentions_tags(s.where) for s in recipe.sources)  # the tags join only when used
     if with_tags:
         ctes.append(SAMPLE_TAGS_CTE)
@@ -252,10 +266,7 @@ def compile_recipe(recipe: Recipe, tables: Mapping[str, Sequence[str]]) -> Compi
         ctes.append(exact_duplicates_cte(tables))
     for k in sorted({s.near_dup_k for s in recipe.sources if s.near_dup_k is not None}):
         ctes.append(near_duplicates_cte(tables, k))
-    for i, spec in enumerate(recipe.sources):
-        ctes.extend(source_ctes(recipe, i, spec))
-    union = "\n    union all by name\n".join(f"    select * from source_{i}" for i in range(len(recipe.sources)))
-    ctes.append(f"decisions as (\n{union}\n)")
+    ctes.extend(decision_ctes(recipe))
     return CompiledRecipe(recipe, "with " + ",\n".join(ctes))
 
 
@@ -281,10 +292,10 @@ def recipe_samples_cte(recipe: Recipe, with_tags: bool) -> str:
     tags_join = "\n    left join sample_tags t using (sample_id)" if with_tags else ""
     return f"""\
 recipe_samples as (
-    select s.*, c.problems, c.fixes, c.n_images, c.n_image_tags, c.text_chars{tags_col}
-    from samples s
-    join sample_checks c using (sample_id){tags_join}
-    where s.source in ({names}) and c.source in ({names})  -- checks only the recipe's sources
+    -- every samples column + problems, fixes, n_images, n_image_tags, text_chars (sql/checks.sql)
+    select s.*{tags_col}
+    from {CHECKED_SAMPLES} s{tags_join}
+    where s.source in ({names})  -- reads and checks only the recipe's sources
 )"""
 
 
@@ -331,15 +342,15 @@ def check_dedup_tables(con, recipe: Recipe, lake=None) -> dict:
     return used
 
 
-# The number of samples the filters kept, on every row of the source. Not `count(*) FILTER (WHERE …)
-# OVER ()`: DuckDB 2.0 counts a filtered window frame row by row for every row, quadratic in the
-# source (a 950k-row source took ~190 s; duckdb/duckdb#25935). Counting a value that is NULL where
-# the filter fails is the same number, read from the frame once.
-ELIGIBLE_SQL = "count(case when removed_by is null then 1 end) over ()"
+# The number of samples the filters kept in the source (on its kept rows; removed rows never use it).
+# Not `count(*) FILTER (WHERE …) OVER ()`: DuckDB 2.0 counts a filtered window frame row by row for
+# every row, quadratic in the source (a 950k-row source took ~190 s; duckdb/duckdb#25935). Counting
+# over the row_number's own partition reads each partition once and shares its partitioning.
+ELIGIBLE_SQL = "count(source_index) over (partition by source_index, removed_by is null)"
 
 
-def source_ctes(recipe: Recipe, i: int, spec: SourceSpec) -> list[str]:
-    """CTEs per source: the filters' verdict, then (unless `all`) the sampling rank and the final decision."""
+def verdict_sql(spec: SourceSpec) -> str:
+    """The first filter that removes a sample of this source (NULL: kept), in REMOVAL_REASONS order."""
     reasons = []
     if spec.checks == "pass":
         reasons.append("when len(s.problems) > 0 then 'checks'")
@@ -349,34 +360,61 @@ def source_ctes(recipe: Recipe, i: int, spec: SourceSpec) -> list[str]:
         reasons.append(f"when s.sample_id in (select sample_id from near_duplicates_k{spec.near_dup_k}) then 'near_dup'")
     if spec.where:
         reasons.append(f"when not coalesce(({spec.where}), false) then 'where'")
-    verdict = ("case\n" + "".join(f"               {r}\n" for r in reasons) + "           end") if reasons else "null::varchar"
-    order = (f"md5({sql_literal(str(recipe.seed))} || sample_id), sample_id" if spec.sampling.strategy == "random"
-             else "source_file, source_row, sample_id")
-    wanted = spec.sampling.wanted_sql("eligible")
-    picked = {"first": f"pick_rank <= {wanted}", "random": f"pick_rank <= {wanted}",
-              "end": f"pick_rank > eligible - {wanted}"}.get(spec.sampling.strategy)
-    filtered = f"""source_{i}_filtered as (
-    -- {spec.source}: checks {spec.checks}, dedup {spec.dedup}, near_dup_k {spec.near_dup_k}, where {spec.where!r}
-    select {i} as source_index, {spec.repeat} as repeat, s.*,
-           {verdict} as removed_by
+    if not reasons:
+        return "null::varchar"
+    return "case\n" + "".join(f"                        {r}\n" for r in reasons) + "                    end"
+
+
+def decision_ctes(recipe: Recipe) -> list[str]:
+    """One pass over recipe_samples for every source (no union of per-source scans: DuckDB would
+    materialise the shared scan with every column a consumer reads, conversations included):
+    each source's filters in a CASE on `source`, then — only when a source samples — one window
+    ranking each source's kept samples in its own order."""
+    per_source = lambda values: "".join(f"\n                when {sql_literal(s.source)} then {v}"  # noqa: E731
+                                         for s, v in zip(recipe.sources, values))
+    comments = "".join(f"\n    -- {s.source}: checks {s.checks}, dedup {s.dedup}, near_dup_k {s.near_dup_k}, "
+                       f"where {s.where!r}, sampling {s.sampling}, repeat {s.repeat}" for s in recipe.sources)
+    filtered = f"""recipe_filtered as ({comments}
+    select case s.source{per_source(range(len(recipe.sources)))} end as source_index,
+           case s.source{per_source(s.repeat for s in recipe.sources)} end as repeat,
+           s.*,
+           case s.source{per_source(verdict_sql(s) for s in recipe.sources)} end as removed_by
     from recipe_samples s
-    where s.source = {sql_literal(spec.source)}
 )"""
-    if spec.sampling.strategy == "all":  # nothing to rank: skip a sort of the whole source
-        return [filtered, f"source_{i} as (\n    select * from source_{i}_filtered\n)"]
+    sampled = [(i, s) for i, s in enumerate(recipe.sources) if s.sampling.strategy != "all"]
+    if not sampled:  # nothing to rank: no sort of the sources
+        return [filtered, "decisions as (\n    select * from recipe_filtered\n)"]
+    # random: md5(seed || sample_id), sample_id; first/end: source_file, source_row, sample_id (source
+    # order). With both kinds, a random source's rows rank on (md5, sample_id) first: sample_id is
+    # unique, so the source-order keys after it never decide. Fewer keys when all agree: a cheaper sort.
+    random = [i for i, s in sampled if s.sampling.strategy == "random"]
+    md5 = f"md5({sql_literal(str(recipe.seed))} || sample_id)"
+    if len(random) == len(sampled):
+        order = f"{md5}, sample_id"
+    elif not random:
+        order = "source_file, source_row, sample_id"
+    else:
+        among = f"source_index in ({', '.join(map(str, random))})"
+        order = (f"case when {among} then {md5} end, case when {among} then sample_id end, "
+                 "source_file, source_row, sample_id")
+    picked = []
+    for i, spec in sampled:
+        wanted = spec.sampling.wanted_sql("eligible")
+        keep = f"pick_rank > eligible - {wanted}" if spec.sampling.strategy == "end" else f"pick_rank <= {wanted}"
+        picked.append(f"\n                when {i} then case when {keep} then null else 'sampling' end")
     return [
         filtered,
-        f"""source_{i}_ranked as (
-    -- sampling {spec.sampling}: rank the samples the filters kept
+        f"""recipe_ranked as (
+    -- sampling: rank the samples the filters kept, per source, in its order
     select *,
-           row_number() over (partition by removed_by is null order by {order}) as pick_rank,
+           row_number() over (partition by source_index, removed_by is null order by {order}) as pick_rank,
            {ELIGIBLE_SQL} as eligible
-    from source_{i}_filtered
+    from recipe_filtered
 )""",
-        f"""source_{i} as (
+        f"""decisions as (
     select * exclude (pick_rank, eligible, removed_by),
-           coalesce(removed_by, case when {picked} then null else 'sampling' end) as removed_by
-    from source_{i}_ranked
+           coalesce(removed_by, case source_index{"".join(picked)} end) as removed_by
+    from recipe_ranked
 )""",
     ]
 

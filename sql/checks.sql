@@ -26,42 +26,33 @@
 -- Output:     sample_id, source, n_images, n_image_tags, text_chars, problems list<varchar>,
 --             fixes list<varchar>; lists are empty (never NULL) when there is nothing to report.
 
-with turns as (
-    -- one row per turn, numbered from 1; a sample without turns keeps one row with a NULL turn
-    select sample_id,
-           source,
-           coalesce(len(image_ids), 0) as n_images,
-           unnest(case when len(conversations) > 0 then conversations else [null] end) as turn,
-           generate_subscripts(case when len(conversations) > 0 then conversations else [null] end, 1) as turn_no
-    from samples
-),
-turn_shapes as (
+with sample_facts as (
+    -- one row per sample: every samples column (recipes filter on them) plus facts over its turns,
+    -- computed on the sample's own list (a turn's position is the lambda's index) — no unnest, no
+    -- group by, no join back to the samples. A NULL or empty conversations list has no turns.
     -- CASE evaluates its branch only where needed: most turns have no tag and no edge whitespace.
     -- Whitespace is RE2's \s, [\t\n\f\r ] (codes 9 10 12 13 32): the codes of the first and last
     -- character are tested first (cheap), a regex runs only for values starting or ending with one.
-    select sample_id, source, n_images, turn, turn_no,
-           case when contains(turn.value, '<image>')
-                then (length(turn.value) - length(replace(turn.value, '<image>', ''))) // 7 else 0 end as image_tags,
-           ascii(turn.value) in (9, 10, 12, 13, 32)
-               or ascii(turn.value[-1]) in (9, 10, 12, 13, 32) as has_edge_whitespace,
-           turn is not null and (turn.value is null or turn.value = ''
-               or (case when ascii(turn.value) in (9, 10, 12, 13, 32)
-                        then regexp_full_match(turn.value, '\s*') else false end)) as is_blank
-    from turns
-),
-turn_facts as (
-    select sample_id,
-           source,  -- a group key (not any_value): a filter on source then reaches the samples scan
-           any_value(n_images) as n_images,
-           count(turn) as n_turns,
-           coalesce(sum(image_tags), 0)::bigint as n_image_tags,
-           coalesce(sum(length(turn.value)), 0)::bigint as text_chars,
-           coalesce(bool_or(turn['from'] is distinct from (case when turn_no % 2 = 1 then 'human' else 'gpt' end))
-                    filter (where turn is not null), false) as has_misplaced_role,
-           bool_or(is_blank) as has_empty_turn,
-           coalesce(bool_or(has_edge_whitespace and not is_blank), false) as has_surrounding_whitespace
-    from turn_shapes
-    group by sample_id, source
+    select *,
+           coalesce(len(image_ids), 0) as n_images,
+           coalesce(list_count(conversations), 0) as n_turns,
+           coalesce(list_sum(list_transform(conversations, lambda turn:
+               case when contains(turn.value, '<image>')
+                    then (length(turn.value) - length(replace(turn.value, '<image>', ''))) // 7 else 0 end)), 0)::bigint
+               as n_image_tags,
+           coalesce(list_sum(list_transform(conversations, lambda turn: length(turn.value))), 0)::bigint as text_chars,
+           coalesce(list_bool_or(list_transform(conversations, lambda turn, turn_no: turn is not null
+               and turn['from'] is distinct from (case when turn_no % 2 = 1 then 'human' else 'gpt' end))), false)
+               as has_misplaced_role,
+           coalesce(list_bool_or(list_transform(conversations, lambda turn: turn is not null
+               and (turn.value is null or turn.value = ''
+                    or (case when ascii(turn.value) in (9, 10, 12, 13, 32)
+                             then regexp_full_match(turn.value, '\s*') else false end)))), false) as has_empty_turn,
+           coalesce(list_bool_or(list_transform(conversations, lambda turn:
+               case when ascii(turn.value) in (9, 10, 12, 13, 32) or ascii(turn.value[-1]) in (9, 10, 12, 13, 32)
+                    then not regexp_full_match(turn.value, '\s*') else false end)), false)
+               as has_surrounding_whitespace
+    from samples
 ),
 image_refs as (
     select sample_id, source, unnest(image_ids) as image_id
@@ -85,8 +76,10 @@ image_trouble_per_sample as (
     where i.image_id is null or u.image_id is not null
     group by r.sample_id, r.source
 ),
-named_reasons as (
-    select f.*,
+checked_samples as (
+    -- every samples column + n_images, n_image_tags, text_chars, problems, fixes: what etl/recipe.py
+    -- nests (its `where` filters see these columns) and what the final select reports
+    select f.* exclude (n_turns, has_misplaced_role, has_empty_turn, has_surrounding_whitespace),
            list_filter([
                case when f.n_turns = 0 then 'no_turns' end,
                case when f.n_turns % 2 = 1 then 'odd_turn_count' end,
@@ -102,8 +95,8 @@ named_reasons as (
                case when f.n_images > 0 and f.n_image_tags = 0 then 'image_tag_missing' end,
                case when f.has_surrounding_whitespace then 'surrounding_whitespace' end
            ], lambda r: r is not null) as fixes
-    from turn_facts f
+    from sample_facts f
     left join image_trouble_per_sample t using (sample_id, source)
 )
 select sample_id, source, n_images, n_image_tags, text_chars, problems, fixes
-from named_reasons;
+from checked_samples;

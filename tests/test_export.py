@@ -346,11 +346,21 @@ def test_llava_json_text_is_pinned_byte_for_byte(tmp_path):
         sample(2, "b", "text", [], "Héllo?", "Hi."),
         sample(3, "b", "two", [ids[1], ids[0]], "<image> and <image>: same?", "No."),
     ], schema=S.SAMPLES_SCHEMA))
-    out = tmp_path / "out"
-    export(lake, write_recipe(tmp_path / "r.yaml", "name: pinned\nsources: [b, a]\n"),
-           ExportOptions(out=str(out), images="none"))
     gif, jpg = f"{ids[0][:2]}/{ids[0]}.gif", f"{ids[1][:2]}/{ids[1]}.jpg"
-    assert (out / "pinned.json").read_bytes().decode() == (
+    # the same text whether the records are built in the deciding pass (no sampling) or joined back
+    # after a sampling recipe's ranking (here a sampling that keeps everything)
+    for i, sources in enumerate(("[b, a]", "[{source: b, sampling: 'first:100%'}, {source: a, sampling: 'end:2'}]")):
+        out = tmp_path / f"out{i}"
+        export(lake, write_recipe(tmp_path / f"r{i}.yaml", f"name: pinned\nsources: {sources}\n"),
+               ExportOptions(out=str(out), images="none"))
+        assert (out / "pinned.json").read_bytes().decode() == pinned_text(gif, jpg), sources
+    export(lake, write_recipe(tmp_path / "none.yaml", "name: none\nsources: [{source: a, where: 'false'}]\n"),
+           ExportOptions(out=str(tmp_path / "empty"), images="none"))
+    assert (tmp_path / "empty" / "none.json").read_bytes() == b"[]\n"
+
+
+def pinned_text(gif: str, jpg: str) -> str:
+    return (
         '[\n'
         '{"id":"text","conversations":[{"from":"human","value":"Héllo?"},{"from":"gpt","value":"Hi."}]},\n'
         f'{{"id":"two","image":["{jpg}","{gif}"],"conversations":['
@@ -361,6 +371,50 @@ def test_llava_json_text_is_pinned_byte_for_byte(tmp_path):
         f'{{"id":"a/p.json#1","image":"{jpg}","conversations":[{{"from":"human","value":"<image>\\nColour?"}},'
         '{"from":"gpt","value":"Red."}]}\n'
         ']\n')
-    export(lake, write_recipe(tmp_path / "none.yaml", "name: none\nsources: [{source: a, where: 'false'}]\n"),
-           ExportOptions(out=str(tmp_path / "empty"), images="none"))
-    assert (tmp_path / "empty" / "none.json").read_bytes() == b"[]\n"
+
+
+@pytest.mark.parametrize("fmt", ["llava", "messages"])
+def test_records_are_the_same_bytes_with_and_without_a_sampling_ranking(real_lake, tmp_path, fmt):
+    """A recipe without sampling builds each record in the pass that decides it; a sampling recipe
+    joins the samples back after ranking. Both paths must write the same files."""
+    everything = ", ".join(f"{{source: {s}, sampling: 'first:100%'}}" for s in ALL_SOURCES)
+    texts = []
+    for name, sources in (("plain", ", ".join(ALL_SOURCES)), ("sampled", everything)):
+        out = tmp_path / name
+        export(real_lake, write_recipe(tmp_path / f"{name}.yaml", f"name: mix\nseed: 1\nsources: [{sources}]\n"),
+               ExportOptions(out=str(out), images="none", format=fmt, split_by_source=True))
+        texts.append({p.name: p.read_bytes() for p in sorted(out.glob("*.json")) if p.name != "manifest.json"})
+    assert texts[0] == texts[1] and len(texts[0]) >= len(ALL_SOURCES)
+
+
+def test_checks_off_exports_turnless_samples_as_they_are_and_fixes_only_real_turns(tmp_path):
+    """`checks: off` keeps broken samples: NULL turns stay `null` (never get a tag turn made up), a
+    NULL turn stays `null`, and the fixes apply only where a turn exists — with or without sampling."""
+    import lance
+
+    from etl.images import content_id
+
+    lake = Lake.open(str(tmp_path / "lake"))
+    blob = b"\xff\xd8\xff turnless"
+    image = content_id(blob)
+    lake.append(S.IMAGES, pa.table({"image_id": [image], S.BLOB_COLUMN: lance.blob_array([blob]), "format": ["JPEG"],
+                                    "width": pa.array([1], pa.int32()), "height": pa.array([1], pa.int32()),
+                                    "nbytes": pa.array([len(blob)], pa.int64())}))
+    rows = [([image, image], None), ([image], []), ([image], [None, {"from": "gpt", "value": " x "}]),
+            ([], [{"from": "human", "value": " Hi "}, {"from": None, "value": None}])]
+    lake.append(S.SAMPLES, pa.Table.from_pylist([
+        {"sample_id": f"t/t.json#{i}", "source": "t", "source_file": "t.json", "source_row": i, "orig_id": str(i),
+         "image_ids": ids, "conversations": turns} for i, (ids, turns) in enumerate(rows)], schema=S.SAMPLES_SCHEMA))
+    path = f"{image[:2]}/{image}.jpg"
+    expected = (
+        '[\n'
+        f'{{"id":"0","image":["{path}","{path}"],"conversations":null}},\n'
+        f'{{"id":"1","image":"{path}","conversations":[]}},\n'
+        f'{{"id":"2","image":"{path}","conversations":[{{"from":null,"value":null}},{{"from":"gpt","value":"x"}}]}},\n'
+        '{"id":"3","conversations":[{"from":"human","value":"Hi"},{"from":null,"value":null}]}\n'
+        ']\n')
+    for i, sampling in enumerate(("all", "first:100%")):
+        out = tmp_path / f"out{i}"
+        recipe = f"name: t\nsources: [{{source: t, checks: off, sampling: '{sampling}'}}]\n"
+        export(lake, write_recipe(tmp_path / f"r{i}.yaml", recipe), ExportOptions(out=str(out), images="none"))
+        assert (out / "t.json").read_text() == expected, sampling

@@ -121,6 +121,22 @@ def test_random_picks_are_not_simply_the_first_rows(lake):
     assert picked(d) != ["00000", "00001", "00002", "00003", "00004"]
 
 
+def test_sources_mixing_random_first_end_and_all_decide_as_each_would_alone(lake):
+    """Every source is decided in one pass (one ranking window for all sampled sources): mixing
+    strategies, filters and repeats in one recipe must give each source its own recipe's decisions."""
+    specs = ["{source: alpha, sampling: 'random:30%'}", "{source: beta, sampling: 'end:4', where: 'loss is not null'}",
+             "{source: gamma, sampling: 'first:2', repeat: 2}"]
+    mixed = decisions(lake, "name: m\nseed: 9\nsources:\n" + "".join(f"  - {s}\n" for s in specs))
+    for spec in specs:
+        alone = decisions(lake, f"name: m\nseed: 9\nsources: [{spec}]")
+        source = next(iter(alone))
+        assert mixed[source] == alone[source], source
+    assert len(picked(mixed["beta"])) == 4 and mixed["beta"]["00009"] == "where"
+    with_all = decisions(lake, "name: m\nseed: 9\nsources:\n  - alpha\n  - " + specs[2] + "\n")
+    assert picked(with_all["alpha"]) == picked(decisions(lake, "name: m\nsources: [alpha]")["alpha"])
+    assert picked(with_all["gamma"]) == picked(mixed["gamma"]) == ["00000", "00001"]
+
+
 def test_random_pick_is_the_lowest_md5_of_seed_and_sample_id_among_the_samples_checks_kept(lake):
     """The seeded pick, recomputed in Python: a query rewrite must select exactly these samples."""
     con = connect(lake)

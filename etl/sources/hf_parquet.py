@@ -43,6 +43,7 @@ PARQUET_MAGIC = b"PAR1"
 BATCH_BYTES = 32 << 20  # decoded bytes per record batch: bounds memory whatever the row-group size
 READ_AHEAD = 2  # record batches read ahead of the consumer
 READ_BUFFER = 8 << 20  # buffered (streaming) page reads instead of loading whole column chunks
+WILLNEED, DONTNEED = getattr(os, "POSIX_FADV_WILLNEED", None), getattr(os, "POSIX_FADV_DONTNEED", None)  # not on macOS
 WINDOW_BYTES = 128 << 20  # row groups read through one memory mapping (bounds what is mapped)
 ID_COLUMNS = ("id", "sample_id", "uid")
 CAPTION_COLUMNS = ("text", "caption", "txt")
@@ -186,10 +187,10 @@ def iter_row_batches(path: str, metadata: pq.FileMetaData, start_row: int,
     groups = list(firsts)
     with open(path, "rb") as raw:
         planned = list(windows(groups, metadata))
-        prefetch(raw.fileno(), metadata, planned[0] if planned else [])
+        advise(raw.fileno(), metadata, planned[0] if planned else [], WILLNEED)
         for number, window in enumerate(planned):
             if number + 1 < len(planned):
-                prefetch(raw.fileno(), metadata, planned[number + 1])  # read while this window is decoded
+                advise(raw.fileno(), metadata, planned[number + 1], WILLNEED)  # read while this one is decoded
             parquet = pq.ParquetFile(path, metadata=metadata, memory_map=True, pre_buffer=False, buffer_size=READ_BUFFER)
             for group in window:
                 meta = metadata.row_group(group)
@@ -201,6 +202,7 @@ def iter_row_batches(path: str, metadata: pq.FileMetaData, start_row: int,
                         yield row + skip, batch.slice(skip)
                     row += batch.num_rows
             del parquet  # unmaps the window
+            advise(raw.fileno(), metadata, window, DONTNEED)  # read once: free its page cache
 
 
 def row_group_rows(metadata: pq.FileMetaData) -> list[tuple[int, int, int]]:
@@ -226,16 +228,18 @@ def windows(groups: list[int], metadata: pq.FileMetaData) -> Iterator[list[int]]
         yield window
 
 
-def prefetch(fd: int, metadata: pq.FileMetaData, groups: list[int]) -> None:
-    """Start reading `groups` into the page cache (POSIX_FADV_WILLNEED returns at once)."""
-    if not hasattr(os, "posix_fadvise"):
+def advise(fd: int, metadata: pq.FileMetaData, groups: list[int], advice: int | None) -> None:
+    """posix_fadvise `advice` for the bytes of `groups` (WILLNEED: start reading them now and return;
+    DONTNEED: drop them from the page cache, so a one-pass read of 100 GB recycles the same pages
+    instead of evicting everything else)."""
+    if advice is None:
         return
     for group in groups:
         meta = metadata.row_group(group)
         chunks = [meta.column(c) for c in range(meta.num_columns)]
         start = min(c.dictionary_page_offset or c.data_page_offset for c in chunks)
         end = max((c.dictionary_page_offset or c.data_page_offset) + c.total_compressed_size for c in chunks)
-        os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
+        os.posix_fadvise(fd, start, end - start, advice)
 
 
 def dataset_root(path: str, name: str) -> str:

@@ -48,21 +48,110 @@ HEADER_BYTES = 16 << 10  # where almost every header ends (JPEG SOF after a smal
 def sniff(data: bytes | memoryview) -> ImageInfo:
     """Format and size from the header only (no pixel decode); raise NotAnImage otherwise.
 
-    The header is parsed from the first HEADER_BYTES (no copy of the whole image); a header that
-    does not fit (a TIFF directory at the end, huge metadata) is parsed again from all the bytes.
-    Truncated files whose header is intact are accepted on purpose: decode problems surface at
-    enrichment, with their own error rows, and the bytes are kept as they came.
+    JPEG headers (most of what VLM datasets hold) are walked here, marker by marker, exactly as
+    Pillow's JPEG plugin reads them, without copying the bytes; anything that walk does not settle
+    (other formats, a header Pillow would reject or read as MPO) goes to Pillow, which parses the
+    first HEADER_BYTES (no copy of the whole image) and, when the header does not fit (a TIFF
+    directory at the end, huge metadata), all the bytes. Truncated files whose header is intact
+    are accepted on purpose: decode problems surface at enrichment, with their own error rows, and
+    the bytes are kept as they came.
     """
     if not len(data):
         raise NotAnImage("empty file")
     header = None
-    if len(data) > HEADER_BYTES:
+    if size := jpeg_size(data):
+        header = ("JPEG", *size)
+    elif len(data) > HEADER_BYTES:
         try:
             header = _header(data[:HEADER_BYTES])
         except NotAnImage:
             pass
     fmt, width, height = header or _header(data)
     return ImageInfo(content_id(data), fmt, width, height, len(data))
+
+
+# Pillow's JPEG plugin: markers whose segment it reads (with a 2-byte length) and the SOF ones.
+SOF_MARKERS = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xDE))
+SEGMENT_MARKERS = SOF_MARKERS | {0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xDF, 0xFE, *range(0xE0, 0xF0)}
+BARE_MARKERS = frozenset((0xC8, 0xD8, 0xD9, *range(0xD0, 0xD8)))  # no segment follows
+SOS = 0xDA
+
+
+def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(width, height) of a JPEG whose header Pillow would read without complaint, else None.
+
+    Mirrors `JpegImagePlugin.JpegImageFile._open` up to the start of scan: the same marker walk,
+    junk and fill bytes, segment lengths and the checks its handlers make (8-bit samples, 1/3/4
+    components, whole quantization tables). It returns None, leaving the verdict to Pillow, for
+    anything its handlers could reject or read differently (truncated segments, short JFIF/Adobe/
+    ICC segments, Photoshop resources, an MPF segment that can make the file an MPO, EXIF that
+    Pillow parses for the DPI because no JFIF segment gave it), and for sizes that trip Pillow's
+    decompression-bomb check.
+    """
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8 or data[2] != 0xFF:
+        return None
+    pos, current, size = 3, 0xFF, None  # `current`: the byte Pillow holds in `s` (None: end of data)
+    exif = jfif_dpi = False
+    while current is not None:
+        if current != 0xFF:  # junk between segments
+            current, pos = (data[pos], pos + 1) if pos < n else (None, pos)
+            continue
+        if pos >= n:
+            break
+        marker, pos = data[pos], pos + 1
+        if marker == 0xFF:  # fill byte
+            continue
+        if marker in SEGMENT_MARKERS:
+            if pos + 2 > n:
+                return None
+            end = pos + 2 + max(0, ((data[pos] << 8) | data[pos + 1]) - 2)
+            if end > n:
+                return None  # Pillow: "Truncated File Read"
+            segment, pos = data[pos + 2: end], end
+            if marker in SOF_MARKERS:
+                size = sof_size(segment)
+                if size is None:
+                    return None
+            elif not segment_is_plain(marker, segment):
+                return None
+            elif marker == 0xE0 and bytes(segment[:4]) == b"JFIF":
+                jfif_dpi = len(segment) >= 12 and segment[7] in (1, 2)
+            elif marker == 0xE1 and bytes(segment[:6]) == b"Exif\0\0":
+                exif = True
+            if marker == SOS:
+                break
+        elif marker not in BARE_MARKERS and marker != 0x00:
+            return None  # Pillow: "no marker found"
+        current, pos = (data[pos], pos + 1) if pos < n else (None, pos)
+    if size is None or not size[0] or not size[1] or exif and not jfif_dpi:
+        return None  # no frame; or Pillow reads the DPI from the EXIF, which can reject the file
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit and size[0] * size[1] > limit else size
+
+
+def sof_size(segment: memoryview | bytes) -> tuple[int, int] | None:
+    """(width, height) from a start-of-frame segment Pillow accepts."""
+    if len(segment) < 6 or (len(segment) - 6) % 3 or segment[0] != 8 or segment[5] not in (1, 3, 4):
+        return None
+    return (segment[3] << 8) | segment[4], (segment[1] << 8) | segment[2]
+
+
+def segment_is_plain(marker: int, segment: memoryview | bytes) -> bool:
+    """Whether Pillow's handler for this segment cannot fail or change the format."""
+    if marker == 0xDB:  # quantization tables: each must be whole
+        at = 0
+        while at < len(segment):
+            at += 1 + (64 if segment[at] < 16 else 128)
+        return at == len(segment)
+    if 0xE0 <= marker <= 0xEF:
+        head = bytes(segment[:14])
+        if marker == 0xE0 and head.startswith(b"JFIF") or marker == 0xEE and head.startswith(b"Adobe"):
+            return len(segment) >= 7
+        if marker == 0xE2:
+            return not head.startswith(b"MPF\0") and (not head.startswith(b"ICC_PROFILE\0") or len(segment) >= 14)
+        return not (marker == 0xED and head.startswith(b"Photoshop 3.0\x00"))
+    return True
 
 
 def _header(data: bytes | memoryview) -> tuple[str, int, int]:

@@ -28,6 +28,7 @@ from etl.errors import ErrorRow, errors_table
 from etl.faults import crash_point
 from etl.images import ImageInfo, NotAnImage, sniff
 from etl.lake import Lake, dumps, sql_string_list
+from etl.pagecache import DropBehind
 from etl.runlog import Run, recorded_run
 from etl.sources import detect_format, readers
 from etl.sources.base import ImageRef, SourceRecord, file_fingerprint
@@ -213,10 +214,13 @@ class KeyIndexUpkeep:
     def __init__(self, lake: Lake):
         self.lake, self.commits = lake, 0
 
-    def committed(self) -> None:
+    def committed(self) -> bool:
+        """Count one image commit; True when this one refreshed the index (a new version)."""
         self.commits += 1
         if self.commits % self.every == 0:
             self.lake.ensure_key_index(S.IMAGES)
+            return True
+        return False
 
 
 class Ingestor:
@@ -229,10 +233,13 @@ class Ingestor:
         self.pending: Future | None = None  # the batch being written
         self.stored_paths = StoredPaths()
         self.key_index = KeyIndexUpkeep(lake)
+        self.drop_behind = DropBehind()  # stored images are not read again by this run
+        self.images_stored_last: list[str] = []  # the image ids the last `store_images` added
 
     def shutdown(self) -> None:
         self.pool.shutdown()
         self.writer.shutdown()
+        self.drop_behind.close()
 
     def ingest_file(self, file: InputFile, bar: tqdm) -> None:
         """Read, resolve and write `file` batch by batch; batch N is written (on the writer thread)
@@ -371,8 +378,9 @@ class Ingestor:
         self.run.counts["images_already_in_lake"] += len(images) - len(new)
         self.run.counts["images_added"] += len(new)
         self.run.counts["image_bytes_added"] += sum(img.info.nbytes for img in new)
+        self.images_stored_last = [img.info.image_id for img in new]
         if new:
-            self.lake.append(S.IMAGES, images_table(new))
+            self.drop_behind.add(self.lake.append(S.IMAGES, images_table(new)))
             self.key_index.committed()
         for img in images.values():
             if img.path:

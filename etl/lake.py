@@ -95,11 +95,26 @@ class Lake:
         return self.dataset(name).count_rows(filter=filter)
 
     # -- writes -----------------------------------------------------------------------------------
-    def append(self, name: str, table: pa.Table) -> None:
-        """Commit `table` as new rows of `name` (one Lance version); empty tables are skipped."""
+    def append(self, name: str, table: pa.Table) -> list[str]:
+        """Commit `table` as new rows of `name` (one Lance version); empty tables are skipped.
+        Returns the data files written, when the lake is local (see `local_files`)."""
         if table.num_rows == 0:
-            return
-        lance.write_dataset(conform(table, S.SCHEMAS[name]), self.uri(name), mode="append")
+            return []
+        fragments = self.write_fragments(name, table)
+        lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Append(fragments),
+                                  read_version=self.dataset(name).version)
+        return self.local_files(name, fragments)
+
+    def write_fragments(self, name: str, table: pa.Table) -> list:
+        """Write `table` as fragments of `name` without committing them (FragmentMetadata)."""
+        return lance.fragment.write_fragments(conform(table, S.SCHEMAS[name]), self.uri(name),
+                                              schema=S.SCHEMAS[name], data_storage_version="2.2")
+
+    def local_files(self, name: str, fragments: list) -> list[str]:
+        """Paths of the fragments' data files, for a lake on the local filesystem (else none)."""
+        if "://" in self.root:
+            return []
+        return [os.path.join(self.uri(name), "data", f.path) for fragment in fragments for f in fragment.files]
 
     def append_new(self, name: str, table: pa.Table) -> None:
         """Append only the rows whose key is not in the table yet (idempotent appends)."""

@@ -353,6 +353,37 @@ def test_a_task_whose_new_image_another_task_stored_first_is_redone_without_dupl
     assert len(samples_of(lake, "a")) == 6
 
 
+def test_tasks_of_one_run_racing_for_the_same_new_images_are_caught_from_memory(tmp_path, monkeypatch):
+    from etl.engine.ingest_parallel import Committer, Task, TaskWorker
+    from etl.ingest import expand_inputs
+    from etl.runlog import Run
+
+    rows = onevision_rows(6, with_bad_rows=False)
+    write_onevision(tmp_path / "a" / "train-00000-of-00001.parquet", rows)
+    write_onevision(tmp_path / "b" / "train-00000-of-00001.parquet", rows[:2])  # shares two images with a
+    lake, opts = Lake.open(str(tmp_path / "lake")), IngestOptions(progress=False)
+    run = Run("r1", "ingest", {})
+    committer = Committer(lake, opts, run)
+    tasks = []
+    for folder, end in (("a", 6), ("b", 2)):
+        [file] = expand_inputs([str(tmp_path / folder)], opts)
+        start, committed = committer.start_file(file)
+        tasks.append(committer.submitted(Task(file, start, end, committed=committed, last=True)))
+    worker = TaskWorker(lake.root, opts, run.run_id)
+    first, second = [worker(task) for task in tasks]  # both ran before either committed
+
+    committer.commit(tasks[0], first, tqdm_off())
+    with monkeypatch.context() as patched:  # this run made every version since: no need to ask the lake
+        patched.setattr(lake, "existing_keys", lambda *args: pytest.fail("asked the lake"))
+        assert committer.raced(tasks[1], second.new_image_ids)
+    committer.commit(tasks[1], second, tqdm_off())
+
+    ids = lake.dataset(S.IMAGES).to_table(columns=["image_id"])["image_id"].to_pylist()
+    assert sorted(ids) == sorted({content_id(r["image"]["bytes"]) for r in rows})
+    assert run.counts["tasks_redone_for_shared_images"] == 1
+    assert len(samples_of(lake, "a")) == 6 and len(samples_of(lake, "b")) == 2
+
+
 def tqdm_off():
     from tqdm import tqdm
 

@@ -13,7 +13,10 @@ cut into tasks run by a spawn-based process pool (Lance is not fork-safe):
   errors, samples (one `Append` each), then the file's checkpoint. If another task committed one
   of the task's new images meanwhile (the same image in two shards at once), its image fragment
   would duplicate a key: that task is redone here by the serial code instead, and its fragments
-  are dropped unreferenced.
+  are dropped unreferenced. Such a race can only come from the images versions made since the task
+  was submitted (its worker saw the lake as of then); this process remembers what its own recent
+  versions added, and asks the lake only when a version it did not make (another process writing
+  the lake) or no longer remembers lies in between.
 
 Resume and idempotence are the serial ingest's: a rerun starts at each file's checkpoint and skips
 the samples/errors of a cut task that did commit. At most `2 × workers` tasks are in flight, so
@@ -39,12 +42,14 @@ from etl.faults import crash_point
 from etl.ingest import (
     STAGE, Batch, IngestOptions, Ingestor, InputFile, fewer_gc_passes, images_table, sample_id,
 )
-from etl.lake import Lake, conform
+from etl.lake import Lake
 from etl.runlog import Run
 from etl.sources import readers
 from etl.sources.base import SourceRecord, file_fingerprint
 
 TASK_BYTES = 128 << 20  # image bytes per task at most (also bounded by --batch-bytes)
+IN_FLIGHT_PER_WORKER = 2  # tasks submitted ahead per worker
+RECENT_VERSIONS_PER_WORKER = 2 * IN_FLIGHT_PER_WORKER  # images versions remembered for race checks
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Task:
     records: list[SourceRecord] | None = None
     committed: frozenset[str] = frozenset()  # sample/error ids a crash left committed in this range
     last: bool = False  # the file's final task: its commit marks the file done
+    images_version: int = 0  # the images table's version when the task was submitted
 
 
 @dataclass
@@ -82,6 +88,7 @@ class TaskWorker:
     def __init__(self, lake_root: str, opts: IngestOptions, run_id: str):
         self.lake, self.opts = Lake.open(lake_root, create=False), opts
         self.ingestor = Ingestor(self.lake, opts, Run(run_id, "ingest", {}))
+        self.drop_behind = self.ingestor.drop_behind
 
     def __call__(self, task: Task) -> TaskResult:
         records = task.records if task.records is not None else list(read_range(task, self.opts))
@@ -106,8 +113,10 @@ class TaskWorker:
     def write(self, table_name: str, table: pa.Table | None) -> list:
         if table is None:
             return []
-        return lance.fragment.write_fragments(conform(table, S.SCHEMAS[table_name]), self.lake.uri(table_name),
-                                              schema=S.SCHEMAS[table_name], data_storage_version="2.2")
+        fragments = self.lake.write_fragments(table_name, table)
+        if table_name == S.IMAGES:
+            self.drop_behind.add(self.lake.local_files(table_name, fragments))
+        return fragments
 
 
 def read_range(task: Task, opts: IngestOptions) -> Iterator[SourceRecord]:
@@ -141,6 +150,12 @@ class Committer:
         self.lake, self.opts, self.run = lake, opts, run
         self.ingestor = Ingestor(lake, opts, run)  # the serial code, for raced tasks and resume keys
         self.fingerprints: dict[InputFile, str] = {}
+        self.images_version = lake.dataset(S.IMAGES).version  # the latest this process knows of
+        self.own_versions: dict[int, frozenset[str]] = {}  # images versions made here → ids they added
+        self.remembered = RECENT_VERSIONS_PER_WORKER * max(1, opts.workers)
+
+    def submitted(self, task: Task) -> Task:
+        return replace(task, images_version=self.images_version)
 
     def start_file(self, file: InputFile) -> tuple[int, frozenset[str]] | None:
         """(row to start from, keys a crash left past it), or None when a previous run finished the file."""
@@ -155,17 +170,18 @@ class Committer:
 
     def commit(self, task: Task, result: TaskResult, bar: tqdm) -> None:
         """Images, errors, samples, then the checkpoint: the serial ingest's order."""
-        if self.lake.existing_keys(S.IMAGES, result.new_image_ids):
+        if self.raced(task, result.new_image_ids):
             next_row = self.redo(task, bar)  # another task stored one of these images first
         else:
             for table_name, fragments, point in ((S.IMAGES, result.images, "after_images"),
                                                  (S.ERRORS, result.errors, "after_errors"),
                                                  (S.SAMPLES, result.samples, "after_samples")):
                 if fragments:
-                    lance.LanceDataset.commit(self.lake.uri(table_name), lance.LanceOperation.Append(fragments),
-                                              read_version=self.lake.dataset(table_name).version)
+                    version = lance.LanceDataset.commit(
+                        self.lake.uri(table_name), lance.LanceOperation.Append(fragments),
+                        read_version=self.lake.dataset(table_name).version).version
                     if table_name == S.IMAGES:
-                        self.ingestor.key_index.committed()
+                        self.images_committed(result.new_image_ids, range(version, version + 1))
                 crash_point(point)
             self.run.counts.update(result.counts)
             bar.update(result.records)
@@ -175,13 +191,34 @@ class Committer:
         if task.last:
             self.run.counts["files"] += 1
 
+    def raced(self, task: Task, new_image_ids: list[str]) -> bool:
+        """Whether one of the images the worker found new has been stored since it looked."""
+        if not new_image_ids:
+            return False
+        since = range(task.images_version + 1, self.lake.dataset(S.IMAGES).version + 1)
+        if not all(version in self.own_versions for version in since):
+            return bool(self.lake.existing_keys(S.IMAGES, new_image_ids))
+        return any(not self.own_versions[version].isdisjoint(new_image_ids) for version in since)
+
+    def images_committed(self, image_ids: list[str], versions: range) -> None:
+        """Remember what this process's images versions added (all of `image_ids`, to be safe)."""
+        if self.ingestor.key_index.committed():  # the index rebuild makes a version too
+            versions = range(versions.start, self.lake.dataset(S.IMAGES).version + 1)
+        for version in versions:
+            self.own_versions[version] = frozenset(image_ids)
+        while len(self.own_versions) > self.remembered:
+            del self.own_versions[next(iter(self.own_versions))]  # the oldest
+        self.images_version = versions.stop - 1
+
     def redo(self, task: Task, bar: tqdm) -> int:
         """Commit the task with the serial ingest's code (it checks every image against the lake)."""
         self.run.counts["tasks_redone_for_shared_images"] += 1
         records = task.records if task.records is not None else list(read_range(task, self.opts))
         if not records:
             return task.end or task.start
+        before = self.lake.dataset(S.IMAGES).version
         next_row = self.ingestor.commit(Batch(task.file, records), set(task.committed), bar)
+        self.images_committed(self.ingestor.images_stored_last, range(before + 1, self.lake.dataset(S.IMAGES).version + 1))
         return max(next_row, task.end or 0)
 
 
@@ -226,8 +263,9 @@ def ingest_files_parallel(lake: Lake, files: list[InputFile], opts: IngestOption
                              initargs=(lake.root, opts, run.run_id, os.getpid())) as pool:
         in_flight: deque[tuple[Task, Future]] = deque()
         for task in plan_tasks(committer, files, opts):
+            task = committer.submitted(task)
             in_flight.append((task, pool.submit(_run, task)))
-            if len(in_flight) >= 2 * workers:
+            if len(in_flight) >= IN_FLIGHT_PER_WORKER * workers:
                 oldest, future = in_flight.popleft()
                 committer.commit(oldest, future.result(), bar)
         while in_flight:

@@ -88,6 +88,8 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
     Pillow parses for the DPI because no JFIF segment gave it), and for sizes that trip Pillow's
     decompression-bomb check.
     """
+    if isinstance(data, memoryview) and data.format != "B":
+        data = data.cast("B")  # Arrow buffers are exported as signed chars
     n = len(data)
     if n < 4 or data[0] != 0xFF or data[1] != 0xD8 or data[2] != 0xFF:
         return None

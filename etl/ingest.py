@@ -12,7 +12,7 @@ import glob
 import os
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Set
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -300,8 +300,7 @@ class Ingestor:
 
     def prepare(self, batch: Batch, committed: set[str]) -> Prepared:
         """Drop the records a crash left committed, load and hash the images of the others."""
-        records = [r for r in batch.records if sample_id(batch.file, r) not in committed
-                   and f"{STAGE}/{sample_id(batch.file, r)}" not in committed]
+        records = uncommitted(batch.file, batch.records, committed)
         self.run.counts["records_already_in_lake"] += len(batch.records) - len(records)
         return Prepared(batch, *self.resolve(batch.file, records))
 
@@ -385,6 +384,13 @@ class Ingestor:
         for img in images.values():
             if img.path:
                 self.stored_paths.put(img.path, img.info)
+
+
+def uncommitted(file: InputFile, records: list[SourceRecord], committed: Set[str]) -> list[SourceRecord]:
+    """`records` but those whose sample or error a crashed run already committed (`committed` keys)."""
+    if not committed:  # the usual case: nothing was cut
+        return records
+    return [r for r in records if (sid := sample_id(file, r)) not in committed and f"{STAGE}/{sid}" not in committed]
 
 
 def sample_id(file: InputFile, record: SourceRecord) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import random
 
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -68,6 +69,8 @@ def test_a_plain_jpeg_is_sized_without_pillow_and_exactly_as_pillow_sizes_it():
     for data in synthetic_jpegs():
         assert pillow_says(data) == ("JPEG", 37, 23)
         assert sniff(data).format == "JPEG" and (sniff(data).width, sniff(data).height) == (37, 23)
+        signed = memoryview(pa.py_buffer(data))  # how parquet bytes arrive: a view of an Arrow buffer
+        assert signed.format == "b" and jpeg_size(signed) == jpeg_size(data)
         if b"JFIF\x00\x01\x01\x01" in data[:30]:  # a JFIF DPI: Pillow does not look at the EXIF for one
             assert jpeg_size(memoryview(data)) == (37, 23)
         else:

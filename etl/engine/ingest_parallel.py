@@ -40,7 +40,7 @@ from etl.errors import errors_table
 from etl.engine.local import exit_with_parent
 from etl.faults import crash_point
 from etl.ingest import (
-    STAGE, Batch, IngestOptions, Ingestor, InputFile, fewer_gc_passes, images_table, sample_id,
+    STAGE, Batch, IngestOptions, Ingestor, InputFile, fewer_gc_passes, images_table, uncommitted,
 )
 from etl.lake import Lake
 from etl.runlog import Run
@@ -92,8 +92,7 @@ class TaskWorker:
 
     def __call__(self, task: Task) -> TaskResult:
         records = task.records if task.records is not None else list(read_range(task, self.opts))
-        fresh = [r for r in records if sample_id(task.file, r) not in task.committed
-                 and f"{STAGE}/{sample_id(task.file, r)}" not in task.committed]
+        fresh = uncommitted(task.file, records, task.committed)
         samples, errors, images = self.ingestor.resolve(task.file, fresh)
         carried = [iid for iid, img in images.items() if img.data is not None]
         held = self.lake.existing_keys(S.IMAGES, carried)

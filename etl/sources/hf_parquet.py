@@ -390,7 +390,7 @@ class RowConverter:
         record.meta = {k: v for k, v in row.items() if k not in layout.consumed}
         # the row without its bytes: what the errors table keeps if this row or its image fails
         # (serialised only then: JSON of every good row costs more than reading it)
-        record.raw = partial(raw_json, {k: without_bytes(v) if k in layout.embedded else v for k, v in row.items()})
+        record.raw = partial(raw_row_json, row, layout.embedded)
         try:
             record.images = self.images(row)
             record.conversations = self.dialogue(row, record)
@@ -449,6 +449,10 @@ def embedded(data: ArrowBytes | bytes | None, ref: ImageRef) -> ImageRef:
     else:
         ref.data = data
     return ref
+
+
+def raw_row_json(row: dict[str, Any], embedded: list[str]) -> str:
+    return raw_json({k: without_bytes(v) if k in embedded else v for k, v in row.items()})
 
 
 def without_bytes(value: Any) -> Any:

@@ -89,9 +89,8 @@ def llava_turns(conversations: Any) -> tuple[list[dict], dict[str, dict]]:
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             raise MalformedRecord(f"turn {i} has no `from`/`value`: {turn!r:.200}")
         turns.append({"from": text_of(turn["from"]), "value": text_of(turn["value"])})
-        rest = {k: v for k, v in turn.items() if k not in ("from", "value")}
-        if rest:
-            extras[str(i)] = rest
+        if len(turn) > 2:  # keys beyond from/value (most turns have none)
+            extras[str(i)] = {k: v for k, v in turn.items() if k not in ("from", "value")}
     return turns, extras
 
 

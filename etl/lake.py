@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 import lance
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from etl import schema as S
 
@@ -154,7 +155,7 @@ class Lake:
         found: set[str] = set()
         for start in range(0, len(values), 2000):
             chunk = values[start : start + 2000]
-            tbl = self.dataset(name).to_table(columns=[key], filter=f"{key} IN ({sql_string_list(chunk)})")
+            tbl = self.dataset(name).to_table(columns=[key], filter=pc.field(key).isin(chunk))  # no SQL to parse
             found.update(tbl[key].to_pylist())
         return found
 

@@ -5,7 +5,8 @@ pages stay cached: a 100 GB ingest fills the page cache with lake files, evicts 
 and keeps asking the kernel for never-used pages, which on a VM cost several times what a recycled
 page does (the host backs each one on first touch: writing 4 GB took 10 s into fresh pages and 2 s
 with drop-behind, here). So each big file, once written, is flushed and dropped on a background
-thread, and its pages are reused for the next ones; the lake is also on disk up to the last commit.
+thread, and its pages are reused for the next ones; the files also reach the disk as they are
+written, not in one burst of gigabytes of dirty pages at the end.
 """
 from __future__ import annotations
 

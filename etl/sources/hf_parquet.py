@@ -181,10 +181,10 @@ def iter_row_batches(path: str, metadata: pq.FileMetaData, start_row: int,
     Column chunks are read whole when every one of the file is small (HF writes row groups of 100
     images), else streamed `READ_BUFFER` at a time, so memory stays bounded by whichever is smaller.
     Plain reads, not a memory map: on the VMs we run on, a mapped read costs twice the CPU (a page
-    fault per 4 KB). The kernel is asked to read
-    the next window of about WINDOW_BYTES of row groups while this one is decoded, and to drop
-    each window from the page cache once read, so a one-pass read of 100 GB recycles the same
-    pages instead of evicting everything else (and freshly touched pages are slow on a VM).
+    fault per 4 KB). The kernel is asked to read the next window of about WINDOW_BYTES of row
+    groups while this one is decoded, and to drop each window from the page cache once read, so a
+    one-pass read of 100 GB recycles the same pages instead of evicting everything else (and
+    never-touched pages are slow on a VM).
     """
     firsts = {g: first for g, first, end in row_group_rows(metadata)
               if end > start_row and (end_row is None or first < end_row)}

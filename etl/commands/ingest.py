@@ -31,7 +31,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="human turn for caption-only sources (webdataset), e.g. '<image>\\nDescribe the image.'")
     p.add_argument("--batch-size", type=int, default=1000, help="records per commit (default: 1000)")
     p.add_argument("--workers", type=int, default=1,
-                   help="processes that read, hash and write in parallel (default: 1); one process commits")
+                   help="processes that read, hash and write in parallel (default: 1); one process commits. "
+                        "Use up to one per core: each holds about 0.5 GB")
     hub = p.add_argument_group("Hugging Face Hub (download resumes; the ingest resumes too)")
     hub.add_argument("--from-hub", metavar="REPO_ID", help="dataset id or hf://datasets/OWNER/NAME[/FOLDER]")
     hub.add_argument("--include", action="append", default=[], metavar="GLOB", help="only these files (repeatable)")

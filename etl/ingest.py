@@ -379,11 +379,16 @@ class Ingestor:
         self.run.counts["image_bytes_added"] += sum(img.info.nbytes for img in new)
         self.images_stored_last = [img.info.image_id for img in new]
         if new:
-            self.drop_behind.add(self.lake.append(S.IMAGES, images_table(new)))
+            self.drop_images_behind(self.lake.append(S.IMAGES, images_table(new)))
             self.key_index.committed()
         for img in images.values():
             if img.path:
                 self.stored_paths.put(img.path, img.info)
+
+
+    def drop_images_behind(self, fragments: list) -> None:
+        """Flush the images files just written and free their page cache (this run never reads them)."""
+        self.drop_behind.add(self.lake.local_files(S.IMAGES, fragments))
 
 
 def uncommitted(file: InputFile, records: list[SourceRecord], committed: Set[str]) -> list[SourceRecord]:

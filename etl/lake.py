@@ -96,15 +96,15 @@ class Lake:
         return self.dataset(name).count_rows(filter=filter)
 
     # -- writes -----------------------------------------------------------------------------------
-    def append(self, name: str, table: pa.Table) -> list[str]:
+    def append(self, name: str, table: pa.Table) -> list:
         """Commit `table` as new rows of `name` (one Lance version); empty tables are skipped.
-        Returns the data files written, when the lake is local (see `local_files`)."""
+        Returns the fragments written (FragmentMetadata)."""
         if table.num_rows == 0:
             return []
         fragments = self.write_fragments(name, table)
         lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Append(fragments),
                                   read_version=self.dataset(name).version)
-        return self.local_files(name, fragments)
+        return fragments
 
     def write_fragments(self, name: str, table: pa.Table) -> list:
         """Write `table` as fragments of `name` without committing them (FragmentMetadata)."""

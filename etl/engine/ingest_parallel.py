@@ -93,7 +93,6 @@ class TaskWorker:
     def __init__(self, lake_root: str, opts: IngestOptions, run_id: str):
         self.lake, self.opts = Lake.open(lake_root, create=False), opts
         self.ingestor = Ingestor(self.lake, opts, Run(run_id, "ingest", {}))
-        self.drop_behind = self.ingestor.drop_behind
 
     def __call__(self, task: Task) -> TaskResult:
         records = task.records if task.records is not None else list(read_range(task, self.opts))
@@ -119,7 +118,7 @@ class TaskWorker:
             return []
         fragments = self.lake.write_fragments(table_name, table)
         if table_name == S.IMAGES:
-            self.drop_behind.add(self.lake.local_files(table_name, fragments))
+            self.ingestor.drop_images_behind(fragments)
         return fragments
 
 
@@ -263,8 +262,9 @@ def ingest_files_parallel(lake: Lake, files: list[InputFile], opts: IngestOption
                           bar: tqdm) -> None:
     """Ingest `files` with `workers` processes; this process commits their results in task order."""
     committer = Committer(lake, opts, run)
-    with environment_for_children(WORKER_ENVIRONMENT), ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init,
-                             initargs=(lake.root, opts, run.run_id, os.getpid())) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init,
+                               initargs=(lake.root, opts, run.run_id, os.getpid()))
+    with environment_for_children(WORKER_ENVIRONMENT), pool:  # workers start at the first submits
         in_flight: deque[tuple[Task, Future]] = deque()
         for task in plan_tasks(committer, files, opts):
             task = committer.submitted(task)

@@ -178,7 +178,7 @@ def iter_row_batches(path: str, metadata: pq.FileMetaData, start_row: int,
     """(first row number, batch) from `start_row` on; row groups before it (and from `end_row`
     on) are never read.
 
-    Column chunks are read whole when every one of the file is small (HF writes row groups of 100
+    Column chunks are read whole when every one to read is small (HF writes row groups of 100
     images), else streamed `READ_BUFFER` at a time, so memory stays bounded by whichever is smaller.
     Plain reads, not a memory map: on the VMs we run on, a mapped read costs twice the CPU (a page
     fault per 4 KB). The kernel is asked to read the next window of about WINDOW_BYTES of row
@@ -190,7 +190,7 @@ def iter_row_batches(path: str, metadata: pq.FileMetaData, start_row: int,
               if end > start_row and (end_row is None or first < end_row)}
     groups = list(firsts)
     with open(path, "rb") as raw:
-        parquet = pq.ParquetFile(path, metadata=metadata, pre_buffer=False, buffer_size=read_buffer(metadata))
+        parquet = pq.ParquetFile(path, metadata=metadata, pre_buffer=False, buffer_size=read_buffer(metadata, groups))
         planned = list(windows(groups, metadata))
         advise(raw.fileno(), metadata, planned[0] if planned else [], WILLNEED)
         for number, window in enumerate(planned):
@@ -208,10 +208,11 @@ def iter_row_batches(path: str, metadata: pq.FileMetaData, start_row: int,
             advise(raw.fileno(), metadata, window, DONTNEED)  # read once: free its page cache
 
 
-def read_buffer(metadata: pq.FileMetaData) -> int:
-    """0 (read each column chunk in one go, straight into its page buffer) when all are small."""
+def read_buffer(metadata: pq.FileMetaData, groups: list[int]) -> int:
+    """0 (read each column chunk in one go, straight into its page buffer) when all the column
+    chunks of `groups` (the row groups about to be read) are small."""
     largest = max((metadata.row_group(g).column(c).total_compressed_size
-                   for g in range(metadata.num_row_groups) for c in range(metadata.num_columns)), default=0)
+                   for g in groups for c in range(metadata.num_columns)), default=0)
     return 0 if largest <= WHOLE_CHUNK_BYTES else READ_BUFFER
 
 

@@ -5,6 +5,8 @@ import csv
 import io
 import json
 import importlib.util
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -22,6 +24,14 @@ def test_help_lists_every_command_and_each_command_has_examples():
             continue
         assert command in top
         assert "examples:" in run_cli(command, "--help").stdout
+
+
+def test_commands_other_than_report_start_without_loading_the_plotting_stack():
+    """Every command's parser is built at start-up: matplotlib (and polars) would cost each
+    `ingest`/`export`/`sql` call, and each `--help`, about half a second."""
+    probe = "import sys; from etl.cli import build_parser; build_parser(); print(sorted({'matplotlib', 'polars'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
 
 
 def test_a_wrong_flag_is_a_clear_usage_error():

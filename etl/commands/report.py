@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from etl.lake import Lake
-from etl.report import SECTION_IDS, ReportOptions, write_report
 
 HELP = "Write the mixture-analysis report (composition, errors, duplicates, tags, loss, recipes) as one HTML page."
 EXAMPLES = """\
@@ -25,6 +24,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etl.report import SECTION_IDS, ReportOptions, write_report  # matplotlib: only this command pays for it
+
     lake = Lake.open(args.lake, create=False)
     if args.loss_window and args.loss_window[0] > args.loss_window[1]:
         raise ValueError(f"--loss-window LOW HIGH needs LOW <= HIGH, got {args.loss_window}")

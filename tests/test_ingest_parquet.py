@@ -388,3 +388,39 @@ def tqdm_off():
     from tqdm import tqdm
 
     return tqdm(disable=True)
+
+
+def test_tasks_that_finish_together_commit_as_one_group_and_a_shared_image_still_stores_once(tmp_path):
+    from etl.engine.ingest_parallel import Committer, Task, TaskWorker
+    from etl.ingest import expand_inputs
+    from etl.runlog import Run
+
+    rows = onevision_rows(6, with_bad_rows=False)
+    write_onevision(tmp_path / "a" / "train-00000-of-00001.parquet", rows)
+    write_onevision(tmp_path / "b" / "train-00000-of-00001.parquet", rows[4:])  # shares two images with a
+    serial = Lake.open(str(tmp_path / "serial"))
+    for folder in ("a", "b"):
+        ingest(serial, [str(tmp_path / folder)], IngestOptions(progress=False))
+    lake, opts = Lake.open(str(tmp_path / "lake")), IngestOptions(progress=False)
+    run = Run("r1", "ingest", {})
+    committer = Committer(lake, opts, run)
+    tasks = []
+    for folder, ranges in (("a", [(0, 3), (3, 6)]), ("b", [(0, 2)])):
+        [file] = expand_inputs([str(tmp_path / folder)], opts)
+        start, committed = committer.start_file(file)
+        tasks += [committer.submitted(Task(file, first, end, committed=committed, last=end == ranges[-1][1]))
+                  for first, end in ranges]
+    worker = TaskWorker(lake.root, opts, run.run_id)
+    results = [worker(task) for task in tasks]  # all three ran before any committed
+    versions_before = {name: lake.dataset(name).version for name in (S.IMAGES, S.SAMPLES)}
+
+    committer.commit_finished(list(zip(tasks, results)), tqdm_off())
+
+    # a's two tasks: one images and one samples version; b's task shares two images with a: redone
+    assert lake.dataset(S.IMAGES).version == versions_before[S.IMAGES] + 1
+    assert lake.dataset(S.SAMPLES).version == versions_before[S.SAMPLES] + 2
+    assert run.counts["tasks_redone_for_shared_images"] == 1 and run.counts["files"] == 2
+    assert lake_contents(lake) == lake_contents(serial)
+    ids = lake.dataset(S.IMAGES).to_table(columns=["image_id"])["image_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 6
+    assert all(lake.checkpoint(f"ingest:{f}", "train-00000-of-00001.parquet")["done"] for f in ("a", "b"))

@@ -9,11 +9,14 @@ cut into tasks run by a spawn-based process pool (Lance is not fork-safe):
 - a worker resolves its records exactly like the serial ingest (`Ingestor.resolve`: load, sha256,
   header sniff), keeps the images the lake does not hold yet, and writes images, errors and
   samples as uncommitted Lance fragments (`write_fragments`); only fragment metadata comes back;
-- this process takes results in task order and commits each one like the serial ingest: images,
-  errors, samples (one `Append` each), then the file's checkpoint. If another task committed one
-  of the task's new images meanwhile (the same image in two shards at once), its image fragment
-  would duplicate a key: that task is redone here by the serial code instead, and its fragments
-  are dropped unreferenced. Such a race can only come from the images versions made since the task
+- this process takes results in task order and commits them like the serial ingest: images,
+  errors, samples (one `Append` each), then the file's checkpoint. The tasks that have finished
+  when it looks (the oldest, and those after it already done) commit together, one `Append` per
+  table for all their fragments: when the committer falls behind many workers, its commits per
+  task shrink instead of capping the throughput. If another task committed one of a task's new
+  images meanwhile (the same image in two shards at once), its image fragment would duplicate a
+  key: that task is redone here by the serial code instead, and its fragments are dropped
+  unreferenced. Such a race can only come from the images versions made since the task
   was submitted (its worker saw the lake as of then); this process remembers what its own recent
   versions added, and asks the lake only when a version it did not make (another process writing
   the lake) or no longer remembers lies in between.
@@ -173,22 +176,50 @@ class Committer:
 
     def commit(self, task: Task, result: TaskResult, bar: tqdm) -> None:
         """Images, errors, samples, then the checkpoint: the serial ingest's order."""
-        if self.raced(task, result.new_image_ids):
-            next_row = self.redo(task, bar)  # another task stored one of these images first
-        else:
-            for table_name, fragments, point in ((S.IMAGES, result.images, "after_images"),
-                                                 (S.ERRORS, result.errors, "after_errors"),
-                                                 (S.SAMPLES, result.samples, "after_samples")):
-                if fragments:
-                    version = lance.LanceDataset.commit(
-                        self.lake.uri(table_name), lance.LanceOperation.Append(fragments),
-                        read_version=self.lake.dataset(table_name).version).version
-                    if table_name == S.IMAGES:
-                        self.images_committed(result.new_image_ids, range(version, version + 1))
-                crash_point(point)
+        self.commit_finished([(task, result)], bar)
+
+    def commit_finished(self, finished: list[tuple[Task, TaskResult]], bar: tqdm) -> None:
+        """Commit consecutive finished tasks (in task order) as one group: one Append per table for
+        all their fragments, then each file's checkpoint. A task whose new images were stored since
+        its worker looked, or that shares a new image with a task before it in the group, is
+        committed on its own after the group so far (and redone: see `raced`)."""
+        group: list[tuple[Task, TaskResult]] = []
+        grouped_ids: set[str] = set()
+        for task, result in finished:
+            if not grouped_ids.isdisjoint(result.new_image_ids):  # committed, the group makes this one race
+                self.commit_group(group, bar)
+                group, grouped_ids = [], set()
+            if self.raced(task, result.new_image_ids):
+                self.commit_group(group, bar)  # the tasks before it first: checkpoints only move forward
+                group, grouped_ids = [], set()
+                self.checkpoint(task, self.redo(task, bar))
+                continue
+            group.append((task, result))
+            grouped_ids.update(result.new_image_ids)
+        self.commit_group(group, bar)
+
+    def commit_group(self, group: list[tuple[Task, TaskResult]], bar: tqdm) -> None:
+        if not group:
+            return
+        new_image_ids = [iid for _, result in group for iid in result.new_image_ids]
+        for table_name, kind, point in ((S.IMAGES, "images", "after_images"), (S.ERRORS, "errors", "after_errors"),
+                                        (S.SAMPLES, "samples", "after_samples")):
+            fragments = [fragment for _, result in group for fragment in getattr(result, kind)]
+            if fragments:
+                version = lance.LanceDataset.commit(
+                    self.lake.uri(table_name), lance.LanceOperation.Append(fragments),
+                    read_version=self.lake.dataset(table_name).version).version
+                if table_name == S.IMAGES:
+                    self.images_committed(new_image_ids, range(version, version + 1))
+            crash_point(point)
+        for _, result in group:
             self.run.counts.update(result.counts)
             bar.update(result.records)
-            next_row = result.next_row
+        latest = {task.file: (task, result) for task, result in group}  # each file's last task in the group
+        for task, result in latest.values():
+            self.checkpoint(task, result.next_row)
+
+    def checkpoint(self, task: Task, next_row: int) -> None:
         file = task.file
         self.lake.set_checkpoint(f"{STAGE}:{file.source}", file.name, self.fingerprints[file], next_row, done=task.last)
         if task.last:
@@ -270,12 +301,22 @@ def ingest_files_parallel(lake: Lake, files: list[InputFile], opts: IngestOption
             task = committer.submitted(task)
             in_flight.append((task, pool.submit(_run, task)))
             if len(in_flight) >= IN_FLIGHT_PER_WORKER * workers:
-                oldest, future = in_flight.popleft()
-                committer.commit(oldest, future.result(), bar)
+                committer.commit_finished(finished_in_order(in_flight), bar)
         while in_flight:
-            oldest, future = in_flight.popleft()
-            committer.commit(oldest, future.result(), bar)
+            committer.commit_finished(finished_in_order(in_flight), bar)
     committer.ingestor.shutdown()
+
+
+def finished_in_order(in_flight: deque[tuple[Task, Future]]) -> list[tuple[Task, TaskResult]]:
+    """The oldest task's result (waiting for it), and those of the tasks after it that are already
+    done: what the committer can take in one go. When it falls behind (many workers), groups grow
+    and commits per task shrink; a worker's failure is raised here, in task order."""
+    oldest, future = in_flight.popleft()
+    finished = [(oldest, future.result())]
+    while in_flight and in_flight[0][1].done():
+        task, future = in_flight.popleft()
+        finished.append((task, future.result()))
+    return finished
 
 
 @contextmanager

@@ -186,7 +186,7 @@ class Committer:
         group: list[tuple[Task, TaskResult]] = []
         grouped_ids: set[str] = set()
         for task, result in finished:
-            if not grouped_ids.isdisjoint(result.new_image_ids):  # committed, the group makes this one race
+            if not grouped_ids.isdisjoint(result.new_image_ids):  # once the group is in, `raced` sees it
                 self.commit_group(group, bar)
                 group, grouped_ids = [], set()
             if self.raced(task, result.new_image_ids):
@@ -199,6 +199,7 @@ class Committer:
         self.commit_group(group, bar)
 
     def commit_group(self, group: list[tuple[Task, TaskResult]], bar: tqdm) -> None:
+        """One Append per table for the group's fragments (images, errors, samples), then checkpoints."""
         if not group:
             return
         new_image_ids = [iid for _, result in group for iid in result.new_image_ids]

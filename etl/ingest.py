@@ -371,9 +371,7 @@ class Ingestor:
                         orig_id=record.orig_id, raw=record.raw_text(), run_id=self.run.run_id)
 
     def store_images(self, images: dict[str, LoadedImage]) -> None:
-        unknown = [iid for iid, img in images.items() if img.data is not None]
-        present = self.lake.existing_keys(S.IMAGES, unknown)
-        new = [images[iid] for iid in unknown if iid not in present]
+        new = self.new_images(images)
         self.run.counts["images_already_in_lake"] += len(images) - len(new)
         self.run.counts["images_added"] += len(new)
         self.run.counts["image_bytes_added"] += sum(img.info.nbytes for img in new)
@@ -385,6 +383,11 @@ class Ingestor:
             if img.path:
                 self.stored_paths.put(img.path, img.info)
 
+    def new_images(self, images: dict[str, LoadedImage]) -> list[LoadedImage]:
+        """The images whose bytes the lake does not hold yet (those loaded without bytes are stored)."""
+        carried = [iid for iid, img in images.items() if img.data is not None]
+        present = self.lake.existing_keys(S.IMAGES, carried)
+        return [images[iid] for iid in carried if iid not in present]
 
     def drop_images_behind(self, fragments: list) -> None:
         """Flush the images files just written and free their page cache (this run never reads them)."""

@@ -102,9 +102,13 @@ class Lake:
         if table.num_rows == 0:
             return []
         fragments = self.write_fragments(name, table)
-        lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Append(fragments),
-                                  read_version=self.dataset(name).version)
+        self.commit_fragments(name, fragments)
         return fragments
+
+    def commit_fragments(self, name: str, fragments: list) -> int:
+        """Commit fragments written by `write_fragments` as new rows of `name`; the new version."""
+        return lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Append(fragments),
+                                         read_version=self.dataset(name).version).version
 
     def write_fragments(self, name: str, table: pa.Table) -> list:
         """Write `table` as fragments of `name` without committing them (FragmentMetadata)."""

@@ -35,7 +35,6 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-import lance
 import pyarrow as pa
 from tqdm import tqdm
 
@@ -101,9 +100,7 @@ class TaskWorker:
         records = task.records if task.records is not None else list(read_range(task, self.opts))
         fresh = uncommitted(task.file, records, task.committed)
         samples, errors, images = self.ingestor.resolve(task.file, fresh)
-        carried = [iid for iid, img in images.items() if img.data is not None]
-        held = self.lake.existing_keys(S.IMAGES, carried)
-        new = [images[iid] for iid in carried if iid not in held]
+        new = self.ingestor.new_images(images)
         result = TaskResult(new_image_ids=[img.info.image_id for img in new], records=len(records))
         result.images = self.write(S.IMAGES, images_table(new) if new else None)
         result.errors = self.write(S.ERRORS, errors_table(errors) if errors else None)
@@ -186,10 +183,7 @@ class Committer:
         group: list[tuple[Task, TaskResult]] = []
         grouped_ids: set[str] = set()
         for task, result in finished:
-            if not grouped_ids.isdisjoint(result.new_image_ids):  # once the group is in, `raced` sees it
-                self.commit_group(group, bar)
-                group, grouped_ids = [], set()
-            if self.raced(task, result.new_image_ids):
+            if not grouped_ids.isdisjoint(result.new_image_ids) or self.raced(task, result.new_image_ids):
                 self.commit_group(group, bar)  # the tasks before it first: checkpoints only move forward
                 group, grouped_ids = [], set()
                 self.checkpoint(task, self.redo(task, bar))
@@ -207,9 +201,7 @@ class Committer:
                                         (S.SAMPLES, "samples", "after_samples")):
             fragments = [fragment for _, result in group for fragment in getattr(result, kind)]
             if fragments:
-                version = lance.LanceDataset.commit(
-                    self.lake.uri(table_name), lance.LanceOperation.Append(fragments),
-                    read_version=self.lake.dataset(table_name).version).version
+                version = self.lake.commit_fragments(table_name, fragments)
                 if table_name == S.IMAGES:
                     self.images_committed(new_image_ids, range(version, version + 1))
             crash_point(point)

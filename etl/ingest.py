@@ -20,6 +20,7 @@ from functools import partial
 
 import lance
 import pyarrow as pa
+import pyarrow.compute as pc
 from lance.blob import BlobType
 from tqdm import tqdm
 
@@ -27,7 +28,7 @@ from etl import schema as S
 from etl.errors import ErrorRow, errors_table
 from etl.faults import crash_point
 from etl.images import ImageInfo, NotAnImage, sniff
-from etl.lake import Lake, dumps, sql_string_list
+from etl.lake import Lake, dumps
 from etl.pagecache import DropBehind
 from etl.runlog import Run, recorded_run
 from etl.sources import detect_format, readers
@@ -223,6 +224,52 @@ class KeyIndexUpkeep:
         return False
 
 
+class CommittedRows:
+    """Which samples and errors of the files being ingested the lake holds, kept true while other
+    commands write the same lake (the same file ingested twice at once ends as if ingested once).
+
+    Read in full when a file starts (a crash may have left a cut batch past its checkpoint). After
+    that, under the commit lock and only when another process committed samples or errors since this
+    one last looked at the file, the fragments added since are read for the file's rows from the
+    batch on; what they hold is remembered for the batches still to come.
+    """
+
+    tables = ((S.SAMPLES, "sample_id", "source_file", "source_row"), (S.ERRORS, "error_id", "file", "row"))
+
+    def __init__(self, lake: Lake):
+        self.lake = lake
+        self.seen: dict[tuple[InputFile, str], int] = {}  # (file, table) → version looked at
+        self.known: dict[InputFile, dict[str, int]] = {}  # file → keys others committed → their row
+
+    def at_start(self, file: InputFile, start: int) -> set[str]:
+        """Samples/errors of `file` at or past its checkpoint: at most the batch a crash cut."""
+        for table, *_ in self.tables:  # first: a commit racing the scan below is looked at again
+            self.seen[file, table] = self.lake.latest_version(table)
+        self.known[file] = {}
+        return {key for table, *cols in self.tables for key, _ in self.rows(table, file, start, None, *cols)}
+
+    def added_by_others(self, file: InputFile, first: int, last: int) -> set[str]:
+        """Under the commit lock: keys of rows [first, last] of `file` that another command
+        committed since this one started the file."""
+        known = self.known.setdefault(file, {})
+        for table, *cols in self.tables:
+            since = self.seen.setdefault((file, table), 0)
+            if self.lake.foreign_commits_since(table, since):
+                known.update(self.rows(table, file, first, since, *cols))
+                self.seen[file, table] = self.lake.latest_version(table)
+        for key in [k for k, row in known.items() if row < first]:
+            del known[key]  # batches come in row order: these rows are behind us
+        return {key for key, row in known.items() if row <= last}
+
+    def rows(self, table: str, file: InputFile, start: int, since: int | None, key: str, file_col: str, row_col: str):
+        """(key, row) of the file's rows from `start` on: all of them, or those added after `since`."""
+        cond = (pc.field("source") == file.source) & (pc.field(file_col) == file.name) & (pc.field(row_col) >= start)
+        scan = self.lake.scan(table, [key, row_col], filter=cond) if since is None else \
+            self.lake.scan_since(table, since, [key, row_col], filter=cond)
+        for b in scan:
+            yield from zip(b.column(0).to_pylist(), b.column(1).to_pylist())
+
+
 class Ingestor:
     """Runs one ingest: files → batches → commits, counting into the run's counters."""
 
@@ -235,6 +282,7 @@ class Ingestor:
         self.key_index = KeyIndexUpkeep(lake)
         self.drop_behind = DropBehind()  # stored images are not read again by this run
         self.images_stored_last: list[str] = []  # the image ids the last `store_images` added
+        self.rows = CommittedRows(lake)
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -250,7 +298,7 @@ class Ingestor:
             self.run.counts["files_already_done"] += 1
             return
         start = cp["upto_row"] if cp and cp["fingerprint"] == fingerprint else 0
-        committed = self.committed_keys(file, start)
+        committed = self.rows.at_start(file, start)
         reader = readers()[file.format](self.opts.image_roots, **self.opts.reader_options)
         mark = partial(self.lake.set_checkpoint, job, file.name, fingerprint)
         batch, upto = Batch(file), start
@@ -269,30 +317,19 @@ class Ingestor:
                 wait([self.pending])
                 self.pending = None
         if not batch.records:  # the file ended on a batch boundary (or had no rows left)
-            mark(upto, done=True)
+            with self.lake.committing():
+                mark(upto, done=True)
         self.run.counts["files"] += 1
 
     def write_behind(self, prepared: Prepared, checkpoint: Callable[[int], None], bar: tqdm) -> None:
         """Write `prepared`, then `checkpoint` its next row, on the writer thread, after the batch before."""
         self.wait_for_writes()
-        self.pending = self.writer.submit(lambda: checkpoint(self.write(prepared, bar)))
+        self.pending = self.writer.submit(self.write, prepared, bar, checkpoint)
 
     def wait_for_writes(self) -> None:
         pending, self.pending = self.pending, None
         if pending is not None:
             pending.result()  # a failed write raises here
-
-    def committed_keys(self, file: InputFile, start: int) -> set[str]:
-        """Samples/errors of this file at or past the checkpoint: at most the batch a crash cut."""
-        src, name = sql_string_list([file.source]), sql_string_list([file.name])
-        keys = set()
-        for tbl, key, cond in (
-            (S.SAMPLES, "sample_id", f"source = {src} AND source_file = {name} AND source_row >= {start}"),
-            (S.ERRORS, "error_id", f"stage = '{STAGE}' AND source = {src} AND file = {name} AND row >= {start}"),
-        ):
-            for b in self.lake.scan(tbl, [key], filter=cond):
-                keys.update(b.column(0).to_pylist())
-        return keys
 
     def commit(self, batch: Batch, committed: set[str], bar: tqdm) -> int:
         """Write one batch now (images, then errors, then samples); return the next row to read."""
@@ -304,20 +341,39 @@ class Ingestor:
         self.run.counts["records_already_in_lake"] += len(batch.records) - len(records)
         return Prepared(batch, *self.resolve(batch.file, records))
 
-    def write(self, prepared: Prepared, bar: tqdm) -> int:
-        """Images, errors, samples, in that order; the next row to read."""
-        self.store_images(prepared.images)
-        crash_point("after_images")
-        self.lake.append(S.ERRORS, errors_table(prepared.errors))
-        crash_point("after_errors")
-        self.lake.append(S.SAMPLES, pa.Table.from_pylist(prepared.samples, schema=S.SAMPLES_SCHEMA))
-        crash_point("after_samples")
-        self.run.counts["samples_added"] += len(prepared.samples)
-        self.run.counts.update(f"errors.{e.kind}" for e in prepared.errors)
+    def write(self, prepared: Prepared, bar: tqdm, checkpoint: Callable[[int], None] | None = None) -> int:
+        """Images, errors, samples, then `checkpoint` of the next row, in that order and inside the
+        lake's commit lock (image bytes are written before it); the next row to read."""
+        new, fragments, checked_at = self.write_new_images(prepared.images)
+        with self.lake.committing():
+            self.commit_images(new, fragments, checked_at)
+            crash_point("after_images")
+            samples, errors = self.not_added_by_others(prepared)
+            self.lake.append(S.ERRORS, errors_table(errors))
+            crash_point("after_errors")
+            self.lake.append(S.SAMPLES, pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA))
+            crash_point("after_samples")
+            next_row = prepared.batch.records[-1].source_row + 1
+            if checkpoint is not None:
+                checkpoint(next_row)
+        self.run.counts["samples_added"] += len(samples)
+        self.run.counts.update(f"errors.{e.kind}" for e in errors)
         bar.update(len(prepared.batch.records))
         bar.set_postfix(samples=self.run.counts["samples_added"], images=self.run.counts["images_added"],
                         errors=sum(v for k, v in self.run.counts.items() if k.startswith("errors.")))
-        return prepared.batch.records[-1].source_row + 1
+        return next_row
+
+    def not_added_by_others(self, prepared: Prepared) -> tuple[list[dict], list[ErrorRow]]:
+        """The batch's samples and errors but those another command committed meanwhile (the same
+        file ingested twice at once ends as if ingested once)."""
+        records = prepared.batch.records
+        added = self.rows.added_by_others(prepared.batch.file, records[0].source_row, records[-1].source_row)
+        if not added:
+            return prepared.samples, prepared.errors
+        samples = [s for s in prepared.samples if s["sample_id"] not in added]
+        errors = [e for e in prepared.errors if e.error_id not in added]
+        self.run.counts["records_already_in_lake"] += len(prepared.samples) + len(prepared.errors) - len(samples) - len(errors)
+        return samples, errors
 
     def resolve(self, file: InputFile, records: list[SourceRecord]):
         """Load every image of the batch in parallel; split records into samples and errors."""
@@ -370,18 +426,32 @@ class Ingestor:
         return ErrorRow(STAGE, sid, kind, message, source=file.source, file=file.name, row=record.source_row,
                         orig_id=record.orig_id, raw=record.raw_text(), run_id=self.run.run_id)
 
-    def store_images(self, images: dict[str, LoadedImage]) -> None:
+    def write_new_images(self, images: dict[str, LoadedImage]) -> tuple[list[LoadedImage], list, int]:
+        """The images the lake lacks, written as uncommitted fragments; and the images version the
+        check saw (outside the commit lock: `commit_images` looks again at what came after)."""
+        checked_at = self.lake.latest_version(S.IMAGES)
         new = self.new_images(images)
         self.run.counts["images_already_in_lake"] += len(images) - len(new)
-        self.run.counts["images_added"] += len(new)
-        self.run.counts["image_bytes_added"] += sum(img.info.nbytes for img in new)
-        self.images_stored_last = [img.info.image_id for img in new]
-        if new:
-            self.drop_images_behind(self.lake.append(S.IMAGES, images_table(new)))
-            self.key_index.committed()
         for img in images.values():
             if img.path:
                 self.stored_paths.put(img.path, img.info)
+        return new, self.lake.write_fragments(S.IMAGES, images_table(new)) if new else [], checked_at
+
+    def commit_images(self, new: list[LoadedImage], fragments: list, checked_at: int) -> None:
+        """Under the commit lock: commit the new images' fragments; images another command stored
+        since `checked_at` are left out (their fragments are written again without them)."""
+        raced = self.lake.keys_added_since(S.IMAGES, checked_at, [img.info.image_id for img in new])
+        if raced:
+            self.run.counts["images_already_in_lake"] += len(raced)
+            new = [img for img in new if img.info.image_id not in raced]
+            fragments = self.lake.write_fragments(S.IMAGES, images_table(new)) if new else []
+        self.images_stored_last = [img.info.image_id for img in new]
+        self.run.counts["images_added"] += len(new)
+        self.run.counts["image_bytes_added"] += sum(img.info.nbytes for img in new)
+        if fragments:
+            self.lake.commit_fragments(S.IMAGES, fragments, self.images_stored_last)
+            self.drop_images_behind(fragments)
+            self.key_index.committed()
 
     def new_images(self, images: dict[str, LoadedImage]) -> list[LoadedImage]:
         """The images whose bytes the lake does not hold yet (those loaded without bytes are stored)."""

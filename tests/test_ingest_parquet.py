@@ -374,8 +374,8 @@ def test_tasks_of_one_run_racing_for_the_same_new_images_are_caught_from_memory(
 
     committer.commit(tasks[0], first, tqdm_off())
     with monkeypatch.context() as patched:  # this run made every version since: no need to ask the lake
-        patched.setattr(lake, "existing_keys", lambda *args: pytest.fail("asked the lake"))
-        assert committer.raced(tasks[1], second.new_image_ids)
+        patched.setattr(lake, "scan_since", lambda *args: pytest.fail("asked the lake"))
+        assert committer.raced(tasks[1], second)
     committer.commit(tasks[1], second, tqdm_off())
 
     ids = lake.dataset(S.IMAGES).to_table(columns=["image_id"])["image_id"].to_pylist()

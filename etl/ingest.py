@@ -15,7 +15,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Set
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import lance
@@ -32,7 +32,7 @@ from etl.lake import Lake, dumps
 from etl.pagecache import DropBehind
 from etl.runlog import Run, recorded_run
 from etl.sources import detect_format, readers
-from etl.sources.base import ImageRef, SourceRecord, file_fingerprint
+from etl.sources.base import ImageRef, SourceRecord, file_fingerprint, same_content
 
 STAGE = "ingest"
 PROGRESS_DISABLE = {True: False, False: True, None: None}  # tqdm: None = only on a terminal
@@ -69,12 +69,23 @@ def expand_inputs(paths: Iterable[str], opts: IngestOptions) -> list[InputFile]:
             if fmt is None:
                 continue  # a directory may hold images and readmes beside the annotations
             reader_cls = readers()[fmt]
-            name = os.path.relpath(path, root) if root else os.path.basename(path)
             source = opts.source or reader_cls.source_name_for(path, root or os.path.dirname(path)) or _stem(arg)
-            found.append(InputFile(path, name.replace(os.sep, "/"), source, fmt))
+            found.append(InputFile(path, identity_name(path, root), source, fmt))
     if not found:
         raise FileNotFoundError(f"no ingestible files in {list(paths)}")
     return found
+
+
+def identity_name(path: str, root: str | None) -> str:
+    """A file's identity in its source: its path relative to the directory or glob it was found
+    under; a file named on its own is relative to the working directory (absolute when outside it),
+    so `a/train.json` and `b/train.json` stay two files."""
+    if root is None:
+        relative = os.path.relpath(os.path.abspath(path))
+        name = os.path.abspath(path) if relative.startswith(os.pardir) else relative
+    else:
+        name = os.path.relpath(path, root)
+    return name.replace(os.sep, "/")
 
 
 def _files_of(arg: str) -> Iterator[tuple[str, str | None]]:
@@ -270,6 +281,65 @@ class CommittedRows:
             yield from zip(b.column(0).to_pylist(), b.column(1).to_pylist())
 
 
+@dataclass
+class FileStart:
+    """Where an ingest of one file starts: the file under the name the lake knows it by, its
+    fingerprint, the first row not committed, and the keys a crash left committed past it."""
+
+    file: InputFile
+    fingerprint: str
+    start: int
+    committed: set[str]
+
+    @property
+    def job(self) -> str:
+        return f"{STAGE}:{self.file.source}"
+
+
+def start_file(lake: Lake, file: InputFile, rows: CommittedRows, counts: Counter,
+               inputs: Set[tuple[str, str]] = frozenset()) -> FileStart | None:
+    """Resume `file` from its checkpoint, or None when an earlier run ingested this very content.
+
+    A checkpoint covers the content it was written for: a file whose content changed since (same
+    name, other bytes) is read again from the start, and rows already in the lake are kept as they
+    are (counted as `files_changed_since_ingested`).
+    """
+    fingerprint = file_fingerprint(file.path)
+    file, cp = known_as(lake, file, fingerprint, inputs)
+    if cp and same_content(cp["fingerprint"], fingerprint):
+        if cp["done"]:
+            counts["files_already_done"] += 1
+            return None
+        start = cp["upto_row"]
+    else:
+        if cp:
+            counts["files_changed_since_ingested"] += 1
+        start = 0
+    return FileStart(file, fingerprint, start, rows.at_start(file, start))
+
+
+def known_as(lake: Lake, file: InputFile, fingerprint: str,
+             inputs: Set[tuple[str, str]] = frozenset()) -> tuple[InputFile, dict | None]:
+    """The file under the name the lake knows it by, and its checkpoint.
+
+    A file is its path; but the same file reached by another path (the command run from another
+    folder, the dataset moved or copied) is still that file when an earlier file of the source had
+    the same file name and the same content: it keeps the earlier name, and its samples their ids.
+    This also resumes lakes written before files were named by their path (a file given on its own
+    was named by its bare name). Files of the run itself (`inputs`: source, name) are never taken
+    for one another, whatever their content.
+    """
+    job = f"{STAGE}:{file.source}"
+    cp = lake.checkpoint(job, file.name)
+    if cp is None:
+        bare = os.path.basename(file.name)
+        for name, earlier in lake.checkpoints(job).items():
+            if (os.path.basename(name) == bare and (file.source, name) not in inputs
+                    and same_content(earlier["fingerprint"], fingerprint)):
+                return replace(file, name=name), earlier
+    return file, cp
+
+
 class Ingestor:
     """Runs one ingest: files → batches → commits, counting into the run's counters."""
 
@@ -283,6 +353,7 @@ class Ingestor:
         self.drop_behind = DropBehind()  # stored images are not read again by this run
         self.images_stored_last: list[str] = []  # the image ids the last `store_images` added
         self.rows = CommittedRows(lake)
+        self.inputs: Set[tuple[str, str]] = frozenset()  # (source, name) of every file of the run
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -292,15 +363,12 @@ class Ingestor:
     def ingest_file(self, file: InputFile, bar: tqdm) -> None:
         """Read, resolve and write `file` batch by batch; batch N is written (on the writer thread)
         while batch N+1 is read and resolved here, and batches commit in file order."""
-        job, fingerprint = f"{STAGE}:{file.source}", file_fingerprint(file.path)
-        cp = self.lake.checkpoint(job, file.name)
-        if cp and cp["done"] and cp["fingerprint"] == fingerprint:
-            self.run.counts["files_already_done"] += 1
+        started = start_file(self.lake, file, self.rows, self.run.counts, self.inputs)
+        if started is None:
             return
-        start = cp["upto_row"] if cp and cp["fingerprint"] == fingerprint else 0
-        committed = self.rows.at_start(file, start)
+        file, start, committed = started.file, started.start, started.committed
         reader = readers()[file.format](self.opts.image_roots, **self.opts.reader_options)
-        mark = partial(self.lake.set_checkpoint, job, file.name, fingerprint)
+        mark = partial(self.lake.set_checkpoint, started.job, file.name, started.fingerprint)
         batch, upto = Batch(file), start
         try:
             for record in reader.read_file(file.path, file.name, start):
@@ -566,6 +634,7 @@ def gc_passes_lowered() -> Iterator[None]:
 
 def ingest_files_serially(lake: Lake, files: list[InputFile], opts: IngestOptions, run: Run, bar: tqdm) -> None:
     ingestor = Ingestor(lake, opts, run)
+    ingestor.inputs = {(f.source, f.name) for f in files}
     try:
         for file in files:
             bar.set_description(f"ingest {file.name}")

@@ -283,13 +283,18 @@ class Lake:
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self, job: str, file: str) -> dict | None:
         """The latest resume marker for (job, file), or None when the file was never started."""
-        tbl = self.dataset(S.CHECKPOINTS).to_table(
-            filter=f"job = '{job.replace(chr(39), chr(39) * 2)}' AND file = '{file.replace(chr(39), chr(39) * 2)}'"
-        )
-        if tbl.num_rows == 0:
-            return None
-        rows = sorted(tbl.to_pylist(), key=lambda r: (r["done"], r["upto_row"]))
-        return rows[-1]
+        return self.checkpoints(job, file).get(file)
+
+    def checkpoints(self, job: str, file: str | None = None) -> dict[str, dict]:
+        """The latest resume marker of each file of `job` (or of the one `file`), by file name."""
+        cond = pc.field("job") == job
+        if file is not None:
+            cond = cond & (pc.field("file") == file)
+        latest: dict[str, dict] = {}
+        for row in sorted(self.dataset(S.CHECKPOINTS).to_table(filter=cond).to_pylist(),
+                          key=lambda r: (r["done"], r["upto_row"])):
+            latest[row["file"]] = row
+        return latest
 
     def set_checkpoint(self, job: str, file: str, fingerprint: str, upto_row: int, done: bool) -> None:
         row = {"job": job, "file": file, "fingerprint": fingerprint, "upto_row": upto_row,

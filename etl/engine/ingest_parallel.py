@@ -43,12 +43,13 @@ from etl.errors import errors_table
 from etl.engine.local import exit_with_parent
 from etl.faults import crash_point
 from etl.ingest import (
-    STAGE, Batch, IngestOptions, Ingestor, InputFile, fewer_gc_passes, images_table, uncommitted,
+    STAGE, Batch, FileStart, IngestOptions, Ingestor, InputFile, fewer_gc_passes, images_table, start_file,
+    uncommitted,
 )
 from etl.lake import Lake
 from etl.runlog import Run
 from etl.sources import readers
-from etl.sources.base import SourceRecord, file_fingerprint
+from etl.sources.base import SourceRecord
 
 TASK_BYTES = 128 << 20  # image bytes per task at most (also bounded by --batch-bytes)
 # Set for the worker processes (unless the user set them): numpy's BLAS threads only spin in an
@@ -159,16 +160,12 @@ class Committer:
         """The task, stamped with the images version its worker will see at least."""
         return replace(task, images_version=self.lake.latest_version(S.IMAGES))
 
-    def start_file(self, file: InputFile) -> tuple[int, frozenset[str]] | None:
-        """(row to start from, keys a crash left past it), or None when a previous run finished the file."""
-        fingerprint = file_fingerprint(file.path)
-        cp = self.lake.checkpoint(f"{STAGE}:{file.source}", file.name)
-        if cp and cp["done"] and cp["fingerprint"] == fingerprint:
-            self.run.counts["files_already_done"] += 1
-            return None
-        start = cp["upto_row"] if cp and cp["fingerprint"] == fingerprint else 0
-        self.fingerprints[file] = fingerprint
-        return start, frozenset(self.ingestor.rows.at_start(file, start))
+    def start_file(self, file: InputFile) -> FileStart | None:
+        """Where `file` starts (see `etl.ingest.start_file`), or None when it is done."""
+        started = start_file(self.lake, file, self.ingestor.rows, self.run.counts, self.ingestor.inputs)
+        if started is not None:
+            self.fingerprints[started.file] = started.fingerprint
+        return started
 
     def commit(self, task: Task, result: TaskResult, bar: tqdm) -> None:
         """Images, errors, samples, then the checkpoint: the serial ingest's order."""
@@ -244,7 +241,7 @@ def plan_tasks(committer: Committer, files: list[InputFile], opts: IngestOptions
         started = committer.start_file(file)
         if started is None:
             continue
-        start, committed = started
+        file, start, committed = started.file, started.start, frozenset(started.committed)
         tasks = (replace(t, committed=committed) for t in file_tasks(file, start, opts))
         previous = next(tasks, Task(file, start, start, records=[]))
         for task in tasks:
@@ -275,6 +272,7 @@ def ingest_files_parallel(lake: Lake, files: list[InputFile], opts: IngestOption
                           bar: tqdm) -> None:
     """Ingest `files` with `workers` processes; this process commits their results in task order."""
     committer = Committer(lake, opts, run)
+    committer.ingestor.inputs = {(f.source, f.name) for f in files}
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init,
                                initargs=(lake.root, opts, run.run_id, os.getpid()))
     with environment_for_children(WORKER_ENVIRONMENT), pool:  # workers start at the first submits

@@ -4,6 +4,11 @@ For every file, records are read in order and committed in batches: new images f
 rows, then samples, then a checkpoint saying "rows below N are done". A kill -9 can only interrupt
 one batch; the rerun starts at the checkpoint and skips the rows of that batch that did commit, so
 the lake ends exactly as after an uninterrupted run. Rerunning a finished ingest adds nothing.
+
+Each batch commits inside the lake's commit lock (etl/commitlock.py), after one more look at what
+other commands committed since this one checked: images another ingest stored meanwhile are left
+out, and so are rows of the same file that another ingest of it committed. Any number of ingests,
+enrich and export runs on one lake end as if they had run one after another.
 """
 from __future__ import annotations
 

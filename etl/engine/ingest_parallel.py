@@ -9,17 +9,16 @@ cut into tasks run by a spawn-based process pool (Lance is not fork-safe):
 - a worker resolves its records exactly like the serial ingest (`Ingestor.resolve`: load, sha256,
   header sniff), keeps the images the lake does not hold yet, and writes images, errors and
   samples as uncommitted Lance fragments (`write_fragments`); only fragment metadata comes back;
-- this process takes results in task order and commits them like the serial ingest: images,
-  errors, samples (one `Append` each), then the file's checkpoint. The tasks that have finished
-  when it looks (the oldest, and those after it already done) commit together, one `Append` per
-  table for all their fragments: when the committer falls behind many workers, its commits per
-  task shrink instead of capping the throughput. If another task committed one of a task's new
-  images meanwhile (the same image in two shards at once), its image fragment would duplicate a
-  key: that task is redone here by the serial code instead, and its fragments are dropped
-  unreferenced. Such a race can only come from the images versions made since the task
-  was submitted (its worker saw the lake as of then); this process remembers what its own recent
-  versions added, and asks the lake only when a version it did not make (another process writing
-  the lake) or no longer remembers lies in between.
+- this process takes results in task order and commits them like the serial ingest, inside the
+  lake's commit lock: images, errors, samples (one `Append` each), then the file's checkpoint. The
+  tasks that have finished when it looks (the oldest, and those after it already done) commit
+  together, one `Append` per table for all their fragments: when the committer falls behind many
+  workers, its commits per task shrink instead of capping the throughput. If a commit made since a
+  task was submitted added one of its new images (the same image in two shards at once, or another
+  command writing the lake), or another command committed some of its rows (the same file ingested
+  twice at once), its fragments would duplicate keys: that task is redone here by the serial code
+  instead, and its fragments are dropped unreferenced. What this process committed itself it
+  knows from memory (`Lake.keys_added_since`); the lake is asked only about others' commits.
 
 Resume and idempotence are the serial ingest's: a rerun starts at each file's checkpoint and skips
 the samples/errors of a cut task that did commit. At most `2 × workers` tasks are in flight, so

@@ -41,6 +41,7 @@ from PIL import Image
 
 from etl import schema as S
 from etl.enrich.base import EnrichBatch, Enricher, EnrichFailure, EnrichResult
+from etl.images import exception_text
 
 HASH_SIZE = 8  # imagehash defaults: hash_size=8, highfreq_factor=4 -> a 32x32 thumbnail
 IMG_SIZE = 32
@@ -108,7 +109,7 @@ def decode_gray(data: bytes) -> np.ndarray:
             with Image.open(io.BytesIO(data)) as im:
                 gray = im.convert("L")
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data; all mean "cannot decode"
-        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
+        raise DecodeError(exception_text(exc)) from exc
     return np.asarray(gray)
 
 
@@ -133,7 +134,7 @@ def decode_gray_reduced(data: bytes) -> tuple[np.ndarray, tuple[int, int], int]:
                     scale = next(s for s in (8, 4, 2, 1) if -(-width // s) == im.width)
                 gray = np.asarray(im if im.mode == "L" else im.convert("L"))
     except Exception as exc:  # noqa: BLE001 - as in decode_gray
-        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
+        raise DecodeError(exception_text(exc)) from exc
     return gray, (height, width), scale
 
 

@@ -72,15 +72,18 @@ class ImageRoots:
 
     def locate(self, ref: ImageRef) -> Located:
         """The first existing regular file for `ref` inside the roots, or why there is none."""
+        if "\0" in ref.path:  # no file has such a name, and os.path.realpath raises on it
+            return Located(error=("missing_image", f"image path {ref.path!r} contains a NUL byte"))
         escaped = special = None
         for candidate in self.candidates(ref):
             real = self.real_path(candidate)
             if within(real, KERNEL_TREES):
                 return Located(error=(OUTSIDE_ROOTS, f"image path {ref.path} resolves to {real}: kernel files are never read"))
             if self.allow_outside or within(real, self.allowed(ref)):
-                if os.path.isfile(real):
+                mode = file_mode(real)
+                if mode is not None and stat.S_ISREG(mode):
                     return Located(real)
-                if special is None and os.path.exists(real) and not os.path.isdir(real):
+                if special is None and mode is not None and not stat.S_ISDIR(mode):
                     special = real  # a FIFO, socket or device: never opened
             elif escaped is None and os.path.lexists(candidate):
                 escaped = real
@@ -122,6 +125,13 @@ class ImageRoots:
                 self.real_dirs.clear()
             real = self.real_dirs[folder] = os.path.realpath(folder)
         return real
+
+
+def file_mode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mode
+    except (OSError, ValueError):  # missing, or a name the OS refuses (NUL byte)
+        return None
 
 
 def within(path: str, roots: list[str] | tuple[str, ...]) -> bool:

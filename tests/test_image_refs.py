@@ -188,3 +188,8 @@ def test_parallel_ingest_applies_the_same_roots(lake, tmp_path, workers):
     assert len(samples_of(lake, "s")) == 2
     assert [e["kind"] for e in errors_of(lake, "s")] == ["image_outside_roots"] * 2
     assert not was_read(private)
+
+
+def test_paths_no_file_can_have_are_missing_images_not_crashes(lake, tmp_path):
+    run(lake, [llava(tmp_path / "ann", ["a\x00b/c.jpg", "../x\x00/..", "x" * 5000 + ".jpg"])])
+    assert [e["kind"] for e in errors_of(lake, "s")] == ["missing_image"] * 3

@@ -55,6 +55,7 @@ IMAGE_MODES = ("copy", "hardlink", "symlink", "none")
 LAYOUTS = ("hashed", "original")
 FORMATS = ("llava", "messages")
 MANIFEST = "manifest.json"
+IN_PROGRESS = ".mmlake-export-in-progress"  # written first, removed after the manifest
 IMAGES_DIR = "images"
 IMAGES_SUMS = "images.sha256"
 CACHE_NAME = ".mmlake-image-cache"
@@ -115,7 +116,7 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
             files[IMAGES_SUMS] = file_entry(out / IMAGES_SUMS)
         manifest = build_manifest(lake, recipe, opts, pins, counts, files)
         manifest["dedup"] = dedup_runs
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        finish_out_dir(out, manifest)
         run.counts.update({"samples_written": counts["samples"], "images_written": counts["images"]["written"],
                            **{f"removed.{k}": v for k, v in counts["removed_total"].items()}})
         con.close()
@@ -130,20 +131,46 @@ def validate_options(opts: ExportOptions) -> None:
 
 
 def prepare_out_dir(out: Path, force: bool) -> Path:
-    """An empty DIR to write into. A non-empty DIR needs --force, and only a previous export's DIR
-    (one with our manifest) is ever emptied: --force never deletes a folder mmlake did not write."""
+    """An empty DIR to write into, marked as an export in progress before anything else is written.
+
+    A non-empty DIR needs --force, and only a previous export's DIR (one with our manifest) is ever
+    emptied: --force never deletes a folder mmlake did not write. A DIR still holding the in-progress
+    marker is an export that died (killed, or failed half-way): any rerun clears it, --force or not.
+    The marker goes once the manifest is written (finish_out_dir)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
-        if not force:
+        interrupted = (out / IN_PROGRESS).is_file()
+        if not force and not interrupted:
             raise ExportError(f"{out} is not empty: pass --force to replace the export in it")
-        if not _is_previous_export(out):
+        if not interrupted and not _is_previous_export(out):
             raise ExportError(f"{out} is not empty and holds no mmlake {MANIFEST}: refusing to delete it even "
                               "with --force; choose an empty or new directory")
         for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if child.name != IN_PROGRESS:  # the marker goes last: a kill while clearing leaves it
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    marker = out / IN_PROGRESS
+    marker.write_text("an mmlake export is being written here; if no export is running, it was interrupted: "
+                      "rerun it (the folder is cleared first)\n")
+    _fsync_dir(out)  # the marker is on disk before any export file
     return out
+
+
+def finish_out_dir(out: Path, manifest: dict) -> None:
+    """Write the manifest (via a temp file: never half a manifest), then drop the in-progress marker."""
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    (out / IN_PROGRESS).unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _is_previous_export(out: Path) -> bool:
@@ -190,16 +217,19 @@ def stage_selection(con: duckdb.DuckDBPyConnection, compiled: CompiledRecipe, op
     sample's id and the JSON of its fixed turns (`body`) are computed in the same pass, so the samples
     are read once; a sampling recipe ranks samples with a window, which must not carry the turns (a
     sort of every turn's text), so its records join the samples back (records_sql)."""
-    carried = ""
+    carried = ", case when removed_by is null then coalesce(orig_id, sample_id) end as id"
     if carries_body(compiled.recipe):
-        carried = (", case when removed_by is null then coalesce(orig_id, sample_id) end as id, "
-                   f"case when removed_by is null then {BODY_SQL[opts.format]} end as body")
+        carried += f", case when removed_by is null then {BODY_SQL[opts.format]} end as body"
     try:
         con.execute("create temp table decisions as " + compiled.decisions_sql(
             "source_index, source, sample_id, source_file, source_row, repeat, removed_by, problems, fixes, "
             "n_images, n_image_tags, case when removed_by is null then image_ids end as image_ids" + carried))
     except duckdb.Error as exc:
         raise ExportError(f"recipe {compiled.recipe.name}: the compiled query fails: {exc}") from exc
+    # ids several selected samples share (one orig_id in two sources, or twice in one): those samples
+    # are written under their sample_id, unique in the lake, so every record of an export has its own id
+    con.execute("create temp table shared_ids as "
+                "select id from decisions where id is not null group by id having count(*) > 1")
     stage_image_files(con, opts.layout)
 
 
@@ -361,7 +391,8 @@ RECORD_SQL = {
 
 def records_sql(fmt: str, layout: str, split_by_source: bool, join_sources: list[str] | None = None) -> str:
     """One JSON record + `,` + newline per selected row (repeats expanded), in output order, with its
-    file index (ids are strings: orig_id, else sample_id). JsonArrayFile turns these into the array's
+    file index. Ids are strings, unique in the export: orig_id, else (none, or shared by several
+    selected samples) sample_id; the k-th copy of a repeated sample (k ≥ 2) gets the suffix `#rk`. JsonArrayFile turns these into the array's
     text. Sorted once, on the output order itself. The id and body come from `decisions`, or, with
     `join_sources` (a sampling recipe: see stage_selection), from the samples of those sources joined
     back. A SELECT over the sorted subquery keeps its order (DuckDB's documented order preservation,
@@ -370,14 +401,14 @@ def records_sql(fmt: str, layout: str, split_by_source: bool, join_sources: list
     # A one-image sample's path: in the hashed layout a function of the image alone, so those samples
     # join the (small) per-image table on their image id instead of the per-reference one on sample_id.
     one_image = ("left join image_files one on d.n_images = 1 and one.image_id = d.image_ids[1]"
-                 if layout == "hashed" else
-                 "left join sample_image_files one on d.n_images = 1 and one.sample_id = d.sample_id")
+                 if layout == "hashed" else  # only the path: BODY_SQL reads d's n_images unqualified
+                 "left join (select sample_id, path from sample_image_files where n_images = 1) one\n"
+                 "          on d.n_images = 1 and one.sample_id = d.sample_id")
     if join_sources is None:
-        record, samples = "d.id, d.body", ""
+        record, samples = "d.body", ""
     else:
-        record = f"coalesce(s.orig_id, s.joined_id) as id, {BODY_SQL[fmt]} as body"
-        samples = f"""
-        join (select sample_id as joined_id, orig_id, conversations, meta from samples
+        record, samples = f"{BODY_SQL[fmt]} as body", f"""
+        join (select sample_id as joined_id, conversations, meta from samples
               where source in ({", ".join(sql_literal(s) for s in join_sources)})) s on s.joined_id = d.sample_id"""
     return f"""
     with paths_of_multi_image_samples as (  -- one-image samples need no (costly) ordered list aggregate
@@ -386,15 +417,18 @@ def records_sql(fmt: str, layout: str, split_by_source: bool, join_sources: list
     ),
     picked as (
         select d.source_index, d.repeat, d.source_file, d.source_row, d.sample_id, {record},
+               case when shared.id is null then d.id else d.sample_id end as id,
                case when d.n_images = 1 then [one.path] else multi.paths end as paths
         from decisions d{samples}
+        left join shared_ids shared on shared.id = d.id
         {one_image}
         left join paths_of_multi_image_samples multi on d.n_images > 1 and multi.sample_id = d.sample_id
         where d.removed_by is null
     )
     select file_index, {RECORD_SQL[fmt]} || ',' || chr(10) as line
     from (  -- the sort moves the pieces; each record's text is assembled after it, batch by batch
-        select {file_index} as file_index, id, body, paths
+        select {file_index} as file_index, body, paths,
+               case when repeat_index = 0 then id else id || '#r' || (repeat_index + 1) end as id
         from (select *, unnest(range(repeat)) as repeat_index from picked)
         order by source_index, repeat_index, source_file, source_row, sample_id
     )"""
@@ -459,9 +493,13 @@ def write_json_files(con: duckdb.DuckDBPyConnection, out: Path, recipe: Recipe, 
         for file_index, data, rows in _runs_by_file(batch):
             files[file_index].write(data, rows)
 
+    try:
+        reader = con.sql(query).to_arrow_reader(opts.batch_rows)
+    except duckdb.Error as exc:
+        raise ExportError(f"recipe {recipe.name}: writing the records fails: {exc}") from exc
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending: list = []
-        for batch in con.sql(query).to_arrow_reader(opts.batch_rows):
+        for batch in reader:
             if len(pending) == 2:
                 pending.pop(0).result()
             pending.append(writer.submit(write, batch))

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -61,10 +62,12 @@ def all_recipe(tmp_path: Path, name: str = "realdata") -> str:
 
 
 def lake_samples(lake: Lake, where: str | None = None) -> list[tuple]:
-    """Samples as comparable tuples: (id, [(from, stripped value)], image content ids)."""
+    """Samples as comparable tuples: (id, [(from, stripped value)], image content ids); the id as
+    export writes it: orig_id, or sample_id where orig_id is missing or shared by several samples."""
     rows = lake.dataset(S.SAMPLES).to_table(columns=["sample_id", "orig_id", "conversations", "image_ids"],
                                             filter=where).to_pylist()
-    return sorted((r["orig_id"] or r["sample_id"], tuple((t["from"], t["value"].strip()) for t in r["conversations"]),
+    shared = {i for i, n in Counter(r["orig_id"] or r["sample_id"] for r in rows).items() if n > 1}
+    return sorted((r["sample_id"] if (r["orig_id"] or r["sample_id"]) in shared else r["orig_id"] or r["sample_id"], tuple((t["from"], t["value"].strip()) for t in r["conversations"]),
                    tuple(r["image_ids"])) for r in rows)
 
 
@@ -418,3 +421,103 @@ def test_checks_off_exports_turnless_samples_as_they_are_and_fixes_only_real_tur
         recipe = f"name: t\nsources: [{{source: t, checks: off, sampling: '{sampling}'}}]\n"
         export(lake, write_recipe(tmp_path / f"r{i}.yaml", recipe), ExportOptions(out=str(out), images="none"))
         assert (out / "t.json").read_text() == expected, sampling
+
+
+# -- every layout with every sampling, unique ids, an interrupted export -----------------------------
+@pytest.fixture
+def two_source_lake(tmp_path) -> Lake:
+    """Sources `a` and `b` with the same orig ids ("1", "2", "3"), one-image, two-image and text-only records."""
+    lake = Lake.open(str(tmp_path / "lake"))
+    for source, colour in (("a", "red"), ("b", "blue")):
+        folder = tmp_path / "src" / source
+        (folder / "img").mkdir(parents=True)
+        for name, size in (("one.jpg", (30, 20)), ("two.png", (20, 40))):
+            Image.new("RGB", size, colour).save(folder / "img" / name)
+        records = [
+            {"id": 1, "image": "img/one.jpg", "conversations": [{"from": "human", "value": "<image>\nColour?"},
+                                                               {"from": "gpt", "value": colour}]},
+            {"id": 2, "image": ["img/one.jpg", "img/two.png"],
+             "conversations": [{"from": "human", "value": "<image>\n<image>\nSame?"}, {"from": "gpt", "value": "No."}]},
+            {"id": 3, "conversations": [{"from": "human", "value": f"Text {source}?"}, {"from": "gpt", "value": "Yes."}]},
+        ]
+        (folder / "data.json").write_text(json.dumps(records))
+        ingest(lake, [str(folder / "data.json")], IngestOptions(source=source, image_roots=[str(folder)], progress=False))
+    return lake
+
+
+@pytest.mark.parametrize("layout", ["hashed", "original"])
+@pytest.mark.parametrize("sampling", ["all", "first:2", "first:50%", "end:1", "end:100%", "random:2", "random:34%"])
+def test_every_layout_works_with_every_sampling_and_every_image_path_exists(two_source_lake, tmp_path, layout, sampling):
+    recipe = write_recipe(tmp_path / "r.yaml", f"name: mix\nseed: 3\nsources:\n  - {{source: a, sampling: '{sampling}'}}\n"
+                                               "  - {source: b, sampling: all}\n")
+    out = tmp_path / "out"
+    manifest = export(two_source_lake, recipe, ExportOptions(out=str(out), layout=layout)).manifest
+    records = json.loads((out / "mix.json").read_text())
+    selected = {"all": 3, "first:2": 2, "first:50%": 2, "end:1": 1, "end:100%": 3, "random:2": 2, "random:34%": 2}
+    assert manifest["counts"]["sources"]["a"]["selected"] == selected[sampling]
+    assert len(records) == selected[sampling] + 3
+    for record in records:
+        images = record.get("image", [])
+        for path in [images] if isinstance(images, str) else images:
+            assert (out / "images" / path).is_file(), path
+    assert not (out / ".mmlake-export-in-progress").exists()
+
+
+def test_repeated_samples_and_orig_ids_shared_by_two_sources_get_unique_stable_ids(two_source_lake, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", "name: mix\nsources:\n  - {source: a, repeat: 2, sampling: 'first:2'}\n"
+                                               "  - {source: b, sampling: 'first:2'}\n")
+    ids = []
+    for name in ("one", "two"):
+        export(two_source_lake, recipe, ExportOptions(out=str(tmp_path / name), images="none"))
+        ids.append([r["id"] for r in json.loads((tmp_path / name / "mix.json").read_text())])
+    assert ids[0] == ids[1]  # stable
+    assert len(set(ids[0])) == len(ids[0]) == 6  # unique
+    # "1" and "2" are in both sources: written under the lake's sample_id; the 2nd copy gets #r2
+    assert ids[0] == ["a/data.json#0", "a/data.json#1", "a/data.json#0#r2", "a/data.json#1#r2",
+                      "b/data.json#0", "b/data.json#1"]
+    only_a = write_recipe(tmp_path / "a.yaml", "name: mix\nsources: [{source: a, repeat: 2}]\n")
+    export(two_source_lake, only_a, ExportOptions(out=str(tmp_path / "a"), images="none"))
+    assert [r["id"] for r in json.loads((tmp_path / "a" / "mix.json").read_text())] == \
+        ["1", "2", "3", "1#r2", "2#r2", "3#r2"]  # no clash: the source's own ids
+
+
+SLOW_EXPORT = """
+import sys, time
+import etl.export as export
+place = export.ImagePlacer.place
+export.ImagePlacer.place = lambda *args: (time.sleep(0.3), place(*args))[1]  # time to be killed mid-images
+from etl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_export_killed_mid_images_is_cleared_by_the_rerun_and_by_force(two_source_lake, tmp_path):
+    """kill -9 while images are written leaves JSON, data.yaml and part of images/: the rerun (with or
+    without --force) clears that folder and writes the whole export; a foreign folder stays refused."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = write_recipe(tmp_path / "r.yaml", "name: mix\nsources: [a, b]\n")
+    out = tmp_path / "out"
+    for rerun in (["--force"], []):
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_EXPORT, "--lake", two_source_lake.root, "export", recipe,
+                                 "--out", str(out), "--threads", "1", *rerun], cwd=Path(__file__).resolve().parents[1])
+        deadline = time.monotonic() + 60
+        while not any((out / "images").rglob("*.*")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        assert (out / "data.yaml").exists() and not (out / "manifest.json").exists()
+        written = [p for p in (out / "images").rglob("*") if p.is_file()]
+        assert 0 < len(written) < 4
+        done = run_cli("export", recipe, "--out", str(out), *rerun, lake=two_source_lake)
+        assert "samples_written" in done.stdout
+        assert len([p for p in (out / "images").rglob("*") if p.is_file()]) == 4
+        assert json.loads((out / "manifest.json").read_text())["counts"]["samples"] == 6
+        assert not (out / ".mmlake-export-in-progress").exists()
+        for line in (out / "images.sha256").read_text().splitlines():  # every image whole
+            digest, path = line.split()
+            assert hashlib.sha256((out / path).read_bytes()).hexdigest() == digest
+        out = tmp_path / "out2"

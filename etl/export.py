@@ -14,9 +14,9 @@ What one export writes under DIR:
   sha256, counts per source and per removal reason, the sha256 of every other file. No timestamps:
   the same recipe on the same lake version gives byte-identical files.
 
-Fixable problems found by sql/checks.sql are normalised here, in SQL: turn values are stripped of
-surrounding whitespace, and a sample with images but no `<image>` tag gets one `<image>\\n` per image at
-the start of its first turn. Text-only samples never get a tag.
+Fixable problems found by sql/checked_samples.sql are normalised here by the macro of sql/fixes.sql:
+turn values are stripped of surrounding whitespace, and a sample with images but no `<image>` tag gets
+one `<image>\\n` per image at the start of its first turn. Text-only samples never get a tag.
 
 Image modes: `copy` writes the blob bytes; `hardlink`/`symlink` link from a content-addressed cache
 (`--image-cache`, default `DIR/../.mmlake-image-cache`, filled from the lake's blobs on first use and
@@ -44,12 +44,13 @@ import pyarrow as pa
 import yaml
 
 from etl import schema as S
+from etl.derived import committed_versions
 from etl.images import EXTENSIONS
 from etl.lake import Lake
 from etl.recipe import (REMOVAL_REASONS, CompiledRecipe, Recipe, check_dedup_tables, compile_recipe, lake_columns,
-                        load_recipe, sql_literal)
+                        load_recipe)
 from etl.runlog import recorded_run
-from etl.sqlrun import connect, lake_tables, set_variables
+from etl.sqlrun import connect, lake_tables, set_variables, sql_literal
 
 IMAGE_MODES = ("copy", "hardlink", "symlink", "none")
 LAYOUTS = ("hashed", "original")
@@ -103,7 +104,7 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
         con.execute(f"set temp_directory = {sql_literal(tmp)}")
         con.execute(f"set memory_limit = {sql_literal(opts.memory_limit)}")
         compiled = compile_recipe(recipe, lake_columns(con))  # a bad recipe fails before DIR is touched
-        dedup_runs = check_dedup_tables(con, recipe, lake)
+        dedup_inputs = check_dedup_tables(con, recipe, lake, pins)
         set_variables(con, compiled.variables())
         stage_selection(con, compiled, opts)
         counts = decision_counts(con)
@@ -115,12 +116,25 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
         if opts.images != "none":
             files[IMAGES_SUMS] = file_entry(out / IMAGES_SUMS)
         manifest = build_manifest(lake, recipe, opts, pins, counts, files)
-        manifest["dedup"] = dedup_runs
+        manifest["decisions"] = decision_inputs(pins, dedup_inputs)
         finish_out_dir(out, manifest)
         run.counts.update({"samples_written": counts["samples"], "images_written": counts["images"]["written"],
                            **{f"removed.{k}": v for k, v in counts["removed_total"].items()}})
         con.close()
     return ExportResult(out, manifest, run.counts)
+
+
+def decision_inputs(pins: dict[str, int], dedup: dict) -> dict:
+    """Which lake versions each decision read: checks, `where` and sampling read the pinned samples,
+    images and errors; dedup_exact its keys computed from the same; near_dup an image_clusters version
+    (with the run and inputs it was computed from)."""
+    live = {t: pins[t] for t in (S.SAMPLES, S.IMAGES, S.ERRORS) if t in pins}
+    out = {"checks": live, "where": live, "sampling": {S.SAMPLES: pins.get(S.SAMPLES)}}
+    if "dedup_exact" in dedup:
+        out["dedup_exact"] = {**dedup["dedup_exact"], "versions": live}
+    if "near_dup" in dedup:
+        out["near_dup"] = {**dedup["near_dup"], "versions": {**live, S.IMAGE_CLUSTERS: dedup["near_dup"]["version"]}}
+    return out
 
 
 def validate_options(opts: ExportOptions) -> None:
@@ -183,7 +197,9 @@ def _is_previous_export(out: Path) -> bool:
 def resolve_versions(lake: Lake, spec: str | None) -> dict[str, int]:
     """Pin every table (dedup tables too): now (None), `N` (samples at N, the rest now), `TAG`, or
     `table=N,table=N` (a manifest's `lake.versions`)."""
-    current = {table: lake.dataset(table).version for table in lake_tables(lake)}
+    derived = committed_versions(lake)  # a derived set as its last finished run left it
+    current = {table: derived.get(table, lake.dataset(table).version) for table in lake_tables(lake)
+               if table in derived or table not in S.DERIVED_SCHEMAS}
     if spec is None:
         return current
     spec = spec.strip()
@@ -352,20 +368,8 @@ def _nested(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, dict[str, int
 # A record is assembled as text from JSON pieces: '{"id":' to_json(id) [',"image":' to_json(path)]
 # ',"conversations":' body '}' is byte for byte what to_json of the struct writes, and the body (the
 # JSON of the fixed turns) is computed once per sample, in the pass over the samples that decides it.
-# Fixes (see sql/checks.sql) as plain lambdas (lambdas that capture outer columns are several times
-# slower), in one CASE: most samples need neither fix and take the first branch.
-STRIP = r"""list_transform({0}, lambda t: {{
-            'from': t['from'], 'value': regexp_replace(t.value, '^\s+|\s+$', '', 'g')}})"""
-TAG = r"""list_concat([{{'from': {0}[1]['from'], 'value': repeat('<image>' || chr(10), n_images) || {0}[1].value}}],
-                             {0}[2:])"""
-NEEDS_STRIP = "list_contains(fixes, 'surrounding_whitespace')"
-NEEDS_TAG = "coalesce(n_images > 0 and n_image_tags = 0 and len(conversations) > 0, false)"  # NULL turns: no tag
-FIXED_CONVERSATIONS = f"""(case
-            when len(fixes) = 0 then conversations  -- no fix to apply: nearly every sample
-            when {NEEDS_STRIP} and {NEEDS_TAG} then {TAG.format(STRIP.format('conversations'))}
-            when {NEEDS_STRIP} then {STRIP.format('conversations')}
-            when {NEEDS_TAG} then {TAG.format('conversations')}
-            else conversations end)"""
+# The fixes (sql/checks.sql reports them, sql/fixes.sql repairs them) are its macro, expanded inline.
+FIXED_CONVERSATIONS = "fixed_conversations(conversations, fixes, n_images, n_image_tags)"
 SYSTEM_SQL = "case when json_type(meta, '$.system') = 'VARCHAR' then json_extract_string(meta, '$.system') end"
 MESSAGES_SQL = f"""list_concat(
             case when {SYSTEM_SQL} is not null then [{{'role': 'system', 'content': {SYSTEM_SQL}}}] else [] end,

@@ -229,9 +229,15 @@ def test_where_on_tags_sees_text_only_samples_as_having_no_tags(lake):
     assert len(picked(d)) == 5
 
 
-def test_dedup_exact_without_the_dedup_table_tells_the_user_to_run_dedup(lake):
-    with pytest.raises(RecipeError, match=r"python -m etl dedup"):
-        decisions(lake, "name: m\ndefaults: {dedup: exact}\nsources: [alpha]")
+def test_dedup_exact_decides_within_the_recipe_without_any_dedup_table(lake):
+    """beta's ten questions are gamma's five plus five more: gamma listed first keeps its copies."""
+    d = decisions(lake, "name: m\ndefaults: {dedup: exact}\nsources: [gamma, beta]")
+    assert picked(d["gamma"]) == [f"{i:05d}" for i in range(5)]
+    assert {k: v for k, v in d["beta"].items() if v} == {f"{i:05d}": "dedup_exact" for i in range(5)}
+    preferred = decisions(lake, "name: m\ndedup_prefer: [beta]\ndefaults: {dedup: exact}\nsources: [gamma, beta]")
+    assert picked(preferred["beta"]) == [f"{i:05d}" for i in range(10)] and picked(preferred["gamma"]) == []
+    alone = decisions(lake, "name: m\ndefaults: {dedup: exact}\nsources: [beta]")  # nothing to dedup against
+    assert picked(alone["beta"]) == [f"{i:05d}" for i in range(10)]
 
 
 def test_near_dup_without_its_table_tells_the_user_to_run_dedup_near(lake):
@@ -282,6 +288,6 @@ def test_near_dup_k_other_than_the_computed_one_asks_for_a_dedup_rerun(deduped_l
     from etl.recipe import check_dedup_tables
 
     ok = parse_recipe("name: m\ndefaults: {near_dup_k: 2}\nsources: [chat]")
-    assert check_dedup_tables(con, ok, deduped_lake)["dup_near"]["near_k"] == [2]
+    assert check_dedup_tables(con, ok, deduped_lake)["near_dup"]["near_k"] == 2
     with pytest.raises(RecipeError, match=r"python -m etl dedup --near 3"):
         check_dedup_tables(con, parse_recipe("name: m\ndefaults: {near_dup_k: 3}\nsources: [chat]"), deduped_lake)

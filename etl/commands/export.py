@@ -42,9 +42,10 @@ def run(args: argparse.Namespace) -> int:
     lake = Lake.open(args.lake, create=False)
     if args.dry_run:
         recipe = load_recipe(args.recipe)
-        con = connect(lake, version=resolve_versions(lake, args.version))
+        pins = resolve_versions(lake, args.version)
+        con = connect(lake, version=pins)
         compiled = compile_recipe(recipe, lake_columns(con))
-        check_dedup_tables(con, recipe, lake)
+        check_dedup_tables(con, recipe, lake, pins)
         print(compiled.script())
         return 0
     if not args.out:

@@ -40,7 +40,7 @@ class StaleDerivedTable(ValueError):
 
 def fingerprints(con: duckdb.DuckDBPyConnection, kinds=("samples", "phash")) -> dict[str, str]:
     """The inputs' fingerprints as the connection's (pinned) views see them."""
-    return {kind: con.execute(FINGERPRINT_SQL[kind]).fetchone()[0] for kind in kinds}
+    return {kind: con.execute(FINGERPRINT_SQL[kind]).fetchall()[0][0] for kind in kinds}
 
 
 def stamp(params: Mapping, run_id: str, inputs: Mapping) -> dict[str, str]:

@@ -81,6 +81,7 @@ class ExportOptions:
     batch_rows: int = 50_000
     image_batch: int = 1000
     memory_limit: str = "2GB"  # DuckDB spills sorts/joins to a temp dir beyond this
+    strict: bool = False  # warnings (recipe_warnings) stop the export before DIR is touched
 
 
 @dataclass
@@ -88,6 +89,7 @@ class ExportResult:
     out: Path
     manifest: dict
     counts: Counter = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
 
 
 # -- the job ------------------------------------------------------------------------------------------
@@ -109,6 +111,9 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
         stage_selection(con, compiled, opts)
         counts = decision_counts(con)
         check_sources_exist(con, recipe, counts)
+        warnings = recipe_warnings(con, recipe, counts)
+        if warnings and opts.strict:
+            raise ExportError("--strict: " + "; ".join(warnings))
         out = prepare_out_dir(Path(opts.out), opts.force)
         files = write_json_files(con, out, recipe, opts)
         files.update(write_loader_config(out, recipe, opts, files))
@@ -117,11 +122,12 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
             files[IMAGES_SUMS] = file_entry(out / IMAGES_SUMS)
         manifest = build_manifest(lake, recipe, opts, pins, counts, files)
         manifest["decisions"] = decision_inputs(pins, dedup_inputs)
+        manifest["warnings"] = warnings
         finish_out_dir(out, manifest)
         run.counts.update({"samples_written": counts["samples"], "images_written": counts["images"]["written"],
                            **{f"removed.{k}": v for k, v in counts["removed_total"].items()}})
         con.close()
-    return ExportResult(out, manifest, run.counts)
+    return ExportResult(out, manifest, run.counts, warnings)
 
 
 def decision_inputs(pins: dict[str, int], dedup: dict) -> dict:
@@ -355,6 +361,36 @@ def check_sources_exist(con: duckdb.DuckDBPyConnection, recipe: Recipe, counts: 
         known = [r[0] for r in con.execute("select distinct source from samples order by 1").fetchall()]
         raise ExportError(f"recipe {recipe.name}: no samples of source(s) {absent} in this lake version "
                           f"(sources: {known})")
+
+
+def recipe_warnings(con: duckdb.DuckDBPyConnection, recipe: Recipe, counts: dict) -> list[str]:
+    """What the recipe most likely did not mean, one sentence each: a `where` over a column that no
+    sample of the source has a value for yet (not computed), a `where` that removes every sample
+    that reached it, a source of which nothing is selected, `dedup: exact` over images with no phash."""
+    warnings = []
+    columns = set(lake_columns(con).get(S.SAMPLES, []))
+    for spec in recipe.sources:
+        c = counts["sources"].get(spec.source, {})
+        removed = counts["removed"].get(spec.source, {})
+        used = sorted(col for col in columns if spec.where and re.search(rf"\b{re.escape(col)}\b", spec.where))
+        for col in used:
+            if not con.execute(f'select count("{col}") from samples where source = ?', [spec.source]).fetchall()[0][0]:
+                warnings.append(f"{spec.source}: `where: {spec.where}` reads `{col}`, which is NULL for every sample "
+                                f"of the source (not computed yet? e.g. `python -m etl enrich {col}`)")
+        reached = c.get("considered", 0) - removed.get("checks", 0)
+        if spec.where and reached and removed.get("where", 0) == reached:
+            warnings.append(f"{spec.source}: `where: {spec.where}` removes all {reached:,} samples that reach it")
+        if c.get("considered") and not c.get("selected"):
+            warnings.append(f"{spec.source}: 0 of {c['considered']:,} samples selected "
+                            f"(removed: {dict(sorted(removed.items()))})")
+    exact = [s.source for s in recipe.sources if s.dedup == "exact"]
+    if exact:
+        for source, unhashed in con.execute(
+                "select source, count(*) from sample_content_keys where phashes is null and source in "
+                f"({', '.join(sql_literal(s) for s in exact)}) group by source order by source").fetchall():
+            warnings.append(f"{source}: {unhashed:,} samples have an image without phash, so `dedup: exact` cannot "
+                            "compare them (they are kept): run `python -m etl enrich phash`")
+    return warnings
 
 
 def _nested(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, dict[str, int]]:

@@ -13,12 +13,12 @@ A recipe names sources and, for each, which samples to take (see recipes/README.
 
 The compiled query gives every sample of the named sources one decision, in this order: `checks`
 (blocking problems of view checked_samples, sql/checked_samples.sql), `where` (the recipe's SQL filter
-is false or NULL), `dedup_exact` and `near_dup` (decided among the samples the recipe kept so far:
-one per duplicate group stays, preferring `dedup_prefer` sources, then recipe order), `sampling`
-(not picked), else NULL = selected. Sampling follows LLaVA-NeXT's data yaml: it applies to what the
-filters left, `P%` takes ceil(P·n/100) samples, `first`/`end` count in source order (file, row), and
-`random` ranks by md5(seed || sample_id) — deterministic for a seed and a lake version, and one
-source's pick never depends on another source being in the recipe.
+is false or NULL), `sampling` (not picked), then `dedup_exact` and `near_dup` (decided among the
+samples selected so far: one per duplicate group stays, see dedup_ctes), else NULL = selected.
+Sampling follows LLaVA-NeXT's data yaml: it applies to what checks and `where` left, `P%` takes
+ceil(P·n/100) samples, `first`/`end` count in source order (file, row), and `random` ranks by
+md5(seed || sample_id) — deterministic for a seed and a lake version, and one source's pick never
+depends on another source being in the recipe (dedup comes after the picks).
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ DEFAULT_KEYS = {"checks", "dedup", "near_dup_k", "max_text_chars"}
 RECIPE_KEYS = {"name", "seed", "defaults", "sources", "description", "dedup_prefer"}
 SAMPLING = re.compile(r"^(first|end|random):(\d+)(%?)$")
 # Removal reasons in decision order; NULL means selected.
-REMOVAL_REASONS = ("checks", "where", "dedup_exact", "near_dup", "sampling")
+REMOVAL_REASONS = ("checks", "where", "sampling", "dedup_exact", "near_dup")
 
 
 class RecipeError(ValueError):
@@ -251,8 +251,11 @@ def compile_recipe(recipe: Recipe, tables: Mapping[str, Sequence[str]]) -> Compi
         ctes.append(sample_cluster_sizes_cte(recipe))
     ctes.append(recipe_samples_cte(recipe, with_tags, with_stats, with_clusters))
     ctes.append(filtered_cte(recipe))
-    ctes.extend(dedup_ctes(recipe, tables))
-    ctes.extend(sampling_ctes(recipe, "recipe_deduped" if _dedups(recipe) else "recipe_filtered"))
+    if _dedups(recipe):
+        ctes.extend(sampling_ctes(recipe, "recipe_filtered", "recipe_sampled"))
+        ctes.extend(dedup_ctes(recipe, tables, "recipe_sampled"))
+    else:
+        ctes.extend(sampling_ctes(recipe, "recipe_filtered", "decisions"))
     return CompiledRecipe(recipe, "with " + ",\n".join(ctes))
 
 
@@ -349,74 +352,69 @@ def filtered_cte(recipe: Recipe) -> str:
 )"""
 
 
-def dedup_ctes(recipe: Recipe, tables: Mapping[str, Sequence[str]]) -> list[str]:
-    """Dedup within the mixture: among the samples checks and `where` kept, of the sources that ask
-    for it, one sample per duplicate group stays — the first in (dedup_prefer position, recipe order,
+def dedup_ctes(recipe: Recipe, tables: Mapping[str, Sequence[str]], kept: str) -> list[str]:
+    """Dedup within the mixture, among the samples the recipe selects (`kept`: after checks, `where`
+    and sampling, so a pick never moves and a duplicate group's content is never lost): in each
+    group a sample of a source that asks for dedup is removed unless it comes first in (sources that
+    do not dedup first — their samples are never removed —, `dedup_prefer` position, recipe order,
     source_file, source_row, sample_id). A source left out of the recipe removes nothing.
     `dedup: exact` groups samples with the same image phashes and conversations (the keys of
     sql/dedup_keys.sql, computed now: never stale); `near_dup_k: k` then groups samples whose images
-    fall in the same near-duplicate clusters (table image_clusters of `python -m etl dedup --near k`)
+    are in the same near-duplicate clusters (table image_clusters of `python -m etl dedup --near k`)
     and whose conversations are equal."""
-    if not _dedups(recipe):
-        return []
-    order = "prefer_rank, source_index, source_file, source_row, sample_id"
     prefer = "".join(f" when {sql_literal(name)} then {i}" for i, name in enumerate(recipe.dedup_prefer))
     prefer_rank = f"case source{prefer} else {len(recipe.dedup_prefer)} end" if prefer else "0"
     exact = [i for i, s in enumerate(recipe.sources) if s.dedup == "exact"]
     near_ks = sorted({s.near_dup_k for s in recipe.sources if s.near_dup_k is not None})
+    names = _source_names(recipe)
     ctes = [f"""recipe_dedup_candidates as (
-    -- the samples dedup decides among: kept by checks and `where`, of a source that dedups
+    -- the samples dedup decides among: those the recipe selects so far
     select sample_id, source, source_index, {prefer_rank} as prefer_rank, source_file, source_row
-    from recipe_filtered
+    from {kept}
     where removed_by is null
 )"""]
-    removed = []
+    groups = []  # (cte, reason, indexes of the sources it removes from, "key" subquery)
     if exact:
-        ctes.append(f"""recipe_exact_duplicates as (
-    -- one sample per group of equal phash lists and conversations stays: the first in {order}
-    select sample_id
-    from (select c.sample_id, row_number() over (partition by k.dup_key order by {order}) as occurrence
-          from recipe_dedup_candidates c
-          join (select sample_id,
+        groups.append(("recipe_exact_duplicates", "dedup_exact", exact, f"""(select sample_id,
                        case when n_images = 0 then md5('text-only|' || conversations_md5)
                             when phashes is not null then md5('phashes|' || phashes || '|' || conversations_md5)
-                       end as dup_key
-                from sample_content_keys where source in ({_source_names(recipe)})) k using (sample_id)
-          where c.source_index in ({", ".join(map(str, exact))}) and k.dup_key is not null)
-    where occurrence > 1
-)""")
-        removed.append(("recipe_exact_duplicates", "dedup_exact", None))
+                       end as group_key
+                from sample_content_keys where source in ({names}))"""))
     for k in near_ks:
         if S.IMAGE_CLUSTERS not in tables:
             raise RecipeError(f"the recipe asks for `near_dup_k: {k}` but the lake has no `{S.IMAGE_CLUSTERS}` "
                               f"table: run `python -m etl dedup --near {k}` first (or remove near_dup_k)")
-        sources = [i for i, s in enumerate(recipe.sources) if s.near_dup_k == k]
-        not_exact = "\n            and c.sample_id not in (select sample_id from recipe_exact_duplicates)" if exact else ""
-        ctes.append(f"""recipe_near_duplicates_k{k} as (
-    -- samples whose images are, in order, in the same near-duplicate clusters (an image in no
-    -- cluster stands for itself; as in sql/dedup_near.sql) with equal conversations: the first in
-    -- {order} stays
-    select sample_id
-    from (select c.sample_id, row_number() over (partition by l.cluster_key order by {order}) as occurrence
-          from recipe_dedup_candidates c
-          join (select p.sample_id,
+        # each sample's images in order, an image replaced by its cluster (as sql/dedup_near.sql does)
+        groups.append((f"recipe_near_duplicates_k{k}", "near_dup",
+                       [i for i, s in enumerate(recipe.sources) if s.near_dup_k == k], f"""(select p.sample_id,
                        md5(array_to_string(list(coalesce(ic.cluster_id, p.image_id) order by p.position), ',')
-                           || '|' || any_value(k.conversations_md5)) as cluster_key
+                           || '|' || any_value(k.conversations_md5)) as group_key
                 from sample_image_positions p
                 join sample_content_keys k using (sample_id)
                 left join image_clusters ic on ic.image_id = p.image_id and ic.near_k = {k}
-                where p.source in ({_source_names(recipe)})
-                group by p.sample_id) l using (sample_id)
-          where c.source_index in ({", ".join(map(str, sources))}){not_exact})
-    where occurrence > 1
+                where p.source in ({names})
+                group by p.sample_id)"""))
+    order = "prefer_rank, source_index, source_file, source_row, sample_id"
+    for n, (cte, reason, removes, keys) in enumerate(groups):
+        removing = f"c.source_index in ({', '.join(map(str, removes))})"
+        earlier = "".join(f"\n          and c.sample_id not in (select sample_id from {g[0]})" for g in groups[:n])
+        ctes.append(f"""{cte} as (
+    -- {reason}: in each group, every sample of a deduplicating source but the first
+    select sample_id
+    from (select c.sample_id, {removing} as removable,
+                 row_number() over (partition by k.group_key
+                                    order by {removing}, {", ".join("c." + o for o in order.split(", "))}) as occurrence
+          from recipe_dedup_candidates c
+          join {keys} k using (sample_id)
+          where k.group_key is not null{earlier})
+    where removable and occurrence > 1
 )""")
-        removed.append((f"recipe_near_duplicates_k{k}", "near_dup", k))
     verdicts = "".join(f"\n                when sample_id in (select sample_id from {cte}) then '{reason}'"
-                       for cte, reason, _ in removed)
-    ctes.append(f"""recipe_deduped as (
+                       for cte, reason, _, _ in groups)
+    ctes.append(f"""decisions as (
     select * exclude (removed_by),
            case when removed_by is not null then removed_by{verdicts} end as removed_by
-    from recipe_filtered
+    from {kept}
 )""")
     return ctes
 
@@ -454,12 +452,12 @@ def check_dedup_tables(con, recipe: Recipe, lake, pins: Mapping[str, int] | None
 ELIGIBLE_SQL = "count(source_index) over (partition by source_index, removed_by is null)"
 
 
-def sampling_ctes(recipe: Recipe, kept: str) -> list[str]:
-    """`decisions`: the rows of `kept` with, only when a source samples, one window ranking each
+def sampling_ctes(recipe: Recipe, kept: str, name: str) -> list[str]:
+    """CTE `name`: the rows of `kept` with, only when a source samples, one window ranking each
     source's kept samples in its own order (no sort of the sources otherwise)."""
     sampled = [(i, s) for i, s in enumerate(recipe.sources) if s.sampling.strategy != "all"]
     if not sampled:  # nothing to rank: no sort of the sources
-        return [f"decisions as (\n    select * from {kept}\n)"]
+        return [f"{name} as (\n    select * from {kept}\n)"]
     # random: md5(seed || sample_id), sample_id; first/end: source_file, source_row, sample_id (source
     # order). With both kinds, a random source's rows rank on (md5, sample_id) first: sample_id is
     # unique, so the source-order keys after it never decide. Fewer keys when all agree: a cheaper sort.
@@ -486,7 +484,7 @@ def sampling_ctes(recipe: Recipe, kept: str) -> list[str]:
            {ELIGIBLE_SQL} as eligible
     from {kept}
 )""",
-        f"""decisions as (
+        f"""{name} as (
     select * exclude (pick_rank, eligible, removed_by),
            coalesce(removed_by, case source_index{"".join(picked)} end) as removed_by
     from recipe_ranked

@@ -35,7 +35,11 @@ FINGERPRINT_SQL = {
 
 class StaleDerivedTable(ValueError):
     """A derived table was computed from another lake state than the one being read; the message
-    names the command that recomputes it."""
+    names the command that recomputes it, `reason` says what changed."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def fingerprints(con: duckdb.DuckDBPyConnection, kinds=("samples", "phash")) -> dict[str, str]:
@@ -85,10 +89,11 @@ def check_fresh(con: duckdb.DuckDBPyConnection, info: dict, table: str, command:
     recorded = info["inputs"]
     if not all(k in recorded for k in kinds):
         raise StaleDerivedTable(f"`{table}` does not record the lake state it was computed from (written by an "
-                                f"older mmlake): run `{command}` to recompute it")
+                                f"older mmlake): run `{command}` to recompute it", "inputs not recorded")
     now = fingerprints(con, kinds)
     changed = [k for k in kinds if recorded[k] != now[k]]
     if changed:
         what = {"samples": "samples were added or removed", "phash": "images or their phashes changed"}
-        raise StaleDerivedTable(f"`{table}` is stale: since it was computed ({info['run_id']}), "
-                                f"{' and '.join(what[k] for k in changed)}: run `{command}` to recompute it")
+        reason = " and ".join(what[k] for k in changed)
+        raise StaleDerivedTable(f"`{table}` is stale: since it was computed ({info['run_id']}), {reason}: "
+                                f"run `{command}` to recompute it", reason)

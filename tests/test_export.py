@@ -585,6 +585,13 @@ def test_dedup_then_more_copies_ingested_and_hashed_export_dedups_them_without_a
     info = table_info(lake, S.DUP_EXACT, committed_versions(lake)[S.DUP_EXACT])
     with pytest.raises(StaleDerivedTable, match=r"samples were added.*python -m etl dedup"):
         check_fresh(connect(lake), info, S.DUP_EXACT, "python -m etl dedup")
+    from etl import analysis as an  # the report and notebooks say so instead of showing old numbers
+
+    shown = an.exact_duplicates_removed(lake)
+    assert isinstance(shown, an.NotComputed) and shown.command == "python -m etl dedup"
+    assert str(shown) == "exact duplicates: stale (samples were added or removed) — run `python -m etl dedup`"
+    run_cli("dedup", lake=lake)
+    assert an.exact_duplicates_removed(lake).to_dicts() == [{"source": "photos", "exact_removed": 6}]
 
 
 @pytest.fixture

@@ -664,3 +664,33 @@ def test_a_dedup_killed_between_its_tables_leaves_the_previous_set_whole_for_eve
     assert {r[0] for r in con.execute("select distinct run_id from dup_exact union select distinct run_id from "
                                       "image_clusters union select distinct run_id from dup_near").fetchall()} <= first_run
     assert con.execute("select distinct near_k from image_clusters").fetchall() == [(4,)]
+
+
+# -- image properties in recipes --------------------------------------------------------------------
+def test_where_filters_on_per_sample_image_sizes_aspect_ratio_and_formats(two_source_lake, tmp_path):
+    """a: "1" has one 30x20 JPEG, "2" that JPEG and a 20x40 PNG, "3" is text-only (no image properties: NULL)."""
+    def kept(where: str) -> list[str]:
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        recipe = write_recipe(tmp_path / "r.yaml", f'name: mix\nsources: [{{source: a, where: "{where}"}}]\n')
+        export(two_source_lake, recipe, ExportOptions(out=str(out), images="none"))
+        return sorted(r["id"] for r in json.loads((out / "mix.json").read_text()))
+
+    assert kept("min_width >= 30") == ["1"]
+    assert kept("max_height >= 40") == ["2"]
+    assert kept("min_aspect_ratio >= 1.5") == ["1"] and kept("min_aspect_ratio < 1") == ["2"]
+    assert kept("list_contains(image_formats, 'PNG')") == ["2"]
+    assert kept("max_nbytes < 100000 or n_images = 0") == ["1", "2", "3"]
+    con = connect(two_source_lake)  # the same facts in SQL, per image and per sample
+    assert con.execute("select width, height, aspect_ratio from image_properties where format = 'PNG' "
+                       "order by width").fetchall() == [(20, 40, 0.5), (20, 40, 0.5)]
+    assert con.execute("select n_images, min_width, max_height, image_formats from sample_image_stats "
+                       "where sample_id = 'a/data.json#1'").fetchall() == [(2, 20, 40, ["JPEG", "PNG"])]
+
+
+def test_where_on_the_near_duplicate_cluster_size_of_a_samples_images(globally_deduped_lake, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", 'name: mix\nsources: [{source: other, where: "max_cluster_size >= 2"}]\n')
+    manifest = export(globally_deduped_lake, recipe, ExportOptions(out=str(tmp_path / "out"), images="none")).manifest
+    assert manifest["counts"]["per_source"] == {"other": 3}
+    recipe = write_recipe(tmp_path / "r.yaml", 'name: mix\nsources: [{source: other, where: "max_cluster_size = 1"}]\n')
+    manifest = export(globally_deduped_lake, recipe, ExportOptions(out=str(tmp_path / "one"), images="none")).manifest
+    assert manifest["counts"]["per_source"] == {"other": 0}

@@ -175,6 +175,33 @@ def test_sampling_plan_has_no_filtered_window_aggregate_that_is_quadratic_in_the
     assert not [w for w in windows if "FILTER" in w.upper()], windows
 
 
+def scan_projections(plan: list[dict]) -> list[list[str]]:
+    """The projected columns of every scan in a DuckDB `explain (format json)` plan."""
+    found, todo = [], list(plan)
+    while todo:
+        node = todo.pop()
+        if "SCAN" in node.get("name", ""):
+            proj = node.get("extra_info", {}).get("Projections", [])
+            found.append(sorted([proj] if isinstance(proj, str) else proj))
+        todo += node.get("children", [])
+    return sorted(found)
+
+
+def test_recipes_select_from_the_checked_samples_view_and_its_plan_reads_the_samples_once(lake):
+    """The checks are a view (sql/checked_samples.sql), not text spliced into the recipe: DuckDB
+    inlines it, so the recipe reads every samples column once (plus the image ids for the image
+    checks), the images twice (missing, undecodable) and the errors once — as the splice did."""
+    con = connect(lake)
+    compiled = compile_recipe(parse_recipe("name: m\nsources: [alpha, {source: beta, sampling: 'first:3'}]"),
+                              lake_columns(con))
+    assert "from checked_samples s" in compiled.ctes and "problems" not in compiled.ctes.split("recipe_samples as")[0]
+    plan = json.loads(con.execute("explain (format json) " + compiled.decisions_sql()).fetchall()[0][1])
+    scans = scan_projections(plan)
+    assert len(scans) == 5, scans
+    assert [p for p in scans if "conversations" in p] == [sorted(lake_columns(con)["samples"])]
+    assert ["image_ids", "sample_id", "source"] in scans and scans.count(["image_id"]) == 2 and ["error_id"] in scans
+
+
 def text_only_lake(root, n: int) -> Lake:
     """A lake with one source `chat` of n two-turn text-only samples (appended directly: ingest is not timed)."""
     lake = Lake.open(str(root))

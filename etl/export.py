@@ -166,15 +166,19 @@ def prepare_out_dir(out: Path, force: bool) -> Path:
         if not interrupted and not _is_previous_export(out):
             raise ExportError(f"{out} is not empty and holds no mmlake {MANIFEST}: refusing to delete it even "
                               "with --force; choose an empty or new directory")
+        _mark_in_progress(out)  # before clearing: a kill while clearing leaves a folder the rerun clears
         for child in out.iterdir():
-            if child.name != IN_PROGRESS:  # the marker goes last: a kill while clearing leaves it
+            if child.name != IN_PROGRESS:
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    marker = out / IN_PROGRESS
-    marker.write_text("an mmlake export is being written here; if no export is running, it was interrupted: "
-                      "rerun it (the folder is cleared first)\n")
-    _fsync_dir(out)  # the marker is on disk before any export file
+    _mark_in_progress(out)
     return out
+
+
+def _mark_in_progress(out: Path) -> None:
+    (out / IN_PROGRESS).write_text("an mmlake export is being written here; if no export is running, it was "
+                                   "interrupted: rerun it (the folder is cleared first)\n")
+    _fsync_dir(out)  # the marker is on disk before any export file
 
 
 def finish_out_dir(out: Path, manifest: dict) -> None:

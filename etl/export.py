@@ -47,7 +47,7 @@ from etl import schema as S
 from etl.derived import committed_versions
 from etl.images import EXTENSIONS
 from etl.lake import Lake
-from etl.recipe import (REMOVAL_REASONS, CompiledRecipe, Recipe, check_dedup_tables, compile_recipe, lake_columns,
+from etl.recipe import (REMOVAL_REASONS, CompiledRecipe, Recipe, check_derived_inputs, compile_recipe, lake_columns,
                         load_recipe)
 from etl.runlog import recorded_run
 from etl.sqlrun import connect, lake_tables, set_variables, sql_literal
@@ -106,7 +106,7 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
         con.execute(f"set temp_directory = {sql_literal(tmp)}")
         con.execute(f"set memory_limit = {sql_literal(opts.memory_limit)}")
         compiled = compile_recipe(recipe, lake_columns(con))  # a bad recipe fails before DIR is touched
-        dedup_inputs = check_dedup_tables(con, recipe, lake, pins)
+        dedup_inputs = check_derived_inputs(con, recipe, lake, pins)
         set_variables(con, compiled.variables())
         stage_selection(con, compiled, opts)
         counts = decision_counts(con)
@@ -138,6 +138,8 @@ def decision_inputs(pins: dict[str, int], dedup: dict) -> dict:
     out = {"checks": live, "where": live, "sampling": {S.SAMPLES: pins.get(S.SAMPLES)}}
     if "dedup_exact" in dedup:
         out["dedup_exact"] = {**dedup["dedup_exact"], "versions": live}
+    if "where" in dedup:  # a `where` on max_cluster_size
+        out["where"] = {**live, S.IMAGE_CLUSTERS: dedup["where"]["version"]}
     if "near_dup" in dedup:
         out["near_dup"] = {**dedup["near_dup"], "versions": {**live, S.IMAGE_CLUSTERS: dedup["near_dup"]["version"]}}
     return out

@@ -23,7 +23,6 @@ depends on another source being in the recipe (dedup comes after the picks).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -276,7 +275,7 @@ sample_tags as (
     -- a sample's tags: the union of its images' RAM++ tags (NULL while any image is untagged)
     select r.sample_id,
            case when bool_and(i.tags is not null) then list_sort(list_distinct(flatten(list(i.tags)))) end as tags
-    from (select sample_id, unnest(image_ids) as image_id from samples) r
+    from sample_image_positions r
     left join images i using (image_id)
     group by r.sample_id
 )"""
@@ -419,11 +418,20 @@ def dedup_ctes(recipe: Recipe, tables: Mapping[str, Sequence[str]], kept: str) -
     return ctes
 
 
-def check_dedup_tables(con, recipe: Recipe, lake, pins: Mapping[str, int] | None = None) -> dict:
-    """What the recipe's dedup decisions read ({decision: {...}}, for the manifest). `dedup: exact`
-    computes its keys from the lake now; `near_dup_k` needs `image_clusters` computed for that k
-    from the images as they are now — otherwise a RecipeError names the `dedup --near` to run."""
+def check_derived_inputs(con, recipe: Recipe, lake, pins: Mapping[str, int] | None = None) -> dict:
+    """The derived tables the recipe's decisions read ({decision: {...}}, for the manifest), checked
+    fresh. `dedup: exact` computes its keys from the lake now (no table); `near_dup_k` and a `where`
+    on max_cluster_size need `image_clusters` computed (for that k) from the images as they are now —
+    otherwise a RecipeError names the `dedup --near` to run."""
     used: dict[str, dict] = {}
+    if any(_mentions(s.where, ("max_cluster_size",)) for s in recipe.sources):
+        version = (pins or committed_versions(lake)).get(S.IMAGE_CLUSTERS)
+        info = table_info(lake, S.IMAGE_CLUSTERS, version)
+        try:
+            check_fresh(con, info, S.IMAGE_CLUSTERS, f"python -m etl dedup --near {info['params'].get('near_k')}")
+        except StaleDerivedTable as exc:
+            raise RecipeError(str(exc)) from exc
+        used["where"] = {"table": S.IMAGE_CLUSTERS, **info}
     if any(s.dedup == "exact" for s in recipe.sources):
         used["dedup_exact"] = {"decided": "within the recipe", "keys": "sql/dedup_keys.sql, computed at export"}
     wanted = sorted({s.near_dup_k for s in recipe.sources if s.near_dup_k is not None})

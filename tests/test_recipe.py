@@ -312,9 +312,9 @@ def test_dedup_exact_removes_the_later_copies_with_reason_dedup_exact(deduped_la
 
 def test_near_dup_k_other_than_the_computed_one_asks_for_a_dedup_rerun(deduped_lake):
     con = connect(deduped_lake)
-    from etl.recipe import check_dedup_tables
+    from etl.recipe import check_derived_inputs
 
     ok = parse_recipe("name: m\ndefaults: {near_dup_k: 2}\nsources: [chat]")
-    assert check_dedup_tables(con, ok, deduped_lake)["near_dup"]["near_k"] == 2
+    assert check_derived_inputs(con, ok, deduped_lake)["near_dup"]["near_k"] == 2
     with pytest.raises(RecipeError, match=r"python -m etl dedup --near 3"):
-        check_dedup_tables(con, parse_recipe("name: m\ndefaults: {near_dup_k: 3}\nsources: [chat]"), deduped_lake)
+        check_derived_inputs(con, parse_recipe("name: m\ndefaults: {near_dup_k: 3}\nsources: [chat]"), deduped_lake)

@@ -7,7 +7,7 @@ import sys
 from etl.commands.summary import print_counts
 from etl.export import FORMATS, IMAGE_MODES, LAYOUTS, ExportOptions, export, resolve_versions
 from etl.lake import Lake
-from etl.recipe import check_dedup_tables, compile_recipe, lake_columns, load_recipe
+from etl.recipe import check_derived_inputs, compile_recipe, lake_columns, load_recipe
 from etl.sqlrun import connect
 
 HELP = "Export a mixture recipe as training files: LLaVA JSON (or messages), images/, data yaml, manifest."
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         pins = resolve_versions(lake, args.version)
         con = connect(lake, version=pins)
         compiled = compile_recipe(recipe, lake_columns(con))
-        check_dedup_tables(con, recipe, lake, pins)
+        check_derived_inputs(con, recipe, lake, pins)
         print(compiled.script())
         return 0
     if not args.out:

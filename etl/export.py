@@ -383,6 +383,11 @@ def recipe_warnings(con: duckdb.DuckDBPyConnection, recipe: Recipe, counts: dict
             if not con.execute(f'select count("{col}") from samples where source = ?', [spec.source]).fetchall()[0][0]:
                 warnings.append(f"{spec.source}: `where: {spec.where}` reads `{col}`, which is NULL for every sample "
                                 f"of the source (not computed yet? e.g. `python -m etl enrich {col}`)")
+        if spec.where and re.search(r"\btags\b", spec.where) and not con.execute(
+                "select count(*) from sample_image_positions p join images i using (image_id) "
+                "where p.source = ? and i.tags is not null", [spec.source]).fetchall()[0][0]:
+            warnings.append(f"{spec.source}: `where: {spec.where}` reads `tags`, which no image of the source has "
+                            "yet (not computed yet? `python -m etl enrich tags`)")
         reached = c.get("considered", 0) - removed.get("checks", 0)
         if spec.where and reached and removed.get("where", 0) == reached:
             warnings.append(f"{spec.source}: `where: {spec.where}` removes all {reached:,} samples that reach it")

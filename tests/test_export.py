@@ -295,6 +295,9 @@ def test_a_where_on_loss_before_enrich_loss_warns_that_loss_is_not_computed_and_
     assert result.manifest["warnings"] == result.warnings
     with pytest.raises(ExportError, match="--strict: .*loss"):
         export(crafted_lake, recipe, ExportOptions(out=str(tmp_path / "strict"), images="none", strict=True))
+    tags = write_recipe(tmp_path / "t.yaml", 'name: ocr\nsources: [{source: ocr, where: "not list_contains(tags, \'text\')"}]\n')
+    warned = export(crafted_lake, tags, ExportOptions(out=str(tmp_path / "t"), images="none")).warnings
+    assert any("reads `tags`, which no image of the source has yet" in w and "enrich tags" in w for w in warned)
     quiet = write_recipe(tmp_path / "q.yaml", 'name: ocr\nsources: [{source: ocr, where: "n_images = 1"}]\n')
     assert export(crafted_lake, quiet, ExportOptions(out=str(tmp_path / "q"), images="none")).warnings == []
 

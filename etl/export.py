@@ -415,7 +415,7 @@ def _nested(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, dict[str, int
 # A record is assembled as text from JSON pieces: '{"id":' to_json(id) [',"image":' to_json(path)]
 # ',"conversations":' body '}' is byte for byte what to_json of the struct writes, and the body (the
 # JSON of the fixed turns) is computed once per sample, in the pass over the samples that decides it.
-# The fixes (sql/checks.sql reports them, sql/fixes.sql repairs them) are its macro, expanded inline.
+# The fixes (sql/checked_samples.sql reports them, sql/fixes.sql repairs them) are its macro, expanded inline.
 FIXED_CONVERSATIONS = "fixed_conversations(conversations, fixes, n_images, n_image_tags)"
 SYSTEM_SQL = "case when json_type(meta, '$.system') = 'VARCHAR' then json_extract_string(meta, '$.system') end"
 MESSAGES_SQL = f"""list_concat(

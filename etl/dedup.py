@@ -130,8 +130,7 @@ def _write(lake: Lake, name: str, rel, stamped: dict[str, str], **constants: Any
                 [columns[f.name].cast(f.type) if f.name in columns else pa.nulls(batch.num_rows, f.type)
                  for f in schema], schema=schema)
 
-    reader = pa.RecordBatchReader.from_batches(schema, conformed())
-    return lance.write_dataset(reader, lake.uri(name), schema=schema, mode="overwrite", data_storage_version="2.2")
+    return lake.overwrite(name, pa.RecordBatchReader.from_batches(schema, conformed()), schema)
 
 
 def print_report(report: DedupReport, opts: DedupOptions) -> None:

@@ -459,7 +459,7 @@ def two_source_lake(tmp_path) -> Lake:
             {"id": 3, "conversations": [{"from": "human", "value": f"Text {source}?"}, {"from": "gpt", "value": "Yes."}]},
         ]
         (folder / "data.json").write_text(json.dumps(records))
-        ingest(lake, [str(folder / "data.json")], IngestOptions(source=source, image_roots=[str(folder)], progress=False))
+        ingest(lake, [str(folder / "*.json")], IngestOptions(source=source, image_roots=[str(folder)], progress=False))
     return lake
 
 

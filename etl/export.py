@@ -45,6 +45,7 @@ import yaml
 
 from etl import schema as S
 from etl.images import EXTENSIONS
+from etl.exporters import EXPORTERS, exporter
 from etl.lake import Lake
 from etl.recipe import (REMOVAL_REASONS, CompiledRecipe, Recipe, check_dedup_tables, compile_recipe, lake_columns,
                         load_recipe, sql_literal)
@@ -53,7 +54,7 @@ from etl.sqlrun import connect, lake_tables, set_variables
 
 IMAGE_MODES = ("copy", "hardlink", "symlink", "none")
 LAYOUTS = ("hashed", "original")
-FORMATS = ("llava", "messages")
+FORMATS = ("llava", "messages", *EXPORTERS)  # the EXPORTERS embed the images in their files
 MANIFEST = "manifest.json"
 IMAGES_DIR = "images"
 IMAGES_SUMS = "images.sha256"
@@ -79,6 +80,7 @@ class ExportOptions:
     batch_rows: int = 50_000
     image_batch: int = 1000
     memory_limit: str = "2GB"  # DuckDB spills sorts/joins to a temp dir beyond this
+    shard_size: int = 512 << 20  # webdataset / hf-parquet: bytes per shard (about)
 
 
 @dataclass
@@ -108,11 +110,14 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
         counts = decision_counts(con)
         check_sources_exist(con, recipe, counts)
         out = prepare_out_dir(Path(opts.out), opts.force)
-        files = write_json_files(con, out, recipe, opts)
-        files.update(write_loader_config(out, recipe, opts, files))
-        counts["images"] = write_images(lake, con, out, opts, pins)
-        if opts.images != "none":
-            files[IMAGES_SUMS] = file_entry(out / IMAGES_SUMS)
+        if opts.format in EXPORTERS:
+            files, counts["images"] = exporter(opts.format).write(lake, con, out, recipe, opts, pins)
+        else:
+            files = write_json_files(con, out, recipe, opts)
+            files.update(write_loader_config(out, recipe, opts, files))
+            counts["images"] = write_images(lake, con, out, opts, pins)
+            if opts.images != "none":
+                files[IMAGES_SUMS] = file_entry(out / IMAGES_SUMS)
         manifest = build_manifest(lake, recipe, opts, pins, counts, files)
         manifest["dedup"] = dedup_runs
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
@@ -127,6 +132,8 @@ def validate_options(opts: ExportOptions) -> None:
                                  ("format", opts.format, FORMATS)):
         if value not in allowed:
             raise ExportError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if opts.format in EXPORTERS:
+        exporter(opts.format).validate(opts)
 
 
 def prepare_out_dir(out: Path, force: bool) -> Path:
@@ -346,6 +353,7 @@ BODY_SQL = {  # the JSON text of a selected sample's turns (`null` for a NULL li
     "llava": f"coalesce(to_json({FIXED_CONVERSATIONS})::varchar, 'null')",
     "messages": f"coalesce(to_json({MESSAGES_SQL})::varchar, 'null')",
 }
+BODY_SQL.update(dict.fromkeys(EXPORTERS, BODY_SQL["llava"]))  # formats with embedded images carry LLaVA turns
 RECORD_END = b",\n"  # after every record from records_sql; JsonArrayFile drops a file's last one
 RECORD_SQL = {
     # three shapes so that text-only records carry no `image` key at all
@@ -638,7 +646,8 @@ def build_manifest(lake: Lake, recipe: Recipe, opts: ExportOptions, pins: dict[s
         "lake": {"root": lake.root, "versions": pins},
         "recipe": {**recipe.as_dict(), "sha256": recipe.sha256, "text": recipe.text},
         "options": {"format": opts.format, "images": opts.images, "layout": opts.layout,
-                    "split_by_source": opts.split_by_source},
+                    "split_by_source": opts.split_by_source,
+                    **({"shard_size": opts.shard_size} if opts.format in EXPORTERS else {})},
         "image_folder": IMAGES_DIR,
         "counts": counts,
         "files": dict(sorted(files.items())),

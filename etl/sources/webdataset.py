@@ -13,7 +13,9 @@ Each group becomes one record, its row being the group's index in the shard:
 - image(s) only → the images are stored, no sample (image-only shards);
 - caption only → a text-only sample: the prompt without its `<image>` tag (if anything is left),
   then the caption;
-- neither → an error row listing the members.
+- neither → an error row listing the members;
+- a `.json` holding a LLaVA record (`conversations`, as `export --format webdataset` writes) → that
+  record's turns, its `id` as `orig_id` and its other keys as `meta`, with the group's image(s).
 
 Other members (`.cls`, `.json`, ...) are kept in `meta` under their extension; `orig_id` is the key.
 A truncated or corrupt shard yields the groups read so far, then one `corrupt_shard` error.
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etl.sources import register
-from etl.sources.base import ImageRef, SourceReader, SourceRecord, raw_json
+from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
+from etl.sources.llava import conversations_and_meta
 
 DEFAULT_PROMPT = "<image>"
 IMAGE_TAG = "<image>"
@@ -145,7 +148,9 @@ def group_record(group: Group, name: str, row: int, prompt: str) -> SourceRecord
     record.images = [ImageRef(data=group.members[ext]) for ext in images]
     try:
         caption, record.meta = caption_and_meta(group, set(images))
-    except (UnicodeDecodeError, ValueError) as exc:
+        if is_llava_record(record.meta.get("json")):
+            return llava_group_record(record, record.meta.pop("json"))
+    except (UnicodeDecodeError, ValueError) as exc:  # MalformedRecord is a ValueError
         record.error = ("malformed_record", f"key {group.key}: {exc}")
         return record
     if caption is not None:
@@ -154,6 +159,19 @@ def group_record(group: Group, name: str, row: int, prompt: str) -> SourceRecord
         record.images_only = True
     else:
         record.error = ("no_image_or_caption", f"key {group.key}: no image and no caption among {group.names}")
+    return record
+
+
+def is_llava_record(value: Any) -> bool:
+    return isinstance(value, dict) and "conversations" in value
+
+
+def llava_group_record(record: SourceRecord, item: dict) -> SourceRecord:
+    """A group whose `.json` is a LLaVA record: its turns, id and keys; other members join its meta."""
+    others = record.meta
+    record.conversations, record.meta = conversations_and_meta(item)
+    record.meta.update({ext: value for ext, value in others.items() if ext not in record.meta})
+    record.orig_id = as_text_id(item["id"]) if item.get("id") is not None else record.orig_id
     return record
 
 

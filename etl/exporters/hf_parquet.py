@@ -25,6 +25,7 @@ import yaml
 
 from etl import schema as S
 from etl.export import ExportError, file_entry
+from etl.exporters.files import HashingFile
 from etl.exporters.records import ExportRecord, iter_selected
 from etl.lake import Lake
 from etl.recipe import Recipe
@@ -97,8 +98,9 @@ class ParquetShards:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
         self.writer: pq.ParquetWriter | None = None
+        self.file: HashingFile | None = None
         self.size = self.records = 0
-        self.done: list[tuple[Path, int]] = []  # (temporary path, records)
+        self.done: list[tuple[Path, dict]] = []  # (temporary path, its sha256, bytes and records)
 
     def add(self, row: dict) -> None:
         self.rows.append(row)
@@ -113,8 +115,9 @@ class ParquetShards:
         if not self.rows:
             return
         if self.writer is None:
-            path = self.folder / f".shard-{len(self.done):05d}.parquet.tmp"
-            self.writer = pq.ParquetWriter(path, SCHEMA.with_metadata(SCHEMA_METADATA), compression="zstd")
+            self.file = HashingFile(self.folder / f".shard-{len(self.done):05d}.parquet.tmp")
+            # snappy, as `datasets` writes: it gives up quickly on JPEG/PNG bytes, which do not compress
+            self.writer = pq.ParquetWriter(self.file, SCHEMA.with_metadata(SCHEMA_METADATA), compression="snappy")
         self.writer.write_table(pa.Table.from_pylist(self.rows, schema=SCHEMA), row_group_size=ROW_GROUP_ROWS)
         self.records += len(self.rows)
         self.rows = []
@@ -123,8 +126,8 @@ class ParquetShards:
         self.flush()
         if self.writer is not None:
             self.writer.close()
-            self.done.append((Path(self.writer.where), self.records))
-        self.writer, self.size, self.records = None, 0, 0
+            self.done.append((self.file.path, {**self.file.close(), "records": self.records}))
+        self.writer, self.file, self.size, self.records = None, None, 0, 0
 
     def close(self) -> dict[str, dict]:
         """Finish the last shard (an empty selection still gets one, empty), name all shards, and
@@ -133,12 +136,12 @@ class ParquetShards:
         if not self.done:
             empty = self.folder / ".shard-00000.parquet.tmp"
             pq.write_table(SCHEMA.empty_table().replace_schema_metadata(SCHEMA_METADATA), empty)
-            self.done.append((empty, 0))
+            self.done.append((empty, {**file_entry(empty), "records": 0}))
         entries = {}
-        for number, (tmp, records) in enumerate(self.done):
+        for number, (tmp, entry) in enumerate(self.done):
             name = f"train-{number:05d}-of-{len(self.done):05d}.parquet"
             os.replace(tmp, self.folder / name)
-            entries[name] = {**file_entry(self.folder / name), "records": records}
+            entries[name] = entry
         return entries
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
 import duckdb
 
+from etl import schema as S
 from etl.export import BODY_SQL, attach_row_ids, carries_body
 from etl.lake import Lake
 from etl.recipe import Recipe
@@ -69,13 +71,27 @@ def selected_sql(recipe: Recipe) -> str:
 
 def iter_selected(lake: Lake, con: duckdb.DuckDBPyConnection, recipe: Recipe, pins: dict[str, int],
                   batch_rows: int) -> Iterator[list[ExportRecord]]:
-    """Batches of at most `batch_rows` selected records, in output order, image bytes included."""
+    """Batches of at most `batch_rows` selected records, in output order, image bytes included.
+
+    The next batch's rows and blobs are read on a thread while the caller writes this one (both
+    wait on I/O with the GIL released), so memory holds two batches of image bytes at most."""
     attach_row_ids(lake, con, pins)
-    for batch in con.sql(selected_sql(recipe)).to_arrow_reader(batch_rows):
+    batches = iter(con.sql(selected_sql(recipe)).to_arrow_reader(batch_rows))
+
+    def read_next() -> list[ExportRecord] | None:
+        batch = next(batches, None)
+        if batch is None:
+            return None
         rows = batch.to_pylist()
         wanted = sorted({rid for row in rows for rid in (row["row_ids"] or []) if rid is not None})
-        payloads = dict(zip(wanted, lake.read_image_bytes(wanted, version=pins.get("images"))))
-        yield [export_record(row, payloads) for row in rows]
+        payloads = dict(zip(wanted, lake.read_image_bytes(wanted, version=pins.get(S.IMAGES))))
+        return [export_record(row, payloads) for row in rows]
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-read") as reader:
+        pending = reader.submit(read_next)
+        while (records := pending.result()) is not None:
+            pending = reader.submit(read_next)
+            yield records
 
 
 def export_record(row: dict, payloads: dict[int, bytes]) -> ExportRecord:

@@ -12,7 +12,6 @@ samples (ids, turns, meta, images).
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 import duckdb
 
 from etl.export import ExportError, file_entry
+from etl.exporters.files import HashingFile
 from etl.exporters.records import ExportRecord, iter_selected
 from etl.lake import Lake
 from etl.recipe import Recipe
@@ -112,28 +112,3 @@ def member_info(name: str, size: int) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
-
-
-class HashingFile(io.RawIOBase):
-    """A write-only file that hashes what is written (the manifest's sha256, without reading back)."""
-
-    def __init__(self, path: Path):
-        self.path, self.sha, self.nbytes = path, hashlib.sha256(), 0
-        self.handle = open(path, "wb")
-
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.nbytes
-
-    def write(self, data) -> int:
-        self.sha.update(data)
-        self.nbytes += len(data)
-        return self.handle.write(data)
-
-    def close(self) -> dict:
-        if not self.handle.closed:
-            self.handle.close()
-        super().close()
-        return {"sha256": self.sha.hexdigest(), "bytes": self.nbytes}

@@ -7,7 +7,8 @@ bytes, or `error = (kind, message)` naming the HTTP status or the reason. A down
 Error kinds: `http_<status>` (after retries for 408/425/429/5xx), `timeout` (no answer, or the whole
 body not read within `timeout`), `too_large` (Content-Length or the body over `max_bytes`, refused
 before reading what is over), `protocol_error` (a truncated body, a broken response),
-`connection_error`, `too_many_redirects`, `bad_url`, `sha256_mismatch` (an expected hash was given).
+`connection_error`, `too_many_redirects`, `bad_url`, `bad_encoding` (a Content-Encoding that does not
+decode), `sha256_mismatch` (an expected hash was given).
 Whether the bytes are an image is decided later, by ingest's header sniffing, like for any source.
 """
 from __future__ import annotations
@@ -116,10 +117,9 @@ class Downloader:
 
     def fetch(self, url: str) -> Download:
         """One URL, retried on transient failures with exponential backoff (or the server's Retry-After)."""
-        host = urlsplit(url).hostname or ""
         for attempt in range(self.opts.retries + 1):
-            self.pacer.wait(host)
             try:
+                self.pacer.wait(host_of(url))
                 return Download(url, data=self.attempt(url), attempts=attempt + 1)
             except Failure as failure:
                 if not failure.retry or attempt == self.opts.retries:
@@ -130,7 +130,7 @@ class Downloader:
 
     def attempt(self, url: str) -> bytes:
         """The body of one GET, or a Failure; the body is streamed so limits apply while reading."""
-        if urlsplit(url).scheme not in ("http", "https"):
+        if urlsplit(url).scheme not in ("http", "https"):  # host_of has parsed it: no ValueError here
             raise Failure("bad_url", "not an http(s) URL")
         deadline = time.monotonic() + self.opts.timeout
         try:
@@ -148,6 +148,18 @@ class Downloader:
             raise Failure("protocol_error", str(exc), retry=True)
         except httpx.TransportError as exc:
             raise Failure("connection_error", f"{type(exc).__name__}: {exc}", retry=True)
+        except httpx.DecodingError as exc:
+            raise Failure("bad_encoding", f"the body does not decode as its Content-Encoding says: {exc}")
+        except httpx.HTTPError as exc:  # any other failure of the client: recorded, never raised
+            raise Failure("http_error", f"{type(exc).__name__}: {exc}")
+
+
+def host_of(url: str) -> str:
+    """The URL's host (what per-host pacing keys on); a URL that does not parse is a `bad_url`."""
+    try:
+        return urlsplit(url).hostname or ""
+    except ValueError as exc:
+        raise Failure("bad_url", f"unparsable URL: {exc}") from None
 
 
 def check_status(response: httpx.Response) -> None:

@@ -62,7 +62,8 @@ class ImageServer:
     `/missing` 404 · `/flaky/<path>` 500 on the first request, then `<path>` · `/slow/<path>` waits
     `slow_seconds` before answering · `/redirect/<path>` 302 to `<path>` · `/html` an HTML page sent
     as image/jpeg · `/truncated` announces 1000 bytes, sends 100, hangs up · `/huge` announces 10^12
-    bytes · any path with `?delay=S` waits S seconds first. `hits` counts requests per path.
+    bytes · `/endless` 4 MB chunked, no length · `/badgzip` a body that is not the gzip it claims ·
+    any path with `?delay=S` waits S seconds first. `hits` counts requests per path.
     """
 
     def __init__(self, files: dict[str, bytes], slow_seconds: float = 5.0):
@@ -128,6 +129,19 @@ class ImageServer:
                     return
                 if path == "/html":
                     return self.send(200, b"<html><body>Not Found (really)</body></html>", "image/jpeg")
+                if path == "/badgzip":
+                    self.send_response(200)
+                    self.send_header("Content-Encoding", "gzip")
+                    return self.send(200, b"this is not gzip", "image/jpeg", status_sent=True)
+                if path == "/endless":  # chunked, no Content-Length: only the byte limit stops it
+                    self.send_response(200)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    chunk = b"\xff" * 65536
+                    for _ in range(64):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.write(b"0\r\n\r\n")
+                    return
                 if path in ("/truncated", "/huge"):
                     self.send_response(200)
                     self.send_header("Content-Type", "image/jpeg")
@@ -141,8 +155,9 @@ class ImageServer:
                     return self.send(200, server.files[name], "image/jpeg")
                 return self.send(404, b"not found", "text/plain")
 
-            def send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
+            def send(self, status: int, body: bytes, content_type: str, status_sent: bool = False) -> None:
+                if not status_sent:
+                    self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -42,7 +42,7 @@ def test_every_kind_of_answer_ends_as_a_sample_or_an_errors_row(tmp_path, lake):
         rows = [("ok", srv.url("a.jpg")), ("not_found", srv.url("missing")), ("flaky", srv.url("flaky/b.jpg")),
                 ("slow", srv.url("slow/a.jpg")), ("redirect", srv.url("redirect/c.jpg")), ("html", srv.url("html")),
                 ("truncated", srv.url("truncated")), ("huge", srv.url("huge")), ("again", srv.url("a.jpg")),
-                ("ftp", "ftp://127.0.0.1/a.jpg")]
+                ("ftp", "ftp://127.0.0.1/a.jpg"), ("endless", srv.url("endless")), ("gzip", srv.url("badgzip"))]
         path = write_jsonl(tmp_path / "list.jsonl", [{"key": k, "url": u, "caption": f"a {k} photo"} for k, u in rows])
         counts = ingest_urls(lake, path)
         assert srv.count("/flaky/b.jpg") == 2  # the 500 was retried
@@ -55,7 +55,7 @@ def test_every_kind_of_answer_ends_as_a_sample_or_an_errors_row(tmp_path, lake):
     errors = {e["orig_id"]: e for e in errors_of(lake, "web")}
     assert {k: e["kind"] for k, e in errors.items()} == {
         "not_found": "http_404", "slow": "timeout", "html": "not_an_image", "truncated": "protocol_error",
-        "huge": "too_large", "ftp": "bad_url"}
+        "huge": "too_large", "ftp": "bad_url", "endless": "too_large", "gzip": "bad_encoding"}
     assert "HTTP 404 Not Found" in errors["not_found"]["message"] and srv.url("missing") in errors["not_found"]["message"]
     assert "received 100 bytes, expected 1000" in errors["truncated"]["message"]
     assert json.loads(errors["html"]["raw"])["url"] == srv.url("html")

@@ -148,3 +148,15 @@ def test_cli_prompt_flag_reaches_the_webdataset_reader(tmp_path):
     [sample] = samples_of(lake, "cli")
     assert sample["conversations"] == [{"from": "human", "value": "<image>\nDescribe the image."},
                                        {"from": "gpt", "value": "one"}]
+
+
+def test_a_json_member_holding_a_llava_record_gives_its_turns_id_and_keys(tmp_path):
+    record = {"id": "0007", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                              {"from": "gpt", "value": "A square."}], "source": "web"}
+    shard = write_tar(tmp_path / "llava.tar", [("k1.jpg", png(3)), ("k1.json", json.dumps(record).encode()),
+                                               ("k1.txt", b"a caption too")])
+    lake = Lake.open(str(tmp_path / "lake"))
+    ingest(lake, [str(shard)], IngestOptions(source="wds", format="webdataset", progress=False))
+    (sample,) = lake.dataset(S.SAMPLES).to_table(columns=["orig_id", "conversations", "meta", "image_ids"]).to_pylist()
+    assert sample["orig_id"] == "0007" and sample["conversations"] == record["conversations"]
+    assert json.loads(sample["meta"]) == {"source": "web", "txt": "a caption too"} and len(sample["image_ids"]) == 1

@@ -149,7 +149,7 @@ def group_record(group: Group, name: str, row: int, prompt: str) -> SourceRecord
     try:
         caption, record.meta = caption_and_meta(group, set(images))
         if is_llava_record(record.meta.get("json")):
-            return llava_group_record(record, record.meta.pop("json"))
+            return llava_group_record(record, group, set(images))
     except (UnicodeDecodeError, ValueError) as exc:  # MalformedRecord is a ValueError
         record.error = ("malformed_record", f"key {group.key}: {exc}")
         return record
@@ -166,11 +166,13 @@ def is_llava_record(value: Any) -> bool:
     return isinstance(value, dict) and "conversations" in value
 
 
-def llava_group_record(record: SourceRecord, item: dict) -> SourceRecord:
-    """A group whose `.json` is a LLaVA record: its turns, id and keys; other members join its meta."""
-    others = record.meta
+def llava_group_record(record: SourceRecord, group: Group, image_extensions: set[str]) -> SourceRecord:
+    """A group whose `.json` is a LLaVA record: its turns, id and keys; other members (a `.txt`
+    too: the record's turns are the dialogue) join its meta under their extension."""
+    item = record.meta["json"]
     record.conversations, record.meta = conversations_and_meta(item)
-    record.meta.update({ext: value for ext, value in others.items() if ext not in record.meta})
+    record.meta.update({ext: member_value(ext, data) for ext, data in group.members.items()
+                        if ext not in image_extensions and ext != "json" and ext not in record.meta})
     record.orig_id = as_text_id(item["id"]) if item.get("id") is not None else record.orig_id
     return record
 

@@ -113,6 +113,16 @@ def without_manifest(files: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in files.items() if k != "manifest.json"}
 
 
+def test_a_sampling_recipe_with_repeats_writes_each_repeat_under_its_own_key(lake, tmp_path):
+    recipe = tmp_path / "sampled.yaml"
+    recipe.write_text("name: sampled\nseed: 2\nsources:\n  - {source: fastchat, sampling: 'random:10%', repeat: 2}\n")
+    out = tmp_path / "wds"
+    result = export(lake, str(recipe), ExportOptions(out=str(out), format="webdataset"))
+    with tarfile.open(next((out / "shards").glob("*.tar"))) as tar:
+        ids = [json.loads(tar.extractfile(m).read())["id"] for m in tar if m.name.endswith(".json")]
+    assert len(ids) == result.manifest["counts"]["samples"] == 100 and len(set(ids)) == 50
+
+
 # -- HF parquet --------------------------------------------------------------------------------------------
 def test_hf_parquet_export_loads_with_datasets_as_images(lake, recipe, tmp_path):
     datasets = pytest.importorskip("datasets")

@@ -35,8 +35,8 @@ def in_private_network(test):
     def wrapper(*args, **kwargs):
         if os.environ.get(INSIDE) == "1":
             return test(*args, **kwargs)
-        if shutil.which("unshare") is None or os.geteuid() != 0:
-            pytest.skip("needs root and unshare(1) to run the download server in a private network namespace")
+        if shutil.which("unshare") is None or shutil.which("ip") is None or os.geteuid() != 0:
+            pytest.skip("needs root, unshare(1) and ip(8) to run the server in a private network namespace")
         node = os.environ["PYTEST_CURRENT_TEST"].rsplit(" ", 1)[0]
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()} | {INSIDE: "1"}
         inner = f"ip link set lo up && exec {sys.executable} -m pytest -q -x -p no:cacheprovider '{node}'"

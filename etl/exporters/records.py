@@ -2,7 +2,9 @@
 
 Reads what `etl.export.stage_selection` staged (`decisions`, `image_files`): the same samples, ids,
 repeats, order and turn fixes as the LLaVA JSON export. Records come in batches; each batch's image
-bytes are read with one batched blob read, so memory holds one batch of images at a time.
+bytes are read with one batched blob read (the next batch's while this one is written), so memory
+holds two batches of images at most. A sample's image absent from the lake (possible only with
+`checks: off`) is left out of the record and counted in `missing_images`.
 """
 from __future__ import annotations
 

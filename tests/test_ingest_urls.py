@@ -201,3 +201,10 @@ def test_cli_ingest_format_urls_reports_counts_and_keeps_going(tmp_path, lake):
                        "--timeout", "2", "--no-progress", lake=lake)
     assert "samples_added" in proc.stdout and "http_404" in proc.stdout
     assert [e["kind"] for e in errors_of(lake, "cli")] == ["http_404"]
+
+
+def test_cli_start_up_does_not_load_the_http_client():
+    """httpx costs about half a second to import: only `ingest --format urls` pays it, when it reads a list."""
+    probe = "import sys; from etl.cli import build_parser; build_parser(); print('httpx' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    assert proc.stdout.strip() == "False"

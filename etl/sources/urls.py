@@ -29,11 +29,10 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from etl.download import Download, DownloadOptions, Downloader
 from etl.sources import register
 from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
 from etl.sources.hf_parquet import iter_row_batches
@@ -41,6 +40,9 @@ from etl.sources.jsonfiles import JsonLineError, iter_json_records
 from etl.sources.llava import MalformedRecord, llava_turns
 from etl.sources.messages import MalformedMessages, messages_to_turns
 from etl.sources.webdataset import caption_turns, prompt_option
+
+if TYPE_CHECKING:  # etl.download imports httpx (0.5 s): only when a list is read, not at CLI start-up
+    from etl.download import Download, DownloadOptions, Downloader
 
 URL_KEYS = ("url", "image_url", "img_url", "imageurl", "image", "images", "image_urls")
 CAPTION_KEYS = ("caption", "txt", "text")
@@ -71,10 +73,14 @@ class UrlListReader(SourceReader):
         return False
 
     def download_options(self) -> DownloadOptions:
+        from etl.download import DownloadOptions
+
         names = {f.name for f in fields(DownloadOptions)}
         return DownloadOptions(**{k: v for k, v in self.options.items() if k in names and v is not None})
 
     def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
+        from etl.download import Downloader
+
         opts = self.download_options()
         window = max(1, opts.concurrency * WINDOW_PER_THREAD)
         with Downloader(opts) as downloader:

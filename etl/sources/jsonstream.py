@@ -12,8 +12,9 @@ doubled commas between records. What becomes an error row:
 - `bad_json_record` (array element) / `bad_json_line` (JSONL line): does not parse;
 - `truncated_json`: the file ends inside the record (or before the array's `]`);
 - `too_deeply_nested`: nested deeper than `MAX_DEPTH` levels (Python's own encoders recurse);
-- `record_too_large`: longer than `max_record_bytes`; skipped by a streaming scan that keeps its
-  first `RAW_LIMIT` characters, so memory stays bounded whatever the file holds.
+- `record_too_large`: longer than `max_record_bytes` (in an array: characters of text, which is
+  bytes for `json.dump`'s ASCII output); skipped by a streaming scan that keeps its first
+  `RAW_LIMIT` characters, so memory stays bounded whatever the file holds.
 
 Record numbers (the `row` of each item) depend only on the file's bytes and `max_record_bytes`, so
 a resumed read (`start_row`) continues exactly where a previous one stopped.
@@ -41,7 +42,7 @@ SURROGATE_ESCAPE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (s
 PAIRLESS_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a surrogate escape: fine in a pair only
 STRUCTURE = re.compile(r'["{}\[\],]')
 STRING_STOP = re.compile(r'["\\\n]')  # a raw newline ends a string while resynchronising
-TRAILING_COMMA = re.compile(r'("(?:[^"\\]|\\.)*")|,(\s*[\]}])', re.S)
+TRAILING_COMMA = re.compile(r'("[^"\\]*(?:\\.[^"\\]*)*")|,(\s*[\]}])', re.S)
 DECODER = json.JSONDecoder(strict=False)  # control characters in strings are kept as written
 
 
@@ -65,14 +66,14 @@ class TextWindow:
 
     def __init__(self, f: BinaryIO, chunk: int = CHUNK):
         self.f, self.chunk = f, chunk
-        self.decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
         self.text, self.pos = "", 0
         self.base_byte, self.base_line = 0, 1  # of text[0]
+        self.nbytes, self.undecoded = 0, b""  # bytes of `text`; bytes read but not decoded yet
         self.eof = self.dirty = False
         self.pinned: int | None = None  # text from here on is kept (see `drop`)
         self.more()
         if self.text.startswith(BOM):
-            self.text, self.base_byte = self.text[1:], 3
+            self.text, self.base_byte, self.nbytes = self.text[1:], 3, self.nbytes - 3
 
     def more(self, at_least: int = 0) -> bool:
         """Drop the text before `pos`, append at least a chunk (or `at_least` bytes); False at EOF."""
@@ -82,12 +83,13 @@ class TextWindow:
         new = ""
         while not new and not self.eof:  # (a chunk may end inside a character: read on)
             data = self.f.read(max(self.chunk, at_least))
-            new, self.eof = self.decoder.decode(data, final=not data), not data
-        if not new.isascii():
+            self.eof, data = not data, self.undecoded + data
             try:
-                new.encode("utf-8")
-            except UnicodeEncodeError:
+                new, used = codecs.utf_8_decode(data, "strict", self.eof)
+            except UnicodeDecodeError:
+                new, used = codecs.utf_8_decode(data, "surrogateescape", self.eof)
                 self.dirty = True
+            self.undecoded, self.nbytes = data[used:], self.nbytes + used
         self.text = self.text + new if self.text else new
         return bool(new)
 
@@ -98,8 +100,10 @@ class TextWindow:
         cut = self.pos if self.pinned is None else self.pinned
         if not cut:
             return
-        self.base_byte, self.base_line = self.byte_at(cut), self.line_at(cut)
-        self.text, self.pos = self.text[cut:], self.pos - cut
+        rest = self.text[cut:]  # (usually the start of one record: cheap to measure)
+        rest_bytes = len(rest) if rest.isascii() else len(rest.encode("utf-8", "surrogateescape"))
+        self.base_byte, self.base_line = self.base_byte + self.nbytes - rest_bytes, self.line_at(cut)
+        self.text, self.pos, self.nbytes = rest, self.pos - cut, rest_bytes
         self.pinned = None if self.pinned is None else 0
         if self.dirty and not SURROGATE_ESCAPE.search(self.text):
             self.dirty = False

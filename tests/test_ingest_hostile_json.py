@@ -18,7 +18,7 @@ from etl.sources.jsonfiles import iter_json_records
 from etl.sources.jsonstream import BadStretch
 from etl.sqlrun import connect
 
-from conftest import REPO, errors_of, samples_of
+from conftest import REPO, errors_of, run_cli, samples_of
 
 
 def turn(text: str) -> list[dict]:
@@ -71,6 +71,18 @@ def test_invalid_utf8_on_a_jsonl_line_is_one_error_row_naming_the_line(lake, tmp
     [e] = errors
     assert (e["row"], e["kind"]) == (bad_line, "invalid_utf8")
     assert e["message"].startswith(f"line {bad_line + 1} (byte ")
+
+
+def test_the_cli_ingests_a_jsonl_with_a_bad_line_and_names_it_without_a_traceback(lake, tmp_path):
+    path, data = tmp_path / "chat.jsonl", lines(good(0), b'{"id": "bad", "value": "\xff"}', good(2))
+    path.write_bytes(data)
+    proc = run_cli("ingest", str(path), "--source", "chat", "--no-progress", lake=lake)
+    assert "Traceback" not in proc.stderr
+    assert ids(samples_of(lake, "chat")) == ["g0", "g2"]
+    [e] = errors_of(lake, "chat")
+    line_at, byte_at = len(good(0)) + 1, data.index(bytes([0xFF]))
+    assert (e["row"], e["kind"]) == (1, "invalid_utf8")
+    assert e["message"] == f"line 2 (byte {line_at}): byte {byte_at} (0xff) is not UTF-8"
 
 
 def test_nan_and_infinity_are_ingested_and_meta_stays_strict_json(lake, tmp_path):
@@ -149,7 +161,7 @@ def test_a_trailing_comma_as_in_llavas_own_docs_still_ingests_the_record(lake, t
     [e] = errors  # the `...` placeholder
     assert (e["row"], e["kind"], e["raw"]) == (1, "bad_json_record", "...")
     assert "line 15" in e["message"]
-    samples, errors = ingest_bytes(lake, tmp_path, "tc.json", array(good(0), good(1)) [:-1] + b",]")
+    samples, errors = ingest_bytes(lake, tmp_path, "tc.json", array(good(0), good(1))[:-1] + b",]")
     assert ids(samples) == ["g0", "g1"] and errors == []
 
 

@@ -238,7 +238,8 @@ class RecordSplitter:
             value, end = DECODER.raw_decode(text, s)
         except (ValueError, RecursionError):
             return NOTHING
-        if end == len(text) or end - s > self.max_record_bytes or win.dirty or PAIRLESS_ESCAPE.search(text, s, end) \
+        if end == len(text) or end - s > self.max_record_bytes or win.dirty \
+                or (text.find("\\u", s, end) >= 0 and PAIRLESS_ESCAPE.search(text, s, end)) \
                 or text.count("{", s, end) + text.count("[", s, end) > MAX_DEPTH:
             return NOTHING
         self.start, win.pos = s, end

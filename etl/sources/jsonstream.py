@@ -159,7 +159,7 @@ class RecordSplitter:
         # `, ` + `{"id": `, or `,\n  ` + `{\n    "id": ` pretty-printed; where a record starts, to
         # resynchronise after a bad one
         self.boundary: tuple[str, str] | None = None
-        self.start = 0  # where the last value parsed starts in the window
+        self.start = -1  # where the value just parsed starts in the window (-1: it was not parsed whole)
 
 
     # -- layouts ------------------------------------------------------------------------------------
@@ -191,7 +191,8 @@ class RecordSplitter:
                 if isinstance(item, BadStretch) and item.kind == "truncated_json":
                     yield from [(row, item)] if row >= start_row else []
                     return
-            if row == 0 and not isinstance(item, BadStretch) and (m := FIRST_KEY.match(win.text, self.start, win.pos)):
+            if row == 0 and self.start >= 0 and not isinstance(item, BadStretch) \
+                    and (m := FIRST_KEY.match(win.text, self.start, win.pos)):
                 opening = m.group()
             if row >= start_row:
                 yield row, item
@@ -251,7 +252,7 @@ class RecordSplitter:
         The window grows until the value is complete or longer than `max_record_bytes`. Unless
         `want`, a value that parses is not checked (rows before `start_row` only need their end).
         """
-        win = self.win
+        win, self.start = self.win, -1
         while True:
             s = win.pos
             try:

@@ -208,7 +208,7 @@ class RecordSplitter:
         """
         win = self.win
         win.pos += 1
-        while (c := win.skip(SEPARATORS)) == '"':
+        while win.skip(SEPARATORS) == '"':
             key = self.next_value(want=True)
             if win.skip() != ":":
                 break

@@ -6,6 +6,7 @@ Every write is a Lance commit, so a reader (or a crash) only ever sees whole bat
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -349,5 +350,26 @@ def _describe_indices(ds: lance.LanceDataset) -> list[dict]:
 
 
 def dumps(obj) -> str:
-    """Canonical JSON: sorted keys, no whitespace, UTF-8 kept (stable across runs for hashing)."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    """Canonical strict JSON: sorted keys, no whitespace, UTF-8 kept (stable across runs for hashing).
+
+    NaN and ±Infinity, which JSON cannot hold, are written as the strings "NaN", "Infinity" and
+    "-Infinity" (the protobuf JSON mapping's spelling): DuckDB's `CAST(... AS DOUBLE)` reads them
+    back as the same floats, and every JSON parser reads the text.
+    """
+    try:
+        return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str,
+                          allow_nan=False)
+    except ValueError:  # a non-finite float somewhere (rare): spell them out, then encode
+        return json.dumps(finite_floats(obj), sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                          default=str, allow_nan=False)
+
+
+def finite_floats(obj):
+    """`obj` with each NaN/±Infinity float replaced by its name ("NaN", "Infinity", "-Infinity")."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if obj != obj else "Infinity" if obj > 0 else "-Infinity"
+    if isinstance(obj, dict):
+        return {k: finite_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_floats(v) for v in obj]
+    return obj

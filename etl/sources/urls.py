@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 from etl.sources import register
 from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
 from etl.sources.hf_parquet import iter_row_batches
-from etl.sources.jsonfiles import JsonLineError, iter_json_records
+from etl.sources.jsonfiles import iter_json_records
+from etl.sources.jsonstream import BadStretch
 from etl.sources.llava import MalformedRecord, llava_turns
 from etl.sources.messages import MalformedMessages, messages_to_turns
 from etl.sources.webdataset import caption_turns, prompt_option
@@ -95,8 +96,8 @@ class UrlListReader(SourceReader):
 
     def start(self, item: Any, name: str, row: int, fetch: "RecentFetches") -> Pending:
         """The record of one list row, its downloads started."""
-        if isinstance(item, JsonLineError):
-            return Pending(SourceRecord(name, row, raw=item.line, error=("bad_json_line", item.message)))
+        if isinstance(item, BadStretch):
+            return Pending(SourceRecord(name, row, raw=item.raw, error=(item.kind, item.message)))
         record = SourceRecord(name, row, raw=raw_json(item))
         try:
             urls, sha256 = self.fill(record, item)

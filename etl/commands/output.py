@@ -1,0 +1,101 @@
+"""A query's result as `sql`, `checks` and `stats` print it: a table, or csv/json/parquet, to stdout or a file.
+
+Results go to this process's own stdout stream, never to a reopened /dev/stdout: reopening it
+truncates a file appended to with `>>` and writes at its start (what was before is lost, NUL bytes
+appear). DuckDB writes into a named pipe that a thread copies to stdout, so output streams with
+bounded memory, is byte for byte what `--output FILE` writes, and `| head` simply stops it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import threading
+
+FORMATS = ["table", "csv", "json", "parquet"]
+COPY_OPTIONS = {"csv": "format csv, header true", "json": "format json, array true", "parquet": "format parquet"}
+
+
+def add_output_arguments(p: argparse.ArgumentParser, max_rows: int = 40) -> None:
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="table (default, for reading), csv, json (an array of objects) or parquet")
+    p.add_argument("--output", metavar="FILE", help="write the result to this file instead of stdout")
+    p.add_argument("--max-rows", type=int, default=max_rows, help=f"rows shown in table format (default: {max_rows})")
+
+
+def write_result(con, rel, args: argparse.Namespace) -> None:
+    """Write relation `rel` of connection `con` as `args.format` to `args.output` or stdout."""
+    if args.format == "table":
+        with open_text(args.output) as out, contextlib.redirect_stdout(out):
+            rel.show(max_rows=args.max_rows, max_width=250)
+    elif args.output:
+        con.execute(copy_statement(rel, args.format, args.output))
+    else:
+        if args.format == "parquet" and sys.stdout.isatty():
+            raise ValueError("parquet is binary: give --output FILE or redirect stdout to a file")
+        copy_to_stdout(con, rel, args.format)
+
+
+@contextlib.contextmanager
+def open_text(path: str | None):
+    if path is None:
+        yield sys.stdout
+    else:
+        with open(path, "w", encoding="utf-8") as f:
+            yield f
+
+
+def copy_statement(rel, fmt: str, path: str) -> str:
+    return f"copy ({rel.sql_query()}) to '{path.replace(chr(39), chr(39) * 2)}' ({COPY_OPTIONS[fmt]})"
+
+
+def copy_to_stdout(con, rel, fmt: str) -> None:
+    sys.stdout.flush()  # what was printed before comes first
+    with tempfile.TemporaryDirectory(prefix="mmlake-out-") as tmp:
+        fifo = os.path.join(tmp, "result")
+        os.mkfifo(fifo)
+        pump = PipeToStream(fifo, sys.stdout.buffer)
+        pump.start()
+        try:
+            con.execute(copy_statement(rel, fmt, fifo))
+        except BaseException:
+            pump.finish(timeout=10)
+            if pump.error is not None:  # DuckDB failed because stdout closed: that is the story
+                raise pump.error from None
+            raise
+        pump.finish()
+    if pump.error is not None:
+        raise pump.error
+    sys.stdout.buffer.flush()
+
+
+class PipeToStream(threading.Thread):
+    """Copies what is written into the named pipe `fifo` to `stream` until the writer closes it.
+
+    If the stream fails (stdout closed by `| head`), the pipe is closed too, so the writer's next
+    write fails instead of blocking; the error is kept in `error` for the caller to raise.
+    """
+
+    def __init__(self, fifo: str, stream):
+        super().__init__(name="mmlake-output", daemon=True)
+        self.fifo, self.stream, self.error = fifo, stream, None
+
+    def run(self) -> None:
+        try:
+            with open(self.fifo, "rb") as src:
+                while chunk := src.read(1 << 16):
+                    self.stream.write(chunk)
+        except OSError as exc:
+            self.error = exc
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Wait for the copy to end once the writer is done. A writer that failed (or wrote nothing)
+        may never have opened the pipe, leaving this thread waiting in `open`: opening and closing
+        the writing end here lets it see the end of the data."""
+        try:
+            os.close(os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass  # ENXIO: the thread has already closed its end
+        self.join(timeout)

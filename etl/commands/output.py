@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -27,6 +29,11 @@ def add_output_arguments(p: argparse.ArgumentParser, max_rows: int = 40) -> None
 
 def write_result(con, rel, args: argparse.Namespace) -> None:
     """Write relation `rel` of connection `con` as `args.format` to `args.output` or stdout."""
+    with interrupted_by_ctrl_c(con):
+        write_relation(con, rel, args)
+
+
+def write_relation(con, rel, args: argparse.Namespace) -> None:
     if args.format == "table":
         with open_text(args.output) as out, contextlib.redirect_stdout(out):
             rel.show(max_rows=args.max_rows, max_width=250)
@@ -99,3 +106,41 @@ class PipeToStream(threading.Thread):
         except OSError:
             pass  # ENXIO: the thread has already closed its end
         self.join(timeout)
+
+
+@contextlib.contextmanager
+def interrupted_by_ctrl_c(con):
+    """Ctrl-C stops the query running on `con`.
+
+    While DuckDB scans the lake's Lance datasets (Python objects) it does not look at Python's
+    signal flag, so Ctrl-C alone would wait for the query to end. Python's C-level handler also
+    writes the signal number to a "wakeup fd"; a thread reading it interrupts the query, and the
+    query's error becomes the KeyboardInterrupt it stands for.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set the wakeup fd (and receives signals)
+        return
+    receive, send = socket.socketpair()
+    send.setblocking(False)
+    previous = signal.set_wakeup_fd(send.fileno(), warn_on_full_buffer=False)
+    interrupted = threading.Event()
+
+    def watch() -> None:
+        while data := receive.recv(64):
+            if signal.SIGINT in data:
+                interrupted.set()
+                con.interrupt()
+
+    watcher = threading.Thread(target=watch, name="mmlake-ctrl-c", daemon=True)
+    watcher.start()
+    try:
+        yield
+    except Exception:
+        if interrupted.is_set():  # DuckDB's "query interrupted" error: the story is the Ctrl-C
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        signal.set_wakeup_fd(previous)
+        send.close()  # the watcher reads the end of the stream and stops
+        watcher.join()
+        receive.close()

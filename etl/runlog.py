@@ -13,7 +13,7 @@ from etl import schema as S
 from etl.lake import Lake, dumps, now_utc
 
 
-# What each counter of a run means, as summaries and progress bars say it (`runs.counts` keeps the keys).
+# What each counter of a run means, as job summaries say it (`runs.counts` keeps the keys).
 # A `group.member` key (errors.missing_image, removed.exact_duplicate) is shown under its group's label.
 COUNTER_LABELS = {
     # ingest
@@ -24,7 +24,7 @@ COUNTER_LABELS = {
     "images_added": "images added",
     "images_already_in_lake": "images already in the lake",
     "image_bytes_added": "image bytes added",
-    "tasks_redone_for_shared_images": "tasks redone after one sharing their images",
+    "tasks_redone_for_shared_images": "tasks redone (they shared new images with another)",
     # enrich
     "todo": "rows to compute",
     "computed": "rows computed",

@@ -167,12 +167,23 @@ def test_report_without_the_notebooks_extra_names_the_extra(fastchat_lake, tmp_p
     assert_one_error_line(proc, 2, "'matplotlib'", "mmlake[notebooks]")
 
 
+def wait_for_threads(pid: int, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = open(f"/proc/{pid}/status").read()
+        if int(status.split("Threads:")[1].split()[0]) >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} did not start {n} threads in {timeout} s")
+
+
 def test_ctrl_c_during_a_query_is_one_error_line(fastchat_lake):
     """DuckDB does not watch Python's signal flag while it scans the Lance views: the CLI interrupts it."""
     cmd = [sys.executable, "-m", "etl", "--lake", fastchat_lake.root, "sql",
            "select sum(hash(range)) from range(100000000000), (select count(*) from samples)"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    time.sleep(4)  # started and inside the query
+    wait_for_threads(proc.pid, 4)  # lance and DuckDB start theirs once the command runs
+    time.sleep(1)  # inside the query (it runs for hours)
     proc.send_signal(signal.SIGINT)
     try:
         out, err = proc.communicate(timeout=30)
@@ -255,3 +266,11 @@ def test_report_loss_window_before_enrich_loss_says_so_in_one_line(fastchat_lake
     proc = run_cli("report", "--out", str(tmp_path / "r.html"), "--loss-window", "0.5", "4", lake=fastchat_lake)
     assert proc.stderr.count("\n") == 1 and "enrich loss" in proc.stderr
     assert "not computed yet" in (tmp_path / "r.html").read_text()
+
+
+def test_an_unexpected_error_is_one_line_that_says_how_to_see_the_traceback(capsys):
+    from etl.commands.failure import ended_by
+
+    assert ended_by(TypeError("'NoneType' object is not subscriptable")) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: TypeError: ") and "--debug" in err and "MMLAKE_DEBUG=1" in err

@@ -86,7 +86,7 @@ def fastchat_lake(lake, realdata):
 def test_sql_answers_in_table_csv_json_and_parquet(fastchat_lake, tmp_path):
     q = "select source, count(*) as n from samples group by all order by 1"
     assert "fastchat" in run_cli("sql", q, lake=fastchat_lake).stdout
-    rows = list(csv.DictReader(io.StringIO(run_cli("sql", q, "--format", "csv", lake=fastchat_lake).stdout)))
+    rows = list(csv.DictReader(io.StringIO(run_cli("sql", q + " -- per source", "--format", "csv", lake=fastchat_lake).stdout)))
     assert rows == [{"source": "fastchat", "n": "500"}]
     assert json.loads(run_cli("sql", q, "--format", "json", lake=fastchat_lake).stdout) == [{"source": "fastchat", "n": 500}]
     out = tmp_path / "r.parquet"

@@ -55,7 +55,10 @@ def open_text(path: str | None):
 
 
 def copy_statement(rel, fmt: str, path: str) -> str:
-    return f"copy ({rel.sql_query()}) to '{path.replace(chr(39), chr(39) * 2)}' ({COPY_OPTIONS[fmt]})"
+    """COPY of the relation through a view: its SQL text may end in a comment or a semicolon."""
+    rel.create_view("mmlake_result", replace=True)
+    quoted = "'" + path.replace("'", "''") + "'"
+    return f"copy (select * from mmlake_result) to {quoted} ({COPY_OPTIONS[fmt]})"
 
 
 def copy_to_stdout(con, rel, fmt: str) -> None:

@@ -5,7 +5,7 @@ same conversations, within a source); with `near_k`, `sql/dedup_near.sql` cluste
 phashes differ in at most `near_k` bits and decides which samples those clusters make redundant.
 Nothing is deleted: the decisions land in `dup_exact`, `image_clusters` and `dup_near` (schemas in
 `etl.schema`, each row tagged with the run_id whose `runs` row holds the parameters), and exports or
-notebooks anti-join them. The printed summary says, per source, what would be removed.
+notebooks anti-join them. `python -m etl dedup` (etl/commands/dedup.py) prints what would be removed per source.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 
-from etl.commands.failure import DEBUG_ENV, EXIT_CODES, ended_by
+from etl.commands.failure import DEBUG_ENV, EXIT_CODES, ctrl_c_remembered, ended_by
 
 COMMANDS = ["ingest", "enrich", "dedup", "checks", "export", "sql", "shell", "stats", "report", "demo"]
 # etl.lake holds these too; it imports lance (~0.2 s), which `--help` should not pay for
@@ -85,13 +85,14 @@ def command_named(argv: Sequence[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = os.environ.get(DEBUG_ENV) == "1"
-    try:
-        args = build_parser([command_named(argv)]).parse_args(argv)
-        debug = debug or args.debug
-        code = args._run(args) or 0
-        sys.stdout.flush()  # here, not at exit: a closed pipe (`| head`) must end like the rest
-        return code
-    except BaseException as exc:
-        if debug or (isinstance(exc, SystemExit) and not isinstance(exc.code, str)):
-            raise  # argparse's own exits (usage errors, --help) have said what they had to
-        return ended_by(exc)
+    with ctrl_c_remembered() as ctrl_c:
+        try:
+            args = build_parser([command_named(argv)]).parse_args(argv)
+            debug = debug or args.debug
+            code = args._run(args) or 0
+            sys.stdout.flush()  # here, not at exit: a closed pipe (`| head`) must end like the rest
+            return code
+        except BaseException as exc:
+            if debug or (isinstance(exc, SystemExit) and not isinstance(exc.code, str)):
+                raise  # argparse's own exits (usage errors, --help) have said what they had to
+            return ended_by(exc, ctrl_c)

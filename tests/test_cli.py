@@ -189,7 +189,7 @@ def test_ctrl_c_during_a_query_is_one_error_line(fastchat_lake):
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and err == "error: interrupted\n"
+    assert proc.returncode == 130 and err == "error: interrupted\n", err
 
 
 # -- output: the real stdout, safe with >> and pipes -------------------------------------------------------

@@ -6,10 +6,13 @@ in one line; anything else is a bug, said in one line too, with the way to see i
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import signal
 import sys
+import threading
 
 DEBUG_ENV = "MMLAKE_DEBUG"
 USER_ERROR, FAILED, INTERRUPTED, PIPE_CLOSED = 2, 1, 130, 141  # 130/141: 128 + SIGINT/SIGPIPE, as a shell reports
@@ -22,12 +25,39 @@ EXTRAS = {"torch": "models", "torchvision": "models", "transformers": "models", 
           "matplotlib": "notebooks", "nbclient": "notebooks", "nbformat": "notebooks"}
 
 
-def ended_by(exc: BaseException) -> int:
+class CtrlC:
+    """Whether Ctrl-C was pressed during the command (`seen`)."""
+
+    seen = False
+
+
+@contextlib.contextmanager
+def ctrl_c_remembered():
+    """Ctrl-C raises KeyboardInterrupt as usual and is remembered: DuckDB wraps a KeyboardInterrupt
+    raised while it reads a Lance dataset in its own error ("... failed: KeyboardInterrupt")."""
+    ctrl_c = CtrlC()
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield ctrl_c  # not ours to change (a caller's handler, or SIGINT ignored)
+        return
+
+    def handler(signum, frame):
+        ctrl_c.seen = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield ctrl_c
+    finally:  # after a Ctrl-C the command is ending: a late second delivery (DuckDB passes it on) is ignored
+        signal.signal(signal.SIGINT, signal.SIG_IGN if ctrl_c.seen else signal.default_int_handler)
+
+
+def ended_by(exc: BaseException, ctrl_c: CtrlC | None = None) -> int:
     """Say why the command stopped (at most one line on stderr); return the exit code."""
     if is_closed_pipe(exc):
         silence_stdout()
         return PIPE_CLOSED
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) or (ctrl_c and ctrl_c.seen) or is_interrupted_query(exc):
         say("interrupted")
         return INTERRUPTED
     message = user_error(exc)
@@ -66,6 +96,13 @@ def one_line(message: str) -> str:
     """A (DuckDB, multi-line) message as one line: its text up to the `LINE n:` source excerpt."""
     text = re.split(r"\n\s*LINE \d+:", message, maxsplit=1)[0]
     return " ".join(text.split()) or "(no message)"
+
+
+def is_interrupted_query(exc: BaseException) -> bool:
+    """DuckDB's own answer to Ctrl-C: while a query runs on no Python object it catches SIGINT itself
+    (Python never sees it) and raises InterruptException, or in duckdb 2.0 a bare RuntimeError."""
+    return isinstance(exc, errors_of("duckdb", "InterruptException")) or \
+        (type(exc) is RuntimeError and str(exc) == "Query interrupted")
 
 
 def is_closed_pipe(exc: BaseException) -> bool:

@@ -4,6 +4,11 @@ For every file, records are read in order and committed in batches: new images f
 rows, then samples, then a checkpoint saying "rows below N are done". A kill -9 can only interrupt
 one batch; the rerun starts at the checkpoint and skips the rows of that batch that did commit, so
 the lake ends exactly as after an uninterrupted run. Rerunning a finished ingest adds nothing.
+
+Each batch commits inside the lake's commit lock (etl/commitlock.py), after one more look at what
+other commands committed since this one checked: images another ingest stored meanwhile are left
+out, and so are rows of the same file that another ingest of it committed. Any number of ingests,
+enrich and export runs on one lake end as if they had run one after another.
 """
 from __future__ import annotations
 
@@ -15,23 +20,25 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Set
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import lance
 import pyarrow as pa
+import pyarrow.compute as pc
 from lance.blob import BlobType
 from tqdm import tqdm
 
 from etl import schema as S
 from etl.errors import ErrorRow, errors_table
 from etl.faults import crash_point
+from etl.imagerefs import ImageRoots, Located, UnreadableImage, read_regular_file
 from etl.images import ImageInfo, NotAnImage, sniff
-from etl.lake import Lake, dumps, sql_string_list
+from etl.lake import Lake, dumps
 from etl.pagecache import DropBehind
 from etl.runlog import Run, recorded_run
 from etl.sources import detect_format, readers
-from etl.sources.base import ImageRef, SourceRecord, file_fingerprint
+from etl.sources.base import ImageRef, SourceRecord, file_fingerprint, same_content
 
 STAGE = "ingest"
 PROGRESS_DISABLE = {True: False, False: True, None: None}  # tqdm: None = only on a terminal
@@ -42,6 +49,7 @@ class IngestOptions:
     source: str | None = None  # None: derived per file by the reader (e.g. HF config folders)
     format: str = "auto"
     image_roots: list[str] = field(default_factory=list)
+    allow_outside_roots: bool = False  # follow image paths outside the roots (etl/imagerefs.py); never --from-hub
     batch_records: int = 1000
     batch_bytes: int = 256 << 20
     io_threads: int = 8
@@ -68,12 +76,23 @@ def expand_inputs(paths: Iterable[str], opts: IngestOptions) -> list[InputFile]:
             if fmt is None:
                 continue  # a directory may hold images and readmes beside the annotations
             reader_cls = readers()[fmt]
-            name = os.path.relpath(path, root) if root else os.path.basename(path)
             source = opts.source or reader_cls.source_name_for(path, root or os.path.dirname(path)) or _stem(arg)
-            found.append(InputFile(path, name.replace(os.sep, "/"), source, fmt))
+            found.append(InputFile(path, identity_name(path, root), source, fmt))
     if not found:
         raise FileNotFoundError(f"no ingestible files in {list(paths)}")
     return found
+
+
+def identity_name(path: str, root: str | None) -> str:
+    """A file's identity in its source: its path relative to the directory or glob it was found
+    under; a file named on its own is relative to the working directory (absolute when outside it),
+    so `a/train.json` and `b/train.json` stay two files."""
+    if root is None:
+        relative = os.path.relpath(os.path.abspath(path))
+        name = os.path.abspath(path) if relative.startswith(os.pardir) else relative
+    else:
+        name = os.path.relpath(path, root)
+    return name.replace(os.sep, "/")
 
 
 def _files_of(arg: str) -> Iterator[tuple[str, str | None]]:
@@ -151,33 +170,21 @@ class StoredPaths:
                 self.entries.popitem(last=False)
 
 
-def resolve_path(ref: ImageRef, image_roots: list[str]) -> str | None:
-    """The first existing file for the reference: absolute as is, else under each root, then base_dir."""
-    if os.path.isabs(ref.path):
-        return ref.path if os.path.isfile(ref.path) else None
-    for root in [*image_roots, ref.base_dir]:
-        if root and os.path.isfile(candidate := os.path.join(root, ref.path)):
-            return candidate
-    return None
-
-
-def load_image(ref: ImageRef, image_roots: list[str]) -> LoadedImage:
-    """Bytes + header info of one reference, or the reason it cannot be stored."""
-    data = ref.data
+def load_image(ref: ImageRef, roots: ImageRoots, located: Located | None = None) -> LoadedImage:
+    """Bytes + header info of one reference (`located` already, or now), or why it cannot be stored."""
+    data, path = ref.data, None
     if data is None:
         if not ref.path:
             return LoadedImage(error=("missing_image", "image reference has neither bytes nor a path"))
-        path = resolve_path(ref, image_roots)
-        if path is None:
-            looked = [*image_roots, ref.base_dir] if not os.path.isabs(ref.path) else []
-            return LoadedImage(error=("missing_image", f"image file not found: {ref.path} (looked in {looked})"))
+        located = located or roots.locate(ref)
+        if located.error:
+            return LoadedImage(error=located.error)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            return LoadedImage(error=("unreadable_image", f"{path}: {exc}"))
+            data, path = read_regular_file(located.path), located.path
+        except UnreadableImage as exc:
+            return LoadedImage(error=(exc.kind, str(exc)))
     try:
-        return LoadedImage(info=sniff(data), data=data, path=path if ref.data is None else None, arrow=ref.arrow)
+        return LoadedImage(info=sniff(data), data=data, path=path, arrow=ref.arrow)
     except NotAnImage as exc:
         where = ref.path or "embedded bytes"
         return LoadedImage(error=(exc.kind, f"{where}: {exc}"))
@@ -223,6 +230,111 @@ class KeyIndexUpkeep:
         return False
 
 
+class CommittedRows:
+    """Which samples and errors of the files being ingested the lake holds, kept true while other
+    commands write the same lake (the same file ingested twice at once ends as if ingested once).
+
+    Read in full when a file starts (a crash may have left a cut batch past its checkpoint). After
+    that, under the commit lock and only when another process committed samples or errors since this
+    one last looked at the file, the fragments added since are read for the file's rows from the
+    batch on; what they hold is remembered for the batches still to come.
+    """
+
+    tables = ((S.SAMPLES, "sample_id", "source_file", "source_row"), (S.ERRORS, "error_id", "file", "row"))
+
+    def __init__(self, lake: Lake):
+        self.lake = lake
+        self.seen: dict[tuple[InputFile, str], int] = {}  # (file, table) → version looked at
+        self.known: dict[InputFile, dict[str, int]] = {}  # file → keys others committed → their row
+
+    def at_start(self, file: InputFile, start: int) -> set[str]:
+        """Samples/errors of `file` at or past its checkpoint: at most the batch a crash cut."""
+        for table, *_ in self.tables:  # first: a commit racing the scan below is looked at again
+            self.seen[file, table] = self.lake.latest_version(table)
+        self.known[file] = {}
+        return {key for table, *cols in self.tables for key, _ in self.rows(table, file, start, None, *cols)}
+
+    def added_by_others(self, file: InputFile, first: int, last: int) -> set[str]:
+        """Under the commit lock: keys of rows [first, last] of `file` that another command
+        committed since this one started the file."""
+        known = self.known.setdefault(file, {})
+        for table, *cols in self.tables:
+            since = self.seen.setdefault((file, table), 0)
+            if self.lake.foreign_commits_since(table, since):
+                known.update(self.rows(table, file, first, since, *cols))
+                self.seen[file, table] = self.lake.latest_version(table)
+        for key in [k for k, row in known.items() if row < first]:
+            del known[key]  # batches come in row order: these rows are behind us
+        return {key for key, row in known.items() if row <= last}
+
+    def rows(self, table: str, file: InputFile, start: int, since: int | None, key: str, file_col: str, row_col: str):
+        """(key, row) of the file's rows from `start` on: all of them, or those added after `since`."""
+        cond = (pc.field("source") == file.source) & (pc.field(file_col) == file.name) & (pc.field(row_col) >= start)
+        scan = self.lake.scan(table, [key, row_col], filter=cond) if since is None else \
+            self.lake.scan_since(table, since, [key, row_col], filter=cond)
+        for b in scan:
+            yield from zip(b.column(0).to_pylist(), b.column(1).to_pylist())
+
+
+@dataclass
+class FileStart:
+    """Where an ingest of one file starts: the file under the name the lake knows it by, its
+    fingerprint, the first row not committed, and the keys a crash left committed past it."""
+
+    file: InputFile
+    fingerprint: str
+    start: int
+    committed: set[str]
+
+    @property
+    def job(self) -> str:
+        return f"{STAGE}:{self.file.source}"
+
+
+def start_file(lake: Lake, file: InputFile, rows: CommittedRows, counts: Counter,
+               inputs: Set[tuple[str, str]] = frozenset()) -> FileStart | None:
+    """Resume `file` from its checkpoint, or None when an earlier run ingested this very content.
+
+    A checkpoint covers the content it was written for: a file whose content changed since (same
+    name, other bytes) is read again from the start, and rows already in the lake are kept as they
+    are (counted as `files_changed_since_ingested`).
+    """
+    fingerprint = file_fingerprint(file.path)
+    file, cp = known_as(lake, file, fingerprint, inputs)
+    if cp and same_content(cp["fingerprint"], fingerprint):
+        if cp["done"]:
+            counts["files_already_done"] += 1
+            return None
+        start = cp["upto_row"]
+    else:
+        if cp:
+            counts["files_changed_since_ingested"] += 1
+        start = 0
+    return FileStart(file, fingerprint, start, rows.at_start(file, start))
+
+
+def known_as(lake: Lake, file: InputFile, fingerprint: str,
+             inputs: Set[tuple[str, str]] = frozenset()) -> tuple[InputFile, dict | None]:
+    """The file under the name the lake knows it by, and its checkpoint.
+
+    A file is its path; but the same file reached by another path (the command run from another
+    folder, the dataset moved or copied) is still that file when an earlier file of the source had
+    the same file name and the same content: it keeps the earlier name, and its samples their ids.
+    This also resumes lakes written before files were named by their path (a file given on its own
+    was named by its bare name). Files of the run itself (`inputs`: source, name) are never taken
+    for one another, whatever their content.
+    """
+    job = f"{STAGE}:{file.source}"
+    cp = lake.checkpoint(job, file.name)
+    if cp is None:
+        bare = os.path.basename(file.name)
+        for name, earlier in lake.checkpoints(job).items():
+            if (os.path.basename(name) == bare and (file.source, name) not in inputs
+                    and same_content(earlier["fingerprint"], fingerprint)):
+                return replace(file, name=name), earlier
+    return file, cp
+
+
 class Ingestor:
     """Runs one ingest: files → batches → commits, counting into the run's counters."""
 
@@ -232,9 +344,12 @@ class Ingestor:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
         self.pending: Future | None = None  # the batch being written
         self.stored_paths = StoredPaths()
+        self.image_roots = ImageRoots(opts.image_roots, opts.allow_outside_roots)
         self.key_index = KeyIndexUpkeep(lake)
         self.drop_behind = DropBehind()  # stored images are not read again by this run
         self.images_stored_last: list[str] = []  # the image ids the last `store_images` added
+        self.rows = CommittedRows(lake)
+        self.inputs: Set[tuple[str, str]] = frozenset()  # (source, name) of every file of the run
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -244,15 +359,12 @@ class Ingestor:
     def ingest_file(self, file: InputFile, bar: tqdm) -> None:
         """Read, resolve and write `file` batch by batch; batch N is written (on the writer thread)
         while batch N+1 is read and resolved here, and batches commit in file order."""
-        job, fingerprint = f"{STAGE}:{file.source}", file_fingerprint(file.path)
-        cp = self.lake.checkpoint(job, file.name)
-        if cp and cp["done"] and cp["fingerprint"] == fingerprint:
-            self.run.counts["files_already_done"] += 1
+        started = start_file(self.lake, file, self.rows, self.run.counts, self.inputs)
+        if started is None:
             return
-        start = cp["upto_row"] if cp and cp["fingerprint"] == fingerprint else 0
-        committed = self.committed_keys(file, start)
+        file, start, committed = started.file, started.start, started.committed
         reader = readers()[file.format](self.opts.image_roots, **self.opts.reader_options)
-        mark = partial(self.lake.set_checkpoint, job, file.name, fingerprint)
+        mark = partial(self.lake.set_checkpoint, started.job, file.name, started.fingerprint)
         batch, upto = Batch(file), start
         try:
             for record in reader.read_file(file.path, file.name, start):
@@ -269,30 +381,19 @@ class Ingestor:
                 wait([self.pending])
                 self.pending = None
         if not batch.records:  # the file ended on a batch boundary (or had no rows left)
-            mark(upto, done=True)
+            with self.lake.committing():
+                mark(upto, done=True)
         self.run.counts["files"] += 1
 
     def write_behind(self, prepared: Prepared, checkpoint: Callable[[int], None], bar: tqdm) -> None:
         """Write `prepared`, then `checkpoint` its next row, on the writer thread, after the batch before."""
         self.wait_for_writes()
-        self.pending = self.writer.submit(lambda: checkpoint(self.write(prepared, bar)))
+        self.pending = self.writer.submit(self.write, prepared, bar, checkpoint)
 
     def wait_for_writes(self) -> None:
         pending, self.pending = self.pending, None
         if pending is not None:
             pending.result()  # a failed write raises here
-
-    def committed_keys(self, file: InputFile, start: int) -> set[str]:
-        """Samples/errors of this file at or past the checkpoint: at most the batch a crash cut."""
-        src, name = sql_string_list([file.source]), sql_string_list([file.name])
-        keys = set()
-        for tbl, key, cond in (
-            (S.SAMPLES, "sample_id", f"source = {src} AND source_file = {name} AND source_row >= {start}"),
-            (S.ERRORS, "error_id", f"stage = '{STAGE}' AND source = {src} AND file = {name} AND row >= {start}"),
-        ):
-            for b in self.lake.scan(tbl, [key], filter=cond):
-                keys.update(b.column(0).to_pylist())
-        return keys
 
     def commit(self, batch: Batch, committed: set[str], bar: tqdm) -> int:
         """Write one batch now (images, then errors, then samples); return the next row to read."""
@@ -304,25 +405,44 @@ class Ingestor:
         self.run.counts["records_already_in_lake"] += len(batch.records) - len(records)
         return Prepared(batch, *self.resolve(batch.file, records))
 
-    def write(self, prepared: Prepared, bar: tqdm) -> int:
-        """Images, errors, samples, in that order; the next row to read."""
-        self.store_images(prepared.images)
-        crash_point("after_images")
-        self.lake.append(S.ERRORS, errors_table(prepared.errors))
-        crash_point("after_errors")
-        self.lake.append(S.SAMPLES, pa.Table.from_pylist(prepared.samples, schema=S.SAMPLES_SCHEMA))
-        crash_point("after_samples")
-        self.run.counts["samples_added"] += len(prepared.samples)
-        self.run.counts.update(f"errors.{e.kind}" for e in prepared.errors)
+    def write(self, prepared: Prepared, bar: tqdm, checkpoint: Callable[[int], None] | None = None) -> int:
+        """Images, errors, samples, then `checkpoint` of the next row, in that order and inside the
+        lake's commit lock (image bytes are written before it); the next row to read."""
+        new, fragments, checked_at = self.write_new_images(prepared.images)
+        with self.lake.committing():
+            self.commit_images(new, fragments, checked_at)
+            crash_point("after_images")
+            samples, errors = self.not_added_by_others(prepared)
+            self.lake.append(S.ERRORS, errors_table(errors))
+            crash_point("after_errors")
+            self.lake.append(S.SAMPLES, pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA))
+            crash_point("after_samples")
+            next_row = prepared.batch.records[-1].source_row + 1
+            if checkpoint is not None:
+                checkpoint(next_row)
+        self.run.counts["samples_added"] += len(samples)
+        self.run.counts.update(f"errors.{e.kind}" for e in errors)
         bar.update(len(prepared.batch.records))
         bar.set_postfix(samples=self.run.counts["samples_added"], images=self.run.counts["images_added"],
                         errors=sum(v for k, v in self.run.counts.items() if k.startswith("errors.")))
-        return prepared.batch.records[-1].source_row + 1
+        return next_row
+
+    def not_added_by_others(self, prepared: Prepared) -> tuple[list[dict], list[ErrorRow]]:
+        """The batch's samples and errors but those another command committed meanwhile (the same
+        file ingested twice at once ends as if ingested once)."""
+        records = prepared.batch.records
+        added = self.rows.added_by_others(prepared.batch.file, records[0].source_row, records[-1].source_row)
+        if not added:
+            return prepared.samples, prepared.errors
+        samples = [s for s in prepared.samples if s["sample_id"] not in added]
+        errors = [e for e in prepared.errors if e.error_id not in added]
+        self.run.counts["records_already_in_lake"] += len(prepared.samples) + len(prepared.errors) - len(samples) - len(errors)
+        return samples, errors
 
     def resolve(self, file: InputFile, records: list[SourceRecord]):
         """Load every image of the batch in parallel; split records into samples and errors."""
         refs = [ref for r in records if not r.error for ref in r.images]
-        loaded = iter(self.load_all(refs))
+        loaded = iter(self.load_all(refs, self.image_roots.for_file(file.path, file.name)))
         samples, errors, images = [], [], {}
         for record in records:
             sid = sample_id(file, record)
@@ -343,7 +463,7 @@ class Ingestor:
                 samples.append(sample_row(file, record, sid, [img.info.image_id for img in mine]))
         return samples, errors, images
 
-    def load_all(self, refs: list[ImageRef]) -> list[LoadedImage]:
+    def load_all(self, refs: list[ImageRef], roots: ImageRoots) -> list[LoadedImage]:
         """`load` of every reference on the thread pool, in order, one run of references per task.
 
         Files are read by up to `io_threads` runs at once (their reads wait on the disk). Embedded
@@ -354,34 +474,47 @@ class Ingestor:
         parallel = self.opts.io_threads if files else max(1, (os.cpu_count() or 1) // max(1, self.opts.workers))
         per_task = max(1, -(-len(refs) // parallel))
         runs = [refs[i: i + per_task] for i in range(0, len(refs), per_task)]
-        return [img for run in self.pool.map(self.load_run, runs) for img in run]
+        return [img for run in self.pool.map(partial(self.load_run, roots=roots), runs) for img in run]
 
-    def load_run(self, refs: list[ImageRef]) -> list[LoadedImage]:
-        return [self.load(ref) for ref in refs]
+    def load_run(self, refs: list[ImageRef], roots: ImageRoots) -> list[LoadedImage]:
+        return [self.load(ref, roots) for ref in refs]
 
-    def load(self, ref: ImageRef) -> LoadedImage:
-        if ref.data is None and ref.path:
-            path = resolve_path(ref, self.opts.image_roots)
-            if path and (info := self.stored_paths.get(path)):
-                return LoadedImage(info=info, path=path)
-        return load_image(ref, self.opts.image_roots)
+    def load(self, ref: ImageRef, roots: ImageRoots) -> LoadedImage:
+        located = roots.locate(ref) if ref.data is None and ref.path else None
+        if located and located.path and (info := self.stored_paths.get(located.path)):
+            return LoadedImage(info=info, path=located.path)
+        return load_image(ref, roots, located)
 
     def error(self, file: InputFile, record: SourceRecord, sid: str, kind: str, message: str) -> ErrorRow:
         return ErrorRow(STAGE, sid, kind, message, source=file.source, file=file.name, row=record.source_row,
                         orig_id=record.orig_id, raw=record.raw_text(), run_id=self.run.run_id)
 
-    def store_images(self, images: dict[str, LoadedImage]) -> None:
+    def write_new_images(self, images: dict[str, LoadedImage]) -> tuple[list[LoadedImage], list, int]:
+        """The images the lake lacks, written as uncommitted fragments; and the images version the
+        check saw (outside the commit lock: `commit_images` looks again at what came after)."""
+        checked_at = self.lake.latest_version(S.IMAGES)
         new = self.new_images(images)
         self.run.counts["images_already_in_lake"] += len(images) - len(new)
-        self.run.counts["images_added"] += len(new)
-        self.run.counts["image_bytes_added"] += sum(img.info.nbytes for img in new)
-        self.images_stored_last = [img.info.image_id for img in new]
-        if new:
-            self.drop_images_behind(self.lake.append(S.IMAGES, images_table(new)))
-            self.key_index.committed()
         for img in images.values():
             if img.path:
                 self.stored_paths.put(img.path, img.info)
+        return new, self.lake.write_fragments(S.IMAGES, images_table(new)) if new else [], checked_at
+
+    def commit_images(self, new: list[LoadedImage], fragments: list, checked_at: int) -> None:
+        """Under the commit lock: commit the new images' fragments; images another command stored
+        since `checked_at` are left out (their fragments are written again without them)."""
+        raced = self.lake.keys_added_since(S.IMAGES, checked_at, [img.info.image_id for img in new])
+        if raced:
+            self.run.counts["images_already_in_lake"] += len(raced)
+            new = [img for img in new if img.info.image_id not in raced]
+            fragments = self.lake.write_fragments(S.IMAGES, images_table(new)) if new else []
+        self.images_stored_last = [img.info.image_id for img in new]
+        self.run.counts["images_added"] += len(new)
+        self.run.counts["image_bytes_added"] += sum(img.info.nbytes for img in new)
+        if fragments:
+            self.lake.commit_fragments(S.IMAGES, fragments, self.images_stored_last)
+            self.drop_images_behind(fragments)
+            self.key_index.committed()
 
     def new_images(self, images: dict[str, LoadedImage]) -> list[LoadedImage]:
         """The images whose bytes the lake does not hold yet (those loaded without bytes are stored)."""
@@ -457,7 +590,8 @@ def ingest(lake: Lake, paths: list[str], opts: IngestOptions) -> Counter:
     """Ingest every file named by `paths`; returns the run's counts (also stored in `runs`)."""
     files = expand_inputs(paths, opts)
     params = {"paths": [os.path.abspath(p) for p in paths], "source": opts.source, "format": opts.format,
-              "image_roots": opts.image_roots, "files": [f.name for f in files], "workers": opts.workers}
+              "image_roots": opts.image_roots, "allow_outside_roots": opts.allow_outside_roots,
+              "files": [f.name for f in files], "workers": opts.workers}
     with recorded_run(lake, "ingest", params) as run, gc_passes_lowered():
         with tqdm(desc="ingest", unit=" rec", disable=PROGRESS_DISABLE[opts.progress]) as bar:
             if opts.workers > 1:
@@ -496,6 +630,7 @@ def gc_passes_lowered() -> Iterator[None]:
 
 def ingest_files_serially(lake: Lake, files: list[InputFile], opts: IngestOptions, run: Run, bar: tqdm) -> None:
     ingestor = Ingestor(lake, opts, run)
+    ingestor.inputs = {(f.source, f.name) for f in files}
     try:
         for file in files:
             bar.set_description(f"ingest {file.name}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import lance
@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl import schema as S
+from etl.commitlock import CommitLock, commit_lock
 
 DEFAULT_LAKE = "lake"
 ENV_LAKE = "ETL_LAKE"
@@ -46,11 +47,46 @@ def sql_string_list(values: Iterable[str]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 
 
+class OwnCommits:
+    """The versions this process committed, per table, with the keys each added (images only).
+
+    Between two of its own commits a writer asks whether anybody else committed (`foreign`): only
+    then must it look at the lake again before trusting what it checked earlier.
+    """
+
+    remembered = 10_000
+
+    def __init__(self):
+        self.versions: dict[str, dict[int, frozenset[str]]] = {}
+
+    def add(self, table: str, version: int, keys: frozenset[str] = frozenset()) -> None:
+        mine = self.versions.setdefault(table, {})
+        mine[version] = keys
+        while len(mine) > self.remembered:
+            del mine[next(iter(mine))]
+
+    def get(self, table: str, version: int) -> frozenset[str] | None:
+        return self.versions.get(table, {}).get(version)
+
+
+_OWN_COMMITS: dict[str, OwnCommits] = {}
+
+
 @dataclass
 class Lake:
-    """A lake root (local folder or object-store URI) holding one Lance dataset per table."""
+    """A lake root (local folder or object-store URI) holding one Lance dataset per table.
+
+    Every commit goes through `committing()`, the lake-wide commit lock (see etl/commitlock.py):
+    key checks made inside it and the commits that follow are atomic against other writers.
+    """
 
     root: str
+    lock: CommitLock = field(init=False, repr=False, compare=False)
+    own: OwnCommits = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.lock = commit_lock(self.root)
+        self.own = _OWN_COMMITS.setdefault(self.root, OwnCommits())
 
     @classmethod
     def open(cls, uri: str | None = None, create: bool = True) -> "Lake":
@@ -71,20 +107,25 @@ class Lake:
             return False
 
     def ensure_tables(self) -> None:
-        """Create missing tables and add contract columns that an older lake lacks (metadata-only)."""
+        """Create missing tables and add contract columns that an older lake lacks (metadata-only).
+        Two commands opening a new lake at once create each table once (under the commit lock)."""
         if "://" not in self.root:
             os.makedirs(self.root, exist_ok=True)
-        for name, schema in S.SCHEMAS.items():
-            if not self.exists(name):
-                lance.write_dataset(
-                    schema.empty_table(), self.uri(name), schema=schema, enable_stable_row_ids=True,
-                    data_storage_version="2.2",
-                )
-                continue
-            ds = self.dataset(name)
-            missing = [f for f in schema if f.name not in ds.schema.names]
-            if missing:
-                ds.add_columns(missing)
+        if all(self.exists(name) and not self.missing_columns(name) for name in S.SCHEMAS):
+            return
+        with self.committing():
+            for name, schema in S.SCHEMAS.items():
+                if not self.exists(name):
+                    lance.write_dataset(
+                        schema.empty_table(), self.uri(name), schema=schema, enable_stable_row_ids=True,
+                        data_storage_version="2.2",
+                    )
+                elif missing := self.missing_columns(name):
+                    self.dataset(name).add_columns(missing)
+
+    def missing_columns(self, name: str) -> list[pa.Field]:
+        names = self.dataset(name).schema.names
+        return [f for f in S.SCHEMAS[name] if f.name not in names]
 
     def dataset(self, name: str, version: int | str | None = None) -> lance.LanceDataset:
         return lance.dataset(self.uri(name), version=version)
@@ -96,19 +137,28 @@ class Lake:
         return self.dataset(name).count_rows(filter=filter)
 
     # -- writes -----------------------------------------------------------------------------------
-    def append(self, name: str, table: pa.Table) -> list:
+    def committing(self):
+        """The lake-wide commit lock (re-entrant): check keys and commit inside it."""
+        return self.lock.held()
+
+    def append(self, name: str, table: pa.Table, keys: Iterable[str] = ()) -> list:
         """Commit `table` as new rows of `name` (one Lance version); empty tables are skipped.
         Returns the fragments written (FragmentMetadata)."""
         if table.num_rows == 0:
             return []
         fragments = self.write_fragments(name, table)
-        self.commit_fragments(name, fragments)
+        self.commit_fragments(name, fragments, keys)
         return fragments
 
-    def commit_fragments(self, name: str, fragments: list) -> int:
-        """Commit fragments written by `write_fragments` as new rows of `name`; the new version."""
-        return lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Append(fragments),
-                                         read_version=self.dataset(name).version).version
+    def commit_fragments(self, name: str, fragments: list, keys: Iterable[str] = ()) -> int:
+        """Commit fragments written by `write_fragments` as new rows of `name`; the new version.
+        `keys`: the keys they add, remembered so that this process's later checks need not ask."""
+        with self.committing():
+            self.lock.check()
+            version = lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Append(fragments),
+                                                read_version=self.dataset(name).version).version
+            self.own.add(name, version, frozenset(keys))
+            return version
 
     def write_fragments(self, name: str, table: pa.Table) -> list:
         """Write `table` as fragments of `name` without committing them (FragmentMetadata)."""
@@ -122,14 +172,26 @@ class Lake:
         return [os.path.join(self.uri(name), "data", f.path) for fragment in fragments for f in fragment.files]
 
     def append_new(self, name: str, table: pa.Table) -> None:
-        """Append only the rows whose key is not in the table yet (idempotent appends)."""
+        """Append only the rows whose key is not in the table yet (idempotent, also across writers)."""
         if table.num_rows == 0:
             return
         key = S.KEYS[name]
-        present = self.existing_keys(name, table[key].to_pylist())
-        if present:
-            table = table.filter(pa.array([k not in present for k in table[key].to_pylist()]))
-        self.append(name, table)
+        with self.committing():
+            present = self.existing_keys(name, table[key].to_pylist())
+            if present:
+                table = table.filter(pa.array([k not in present for k in table[key].to_pylist()]))
+            self.append(name, table, table[key].to_pylist() if name == S.IMAGES else ())
+
+    def overwrite(self, name: str, reader: pa.RecordBatchReader, schema: pa.Schema) -> lance.LanceDataset:
+        """Replace table `name` (created if absent) with the rows of `reader`: written as fragments
+        first, then committed as one `Overwrite` inside the commit lock (older versions stay readable)."""
+        fragments = lance.fragment.write_fragments(reader, self.uri(name), schema=schema, data_storage_version="2.2")
+        with self.committing():
+            self.lock.check()
+            ds = lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Overwrite(schema, fragments),
+                                           read_version=self.dataset(name).version if self.exists(name) else None)
+            self.own.add(name, ds.version)
+            return ds
 
     def fill_columns(self, name: str, table: pa.Table) -> None:
         """Set the columns in `table` for the rows whose key matches, rewriting only those columns.
@@ -141,14 +203,47 @@ class Lake:
             return
         key = S.KEYS[name]
         target = S.SCHEMAS[name]
-        ds = self.dataset(name)
-        new_fields = [table.schema.field(c) for c in table.column_names if c not in ds.schema.names]
-        if new_fields:  # optional columns (e.g. tag_all_scores) appear on first use, metadata-only
-            ds.add_columns([pa.field(f.name, f.type) for f in new_fields])
-            ds = self.dataset(name)
         arrays = [table[c].cast(target.field(c).type) if c in target.names else table[c] for c in table.column_names]
         table = pa.Table.from_arrays(arrays, names=table.column_names)
-        ds.merge_insert(key).when_matched_update_all().write_mode("rewrite_columns").execute(table)
+        with self.committing():
+            self.lock.check()
+            ds = self.dataset(name)
+            new_fields = [table.schema.field(c) for c in table.column_names if c not in ds.schema.names]
+            if new_fields:  # optional columns (e.g. tag_all_scores) appear on first use, metadata-only
+                ds.add_columns([pa.field(f.name, f.type) for f in new_fields])
+                self.own.add(name, self.dataset(name).version)
+                ds = self.dataset(name)
+            ds.merge_insert(key).when_matched_update_all().write_mode("rewrite_columns").execute(table)
+            self.own.add(name, self.dataset(name).version)
+
+    # -- other writers ----------------------------------------------------------------------------
+    def latest_version(self, name: str) -> int:
+        return self.dataset(name).version
+
+    def foreign_commits_since(self, name: str, version: int) -> bool:
+        """Whether anybody but this process committed to `name` after `version`."""
+        return any(self.own.get(name, v) is None for v in range(version + 1, self.latest_version(name) + 1))
+
+    def keys_added_since(self, name: str, version: int, keys: Sequence[str]) -> set[str]:
+        """Which of `keys` were added to `name` after `version` (by this process or another one):
+        from memory when every version since is this process's own, else by asking the lake."""
+        if not keys:
+            return set()
+        since = range(version + 1, self.latest_version(name) + 1)
+        if any(self.own.get(name, v) is None for v in since):
+            key = S.KEYS[name]
+            return {k for b in self.scan_since(name, version, [key], pc.field(key).isin(list(keys)))
+                    for k in b.column(0).to_pylist()}
+        return {k for v in since for k in self.own.get(name, v) & set(keys)}
+
+    def scan_since(self, name: str, version: int, columns: Sequence[str], filter=None) -> Iterator[pa.RecordBatch]:
+        """Batches of the rows in fragments that `name` did not have at `version` (what was added
+        since, plus rows a compaction moved: a superset, never less)."""
+        ds = self.dataset(name)
+        before = {f.fragment_id for f in self.dataset(name, version).get_fragments()} if version > 0 else set()
+        added = [f for f in ds.get_fragments() if f.fragment_id not in before]
+        if added:
+            yield from ds.scanner(columns=list(columns), filter=filter, fragments=added).to_batches()
 
     # -- reads ------------------------------------------------------------------------------------
     def existing_keys(self, name: str, values: Sequence[str]) -> set[str]:
@@ -199,13 +294,18 @@ class Lake:
     # -- checkpoints ------------------------------------------------------------------------------
     def checkpoint(self, job: str, file: str) -> dict | None:
         """The latest resume marker for (job, file), or None when the file was never started."""
-        tbl = self.dataset(S.CHECKPOINTS).to_table(
-            filter=f"job = '{job.replace(chr(39), chr(39) * 2)}' AND file = '{file.replace(chr(39), chr(39) * 2)}'"
-        )
-        if tbl.num_rows == 0:
-            return None
-        rows = sorted(tbl.to_pylist(), key=lambda r: (r["done"], r["upto_row"]))
-        return rows[-1]
+        return self.checkpoints(job, file).get(file)
+
+    def checkpoints(self, job: str, file: str | None = None) -> dict[str, dict]:
+        """The latest resume marker of each file of `job` (or of the one `file`), by file name."""
+        cond = pc.field("job") == job
+        if file is not None:
+            cond = cond & (pc.field("file") == file)
+        latest: dict[str, dict] = {}
+        for row in sorted(self.dataset(S.CHECKPOINTS).to_table(filter=cond).to_pylist(),
+                          key=lambda r: (r["done"], r["upto_row"])):
+            latest[row["file"]] = row
+        return latest
 
     def set_checkpoint(self, job: str, file: str, fingerprint: str, upto_row: int, done: bool) -> None:
         row = {"job": job, "file": file, "fingerprint": fingerprint, "upto_row": upto_row,
@@ -215,21 +315,26 @@ class Lake:
     # -- maintenance ------------------------------------------------------------------------------
     def compact(self, name: str) -> None:
         """Merge small fragments left by many small commits (checkpoints, errors, runs)."""
-        ds = self.dataset(name)
-        if len(ds.get_fragments()) > 8:
-            ds.optimize.compact_files()
+        if len(self.dataset(name).get_fragments()) <= 8:
+            return
+        with self.committing():
+            self.lock.check()
+            self.dataset(name).optimize.compact_files()
+            self.own.add(name, self.latest_version(name))
 
     def ensure_key_index(self, name: str) -> None:
         """(Re)build the BTREE index on the key so existence checks stay fast as the table grows."""
         key = S.KEYS[name]
-        ds = self.dataset(name)
-        if ds.count_rows() == 0:
-            return
-        indexed = any(key in idx.get("fields", []) for idx in _describe_indices(ds))
-        if indexed:
-            ds.optimize.optimize_indices()
-        else:
-            ds.create_scalar_index(key, "BTREE")
+        with self.committing():
+            self.lock.check()
+            ds = self.dataset(name)
+            if ds.count_rows() == 0:
+                return
+            if any(key in idx.get("fields", []) for idx in _describe_indices(ds)):
+                ds.optimize.optimize_indices()
+            else:
+                ds.create_scalar_index(key, "BTREE")
+            self.own.add(name, self.latest_version(name))
 
     def tag(self, name: str, tag: str, version: int | None = None) -> None:
         ds = self.dataset(name)

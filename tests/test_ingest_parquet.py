@@ -340,8 +340,8 @@ def test_a_task_whose_new_image_another_task_stored_first_is_redone_without_dupl
     [file] = expand_inputs([str(tmp_path / "a")], opts)
     run = Run("r1", "ingest", {})
     committer = Committer(lake, opts, run)
-    start, committed = committer.start_file(file)
-    task = Task(file, start, 6, committed=committed, last=True)
+    started = committer.start_file(file)
+    task = Task(file, started.start, 6, committed=frozenset(started.committed), last=True)
     result = TaskWorker(lake.root, opts, run.run_id)(task)  # the worker saw an empty lake: 6 new images
 
     ingest(lake, [str(tmp_path / "b")], opts)  # meanwhile another task commits two of them
@@ -367,15 +367,16 @@ def test_tasks_of_one_run_racing_for_the_same_new_images_are_caught_from_memory(
     tasks = []
     for folder, end in (("a", 6), ("b", 2)):
         [file] = expand_inputs([str(tmp_path / folder)], opts)
-        start, committed = committer.start_file(file)
-        tasks.append(committer.submitted(Task(file, start, end, committed=committed, last=True)))
+        started = committer.start_file(file)
+        tasks.append(committer.submitted(Task(file, started.start, end, committed=frozenset(started.committed),
+                                              last=True)))
     worker = TaskWorker(lake.root, opts, run.run_id)
     first, second = [worker(task) for task in tasks]  # both ran before either committed
 
     committer.commit(tasks[0], first, tqdm_off())
     with monkeypatch.context() as patched:  # this run made every version since: no need to ask the lake
-        patched.setattr(lake, "existing_keys", lambda *args: pytest.fail("asked the lake"))
-        assert committer.raced(tasks[1], second.new_image_ids)
+        patched.setattr(lake, "scan_since", lambda *args: pytest.fail("asked the lake"))
+        assert committer.raced(tasks[1], second)
     committer.commit(tasks[1], second, tqdm_off())
 
     ids = lake.dataset(S.IMAGES).to_table(columns=["image_id"])["image_id"].to_pylist()
@@ -407,7 +408,7 @@ def test_tasks_that_finish_together_commit_as_one_group_and_a_shared_image_still
     tasks = []
     for folder, ranges in (("a", [(0, 3), (3, 6)]), ("b", [(0, 2)])):
         [file] = expand_inputs([str(tmp_path / folder)], opts)
-        start, committed = committer.start_file(file)
+        committed = frozenset(committer.start_file(file).committed)
         tasks += [committer.submitted(Task(file, first, end, committed=committed, last=end == ranges[-1][1]))
                   for first, end in ranges]
     worker = TaskWorker(lake.root, opts, run.run_id)

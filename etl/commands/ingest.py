@@ -27,6 +27,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-root", action="append", default=[], metavar="DIR",
                    help="folder relative image paths are resolved against (repeatable; "
                         "the annotation file's own folder is tried last)")
+    p.add_argument("--allow-outside-roots", action="store_true",
+                   help="follow image paths (absolute, ../, symlinks) to files outside the image roots, the "
+                        "annotation file's folder and the folder given; only for sources you trust (refused "
+                        "with --from-hub)")
     p.add_argument("--prompt", help="human turn for caption-only sources (webdataset), e.g. '<image>\\nDescribe the image.'")
     p.add_argument("--batch-size", type=int, default=1000, help="records per commit (default: 1000)")
     p.add_argument("--workers", type=int, default=1,
@@ -43,10 +47,11 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def input_paths(args: argparse.Namespace) -> list[str]:
     """The PATH arguments, plus the local copy of a Hub dataset when --from-hub is given."""
-    from etl.hub import fetch_dataset, ingest_arguments, parse_hub_ref
+    from etl.hub import fetch_dataset, ingest_arguments, parse_hub_ref, refuse_outside_roots
 
     paths = list(args.paths)
     if args.from_hub:
+        refuse_outside_roots(args.allow_outside_roots)
         ref = parse_hub_ref(args.from_hub, args.include)
         folder = fetch_dataset(ref, args.hub_dir, args.hub_mirror, args.revision)
         paths += ingest_arguments(folder, ref.include)
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     lake = open_lake(args, create=True)
     reader_options = {"prompt": args.prompt} if args.prompt else {}
     opts = IngestOptions(source=args.source, format=args.format, image_roots=args.image_root,
+                         allow_outside_roots=args.allow_outside_roots,
                          batch_records=args.batch_size, reader_options=reader_options, workers=args.workers,
                          progress=False if args.no_progress else None)
     counts = ingest(lake, paths, opts)

@@ -9,17 +9,16 @@ cut into tasks run by a spawn-based process pool (Lance is not fork-safe):
 - a worker resolves its records exactly like the serial ingest (`Ingestor.resolve`: load, sha256,
   header sniff), keeps the images the lake does not hold yet, and writes images, errors and
   samples as uncommitted Lance fragments (`write_fragments`); only fragment metadata comes back;
-- this process takes results in task order and commits them like the serial ingest: images,
-  errors, samples (one `Append` each), then the file's checkpoint. The tasks that have finished
-  when it looks (the oldest, and those after it already done) commit together, one `Append` per
-  table for all their fragments: when the committer falls behind many workers, its commits per
-  task shrink instead of capping the throughput. If another task committed one of a task's new
-  images meanwhile (the same image in two shards at once), its image fragment would duplicate a
-  key: that task is redone here by the serial code instead, and its fragments are dropped
-  unreferenced. Such a race can only come from the images versions made since the task
-  was submitted (its worker saw the lake as of then); this process remembers what its own recent
-  versions added, and asks the lake only when a version it did not make (another process writing
-  the lake) or no longer remembers lies in between.
+- this process takes results in task order and commits them like the serial ingest, inside the
+  lake's commit lock: images, errors, samples (one `Append` each), then the file's checkpoint. The
+  tasks that have finished when it looks (the oldest, and those after it already done) commit
+  together, one `Append` per table for all their fragments: when the committer falls behind many
+  workers, its commits per task shrink instead of capping the throughput. If a commit made since a
+  task was submitted added one of its new images (the same image in two shards at once, or another
+  command writing the lake), or another command committed some of its rows (the same file ingested
+  twice at once), its fragments would duplicate keys: that task is redone here by the serial code
+  instead, and its fragments are dropped unreferenced. What this process committed itself it
+  knows from memory (`Lake.keys_added_since`); the lake is asked only about others' commits.
 
 Resume and idempotence are the serial ingest's: a rerun starts at each file's checkpoint and skips
 the samples/errors of a cut task that did commit. At most `2 × workers` tasks are in flight, so
@@ -43,12 +42,13 @@ from etl.errors import errors_table
 from etl.engine.local import exit_with_parent
 from etl.faults import crash_point
 from etl.ingest import (
-    STAGE, Batch, IngestOptions, Ingestor, InputFile, fewer_gc_passes, images_table, uncommitted,
+    STAGE, Batch, FileStart, IngestOptions, Ingestor, InputFile, fewer_gc_passes, images_table, start_file,
+    uncommitted,
 )
 from etl.lake import Lake
 from etl.runlog import Run
 from etl.sources import readers
-from etl.sources.base import SourceRecord, file_fingerprint
+from etl.sources.base import SourceRecord
 
 TASK_BYTES = 128 << 20  # image bytes per task at most (also bounded by --batch-bytes)
 # Set for the worker processes (unless the user set them): numpy's BLAS threads only spin in an
@@ -56,7 +56,6 @@ TASK_BYTES = 128 << 20  # image bytes per task at most (also bounded by --batch-
 # them back to the kernel (never-touched pages cost several times reused ones on a VM).
 WORKER_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "MIMALLOC_PURGE_DELAY": "-1"}
 IN_FLIGHT_PER_WORKER = 2  # tasks submitted ahead per worker
-RECENT_VERSIONS_PER_WORKER = 2 * IN_FLIGHT_PER_WORKER  # images versions remembered for race checks
 
 
 @dataclass
@@ -83,6 +82,7 @@ class TaskResult:
     counts: Counter = field(default_factory=Counter)
     records: int = 0
     next_row: int = 0
+    rows: tuple[int, int] | None = None  # first and last source row of the task's records
 
 
 # -- worker side ------------------------------------------------------------------------------------
@@ -111,6 +111,7 @@ class TaskWorker:
                               "image_bytes_added": sum(img.info.nbytes for img in new)})
         result.counts.update(f"errors.{e.kind}" for e in errors)
         result.next_row = max(records[-1].source_row + 1 if records else task.start, task.end or 0)
+        result.rows = (records[0].source_row, records[-1].source_row) if records else None
         return result
 
     def write(self, table_name: str, table: pa.Table | None) -> list:
@@ -153,44 +154,40 @@ class Committer:
         self.lake, self.opts, self.run = lake, opts, run
         self.ingestor = Ingestor(lake, opts, run)  # the serial code, for raced tasks and resume keys
         self.fingerprints: dict[InputFile, str] = {}
-        self.images_version = lake.dataset(S.IMAGES).version  # the latest this process knows of
-        self.own_versions: dict[int, frozenset[str]] = {}  # images versions made here → ids they added
-        self.remembered = RECENT_VERSIONS_PER_WORKER * max(1, opts.workers)
 
     def submitted(self, task: Task) -> Task:
-        return replace(task, images_version=self.images_version)
+        """The task, stamped with the images version its worker will see at least."""
+        return replace(task, images_version=self.lake.latest_version(S.IMAGES))
 
-    def start_file(self, file: InputFile) -> tuple[int, frozenset[str]] | None:
-        """(row to start from, keys a crash left past it), or None when a previous run finished the file."""
-        fingerprint = file_fingerprint(file.path)
-        cp = self.lake.checkpoint(f"{STAGE}:{file.source}", file.name)
-        if cp and cp["done"] and cp["fingerprint"] == fingerprint:
-            self.run.counts["files_already_done"] += 1
-            return None
-        start = cp["upto_row"] if cp and cp["fingerprint"] == fingerprint else 0
-        self.fingerprints[file] = fingerprint
-        return start, frozenset(self.ingestor.committed_keys(file, start))
+    def start_file(self, file: InputFile) -> FileStart | None:
+        """Where `file` starts (see `etl.ingest.start_file`), or None when it is done."""
+        started = start_file(self.lake, file, self.ingestor.rows, self.run.counts, self.ingestor.inputs)
+        if started is not None:
+            self.fingerprints[started.file] = started.fingerprint
+        return started
 
     def commit(self, task: Task, result: TaskResult, bar: tqdm) -> None:
         """Images, errors, samples, then the checkpoint: the serial ingest's order."""
         self.commit_finished([(task, result)], bar)
 
     def commit_finished(self, finished: list[tuple[Task, TaskResult]], bar: tqdm) -> None:
-        """Commit consecutive finished tasks (in task order) as one group: one Append per table for
-        all their fragments, then each file's checkpoint. A task whose new images were stored since
-        its worker looked, or that shares a new image with a task before it in the group, is
-        committed on its own after the group so far (and redone: see `raced`)."""
-        group: list[tuple[Task, TaskResult]] = []
-        grouped_ids: set[str] = set()
-        for task, result in finished:
-            if not grouped_ids.isdisjoint(result.new_image_ids) or self.raced(task, result.new_image_ids):
-                self.commit_group(group, bar)  # the tasks before it first: checkpoints only move forward
-                group, grouped_ids = [], set()
-                self.checkpoint(task, self.redo(task, bar))
-                continue
-            group.append((task, result))
-            grouped_ids.update(result.new_image_ids)
-        self.commit_group(group, bar)
+        """Commit consecutive finished tasks (in task order) as one group, inside the commit lock:
+        one Append per table for all their fragments, then each file's checkpoint. A task whose
+        new images or rows another commit added since its worker looked, or that shares a new image
+        with a task before it in the group, is committed on its own after the group so far (and
+        redone: see `raced`)."""
+        with self.lake.committing():
+            group: list[tuple[Task, TaskResult]] = []
+            grouped_ids: set[str] = set()
+            for task, result in finished:
+                if not grouped_ids.isdisjoint(result.new_image_ids) or self.raced(task, result):
+                    self.commit_group(group, bar)  # the tasks before it first: checkpoints only move forward
+                    group, grouped_ids = [], set()
+                    self.checkpoint(task, self.redo(task, bar))
+                    continue
+                group.append((task, result))
+                grouped_ids.update(result.new_image_ids)
+            self.commit_group(group, bar)
 
     def commit_group(self, group: list[tuple[Task, TaskResult]], bar: tqdm) -> None:
         """One Append per table for the group's fragments (images, errors, samples), then checkpoints."""
@@ -201,9 +198,9 @@ class Committer:
                                         (S.SAMPLES, "samples", "after_samples")):
             fragments = [fragment for _, result in group for fragment in getattr(result, kind)]
             if fragments:
-                version = self.lake.commit_fragments(table_name, fragments)
+                self.lake.commit_fragments(table_name, fragments, new_image_ids if table_name == S.IMAGES else ())
                 if table_name == S.IMAGES:
-                    self.images_committed(new_image_ids, range(version, version + 1))
+                    self.ingestor.key_index.committed()
             crash_point(point)
         for _, result in group:
             self.run.counts.update(result.counts)
@@ -218,34 +215,22 @@ class Committer:
         if task.last:
             self.run.counts["files"] += 1
 
-    def raced(self, task: Task, new_image_ids: list[str]) -> bool:
-        """Whether one of the images the worker found new has been stored since it looked."""
-        if not new_image_ids:
+    def raced(self, task: Task, result: TaskResult) -> bool:
+        """Whether one of the images the worker found new has been stored since it looked, or
+        another command committed some of the task's rows (the same file ingested twice at once)."""
+        if self.lake.keys_added_since(S.IMAGES, task.images_version, result.new_image_ids):
+            return True
+        if not result.rows:
             return False
-        since = range(task.images_version + 1, self.lake.dataset(S.IMAGES).version + 1)
-        if not all(version in self.own_versions for version in since):
-            return bool(self.lake.existing_keys(S.IMAGES, new_image_ids))
-        return any(not self.own_versions[version].isdisjoint(new_image_ids) for version in since)
-
-    def images_committed(self, image_ids: list[str], versions: range) -> None:
-        """Remember what this process's images versions added (all of `image_ids`, to be safe)."""
-        if self.ingestor.key_index.committed():  # the index rebuild makes a version too
-            versions = range(versions.start, self.lake.dataset(S.IMAGES).version + 1)
-        for version in versions:
-            self.own_versions[version] = frozenset(image_ids)
-        while len(self.own_versions) > self.remembered:
-            del self.own_versions[next(iter(self.own_versions))]  # the oldest
-        self.images_version = versions.stop - 1
+        return bool(self.ingestor.rows.added_by_others(task.file, *result.rows))
 
     def redo(self, task: Task, bar: tqdm) -> int:
-        """Commit the task with the serial ingest's code (it checks every image against the lake)."""
+        """Commit the task with the serial ingest's code (it checks every image and row against the lake)."""
         self.run.counts["tasks_redone_for_shared_images"] += 1
         records = task.records if task.records is not None else list(read_range(task, self.opts))
         if not records:
             return task.end or task.start
-        before = self.lake.dataset(S.IMAGES).version
         next_row = self.ingestor.commit(Batch(task.file, records), set(task.committed), bar)
-        self.images_committed(self.ingestor.images_stored_last, range(before + 1, self.lake.dataset(S.IMAGES).version + 1))
         return max(next_row, task.end or 0)
 
 
@@ -255,7 +240,7 @@ def plan_tasks(committer: Committer, files: list[InputFile], opts: IngestOptions
         started = committer.start_file(file)
         if started is None:
             continue
-        start, committed = started
+        file, start, committed = started.file, started.start, frozenset(started.committed)
         tasks = (replace(t, committed=committed) for t in file_tasks(file, start, opts))
         previous = next(tasks, Task(file, start, start, records=[]))
         for task in tasks:
@@ -286,6 +271,7 @@ def ingest_files_parallel(lake: Lake, files: list[InputFile], opts: IngestOption
                           bar: tqdm) -> None:
     """Ingest `files` with `workers` processes; this process commits their results in task order."""
     committer = Committer(lake, opts, run)
+    committer.ingestor.inputs = {(f.source, f.name) for f in files}
     pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init,
                                initargs=(lake.root, opts, run.run_id, os.getpid()))
     with environment_for_children(WORKER_ENVIRONMENT), pool:  # workers start at the first submits

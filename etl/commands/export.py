@@ -6,10 +6,6 @@ import sys
 import re
 
 from etl.commands.summary import print_counts
-from etl.export import FORMATS, IMAGE_MODES, LAYOUTS, ExportOptions, export, resolve_versions
-from etl.lake import Lake
-from etl.recipe import check_derived_inputs, compile_recipe, lake_columns, load_recipe
-from etl.sqlrun import connect
 
 HELP = "Export a mixture recipe as training files: LLaVA JSON (or messages), images/, data yaml, manifest."
 EXAMPLES = """\
@@ -25,6 +21,8 @@ A non-empty DIR is only replaced with --force (and only if it holds a previous e
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from etl.export import FORMATS, IMAGE_MODES, LAYOUTS  # duckdb, lance: only when exporting
+
     p.add_argument("recipe", help="recipe YAML (see recipes/README.md)")
     p.add_argument("--out", metavar="DIR", help="output directory (required unless --dry-run)")
     p.add_argument("--images", choices=IMAGE_MODES, default="copy",
@@ -49,7 +47,12 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    lake = Lake.open(args.lake, create=False)
+    from etl.commands.lakes import open_lake
+    from etl.export import ExportOptions, export, resolve_versions
+    from etl.recipe import check_derived_inputs, compile_recipe, lake_columns, load_recipe
+    from etl.sqlrun import connect
+
+    lake = open_lake(args)
     if args.dry_run:
         recipe = load_recipe(args.recipe)
         pins = resolve_versions(lake, args.version)
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     counts = result.manifest["counts"]
     print_counts("export", {"samples_written": counts["samples"], "images_written": counts["images"]["written"],
-                            **{f"removed_{k}": v for k, v in counts["removed_total"].items()}})
+                            **{f"removed.{k}": v for k, v in counts["removed_total"].items()}})
     for source, c in counts["sources"].items():
         print(f"  {source}: {c['considered']:,} considered, {c['selected']:,} selected, {c['written']:,} written")
     out = result.out.resolve()

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from etl.commands.failure import FAILED, say
 from etl.commands.summary import print_counts
-from etl.hub import fetch_dataset, ingest_arguments, parse_hub_ref, refuse_outside_roots
-from etl.ingest import IngestOptions, ingest
-from etl.lake import Lake
-from etl.sources import readers
 
 HELP = "Ingest source files (LLaVA JSON/JSONL, HF parquet, webdataset tars, messages JSON) into the lake."
 EXAMPLES = """\
@@ -26,6 +23,8 @@ READER_OPTIONS = ("prompt", "concurrency", "timeout", "retries", "max_bytes", "p
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from etl.sources import readers  # pyarrow: only when ingesting
+
     p.add_argument("paths", nargs="*", metavar="PATH", help="files, directories or globs")
     p.add_argument("--source", help="dataset name stored with every sample (default: from the file/folder name)")
     p.add_argument("--format", default="auto", choices=["auto", *readers()], help="source format (default: auto)")
@@ -60,6 +59,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def input_paths(args: argparse.Namespace) -> list[str]:
     """The PATH arguments, plus the local copy of a Hub dataset when --from-hub is given."""
+    from etl.hub import fetch_dataset, ingest_arguments, parse_hub_ref, refuse_outside_roots
+
     paths = list(args.paths)
     if args.from_hub:
         refuse_outside_roots(args.allow_outside_roots)
@@ -72,8 +73,11 @@ def input_paths(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etl.commands.lakes import open_lake
+    from etl.ingest import IngestOptions, ingest
+
     paths = input_paths(args)
-    lake = Lake.open(args.lake)
+    lake = open_lake(args, create=True)
     reader_options = {k: getattr(args, k) for k in READER_OPTIONS if getattr(args, k) is not None}
     opts = IngestOptions(source=args.source, format=args.format, image_roots=args.image_root,
                          allow_outside_roots=args.allow_outside_roots,
@@ -81,4 +85,39 @@ def run(args: argparse.Namespace) -> int:
                          progress=False if args.no_progress else None)
     counts = ingest(lake, paths, opts)
     print_counts("ingest", counts)
+    empty = files_without_samples(lake, paths, opts)
+    if empty:
+        say(f"{len(empty)} file(s) gave no sample: " + "; ".join(empty[:5]) + (" ..." if len(empty) > 5 else ""))
+        return FAILED
     return 0
+
+
+def files_without_samples(lake, paths: list[str], opts) -> list[str]:
+    """What went wrong with each input file that has no sample in the lake (from this run or before):
+    its errors, and the format its content looks like when that is not the one it was read as."""
+    from etl.ingest import expand_inputs
+    from etl.sqlrun import connect, run_file
+
+    files = expand_inputs(paths, opts)
+    con = connect(lake)
+    rows = run_file(con, "ingest_files", {"ingest_sources": [f.source for f in files],
+                                          "ingest_files": [f.name for f in files]}).fetchall()
+    by_key = {(f.source, f.name): f for f in files}
+    return [why_empty(by_key[(source, name)], errors or {}) for source, name, samples, errors in rows if samples == 0]
+
+
+def why_empty(file, errors: dict[str, int]) -> str:
+    from etl.sources import detect_format
+
+    found = ", ".join(f"{kind} {n:,}" for kind, n in errors.items()) if errors else "no records"
+    try:
+        detected = detect_format(file.path)
+    except ValueError:
+        detected = None
+    if detected and detected != file.format:
+        hint = f"its content looks like {detected}: try --format auto (or --format {detected})"
+    elif errors:
+        hint = f"see `python -m etl sql \"select * from errors where file = '{file.name}'\"`"
+    else:
+        hint = "is it the right file and --format?"
+    return f"{file.name} (read as {file.format}: {found}; {hint})"

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from etl.lake import Lake
-from etl.sqlrun import connect, run_file
+from etl.commands.output import add_output_arguments, write_result
 
 HELP = "Show per-source counts: samples, images, bytes, text-only, multi-image, errors by kind."
 EXAMPLES = """\
@@ -14,7 +13,7 @@ The numbers come from sql/stats.sql (open it in `python -m etl shell` to slice t
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    add_output_arguments(p, max_rows=1000)
 
 
 def lake_totals(con) -> dict[str, int]:
@@ -27,13 +26,11 @@ def lake_totals(con) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    con = connect(Lake.open(args.lake, create=False))
-    rel = run_file(con, "stats")
-    if args.format == "table":
-        rel.show(max_rows=1000, max_width=250)
-        totals = lake_totals(con)
-        print("lake: " + ", ".join(f"{k} {v:,}" for k, v in totals.items()))
-    else:
-        fmt = "csv, header true" if args.format == "csv" else "json, array true"
-        con.execute(f"copy ({rel.sql_query()}) to '/dev/stdout' (format {fmt})")
+    from etl.commands.lakes import open_lake
+    from etl.sqlrun import connect, run_file
+
+    con = connect(open_lake(args))
+    write_result(con, run_file(con, "stats"), args)
+    if args.format == "table" and not args.output:
+        print("lake: " + ", ".join(f"{k} {v:,}" for k, v in lake_totals(con).items()))
     return 0

@@ -148,6 +148,8 @@ class Lake:
         if table.num_rows == 0:
             return []
         fragments = self.write_fragments(name, table)
+        if name == S.IMAGES and not keys:  # remembered, so that this process's race checks see them
+            keys = table[S.KEYS[name]].to_pylist()
         self.commit_fragments(name, fragments, keys)
         return fragments
 
@@ -181,7 +183,7 @@ class Lake:
             present = self.existing_keys(name, table[key].to_pylist())
             if present:
                 table = table.filter(pa.array([k not in present for k in table[key].to_pylist()]))
-            self.append(name, table, table[key].to_pylist() if name == S.IMAGES else ())
+            self.append(name, table)
 
     def overwrite(self, name: str, reader: pa.RecordBatchReader, schema: pa.Schema) -> lance.LanceDataset:
         """Replace table `name` (created if absent) with the rows of `reader`: written as fragments

@@ -9,6 +9,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -320,7 +321,7 @@ class Lake:
         """Merge small fragments left by many small commits (checkpoints, errors, runs)."""
         if len(self.dataset(name).get_fragments()) <= 8:
             return
-        with self.committing():
+        with self.committing(), skipped_on_conflict():
             self.lock.check()
             self.dataset(name).optimize.compact_files()
             self.own.add(name, self.latest_version(name))
@@ -328,7 +329,7 @@ class Lake:
     def ensure_key_index(self, name: str) -> None:
         """(Re)build the BTREE index on the key so existence checks stay fast as the table grows."""
         key = S.KEYS[name]
-        with self.committing():
+        with self.committing(), skipped_on_conflict():
             self.lock.check()
             ds = self.dataset(name)
             if ds.count_rows() == 0:
@@ -342,6 +343,18 @@ class Lake:
     def tag(self, name: str, tag: str, version: int | None = None) -> None:
         ds = self.dataset(name)
         ds.tags.create(tag, version or ds.version)
+
+
+@contextmanager
+def skipped_on_conflict() -> Iterator[None]:
+    """Upkeep (compaction, index refresh) that lost a commit race to a writer outside mmlake's lock
+    is skipped: the table stays correct, and the next run does it."""
+    from lance.commit import CommitConflictError
+
+    try:
+        yield
+    except CommitConflictError:
+        pass
 
 
 def _describe_indices(ds: lance.LanceDataset) -> list[dict]:

@@ -16,8 +16,8 @@ folder (never into the repo) and reused by the next run; no image is a byte- or 
 Jobs (`JOB` is one of them, or `all`):
 - parquet: HF parquet (OneVision schema, row groups of 100) of N distinct JPEGs → `python -m etl ingest`
   (`--workers 1`, `--workers 2`, and the default) vs the seed converter (whole table, PIL decode + save
-  per image, one JSON) and a Polars → Lance pass-through (`polars.read_parquet` → `lance.write_dataset`,
-  hashing and validating nothing);
+  per image, one JSON), a Polars → Lance pass-through (`polars.read_parquet` → `lance.write_dataset`,
+  hashing and validating nothing) and HF `datasets` (`load_dataset("parquet")` + `save_to_disk`, offline);
 - llava: a LLaVA JSON of N records (2% text-only, 1% missing images, the rest each its own image) and
   its image folder → `python -m etl ingest` serial, `--workers 2`, default, vs the seed loop (`json.load`,
   PIL open + save per record, `json.dump`);
@@ -56,11 +56,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-sys.path.insert(0, str(BENCH))
+sys.path[:0] = [str(ROOT), str(BENCH)]  # this checkout's etl, and the sibling bench scripts
 REALDATA = ROOT.parent / "shared" / "realdata"
 RESULTS = BENCH / "results"
 PY = sys.executable
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 PHOTO_GLOBS = ("llava_pretrain_pr1902/**/*.jpg", "data_juicer/tests/ops/data/*.jpg",
                "pillow_test_images/Tests/images/hopper.jpg")
 MIN_KB, MAX_KB = 40, 120
@@ -212,6 +212,16 @@ POLARS_TO_LANCE = textwrap.dedent("""
 """)
 
 
+# HF `datasets`, as its docs show: load the parquet files (Arrow cache files), save_to_disk
+HF_DATASETS = textwrap.dedent("""
+    import glob, sys
+    from datasets import load_dataset
+    ds = load_dataset("parquet", data_files=sorted(glob.glob(sys.argv[1] + "/*.parquet")), split="train",
+                      cache_dir=sys.argv[2] + "/cache")
+    ds.save_to_disk(sys.argv[2] + "/saved")
+""")
+
+
 def write_parquet(folder: Path, images: list[Path], shard_rows: int) -> None:
     """OneVision-schema shards (`datasets` metadata, row groups of 100), one distinct image per row."""
     import pyarrow as pa
@@ -253,7 +263,8 @@ def job_parquet(args, work: Path) -> dict:
              "mmlake_workers2": cli(lake, *ingest, "--workers", "2"),
              "mmlake_default": cli(lake, *ingest),
              "seed_converter": [PY, "-c", CONVERTER, str(data), str(out), str(n)],
-             "polars_to_lance": [PY, "-c", POLARS_TO_LANCE, str(data), str(out / "pass.lance")]}
+             "polars_to_lance": [PY, "-c", POLARS_TO_LANCE, str(data), str(out / "pass.lance")],
+             "hf_datasets_save_to_disk": [PY, "-c", HF_DATASETS, str(data), str(out / "hf")]}
     results = interleaved(cases, args.rounds, work, lambda _: (remove(lake, out), evict([data])))
     best = min(("mmlake_workers1", "mmlake_workers2", "mmlake_default"), key=lambda k: results[k]["seconds"])
     default = results["mmlake_default"]
@@ -263,10 +274,12 @@ def job_parquet(args, work: Path) -> dict:
         "results": results,
         "ratios": {"default_vs_seed_converter": ratio(results["seed_converter"]["seconds"], default["seconds"]),
                    "default_vs_polars_to_lance": ratio(results["polars_to_lance"]["seconds"], default["seconds"]),
+                   "default_vs_hf_datasets": ratio(results["hf_datasets_save_to_disk"]["seconds"], default["seconds"]),
                    "workers2_vs_workers1": ratio(results["mmlake_workers1"]["seconds"], results["mmlake_workers2"]["seconds"]),
-                   "best_mmlake": best},
-        "targets": {"default_vs_polars_to_lance": 1.2, "default_vs_seed_converter": 15.0},
-        "rss_target_mb": {"mmlake_default": 1024},
+                   "default_peak_rss_mb": default["peak_rss_mb"]},
+        "best_mmlake": best,
+        "targets": {"default_vs_polars_to_lance": 1.2, "default_vs_seed_converter": 15.0, "default_peak_rss_mb": 1024},
+        "lower_is_better": ["default_peak_rss_mb"],
     }
 
 
@@ -392,6 +405,17 @@ def job_phash(args, work: Path) -> dict:
     }
 
 
+# bench_export.run_baseline_json (lance rows → list of dicts → json.dump) as its own script: it imports
+# only what a seed exporter does (lance), not mmlake
+EXPORT_SEED = textwrap.dedent(f"""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, {str(BENCH)!r})
+    from bench_export import run_baseline_json
+    run_baseline_json({{"lake": sys.argv[1]}}, Path(sys.argv[2]))
+""")
+
+
 def job_export(args, work: Path) -> dict:
     import bench_export
 
@@ -404,8 +428,8 @@ def job_export(args, work: Path) -> dict:
                                       "--out", str(out), "--images", "none"),
              "mmlake_checks_pass": cli(Path(info["lake"]), "export", str(data / "recipes" / "all_pass.yaml"),
                                        "--out", str(out), "--images", "none"),
-             "seed_json_dump": [PY, str(BENCH / "bench_export.py"), "--one", "json_baseline", "--workdir", str(data)]}
-    seed_out = data / "out" / "json_baseline"
+             "seed_json_dump": [PY, "-c", EXPORT_SEED, info["lake"], str(work / "seed_out")]}
+    seed_out = work / "seed_out"
     results = interleaved(cases, args.rounds, work, lambda _: (remove(out, seed_out), evict([Path(info["lake"])])))
     seed = results["seed_json_dump"]
     return {
@@ -503,6 +527,8 @@ def write(name: str, report: dict) -> None:
               for k, v in report["results"].items()]
     lines += ["", "| ratio (the other's time / mmlake's) | value | target | met |", "|---|---:|---:|---|"]
     lines += [f"| {k} | {v} | {report['targets'].get(k, '')} | {report['met'].get(k, '')} |" for k, v in report["ratios"].items()]
+    lines += [""] + [f"- {key}: {json.dumps(report[key])}" for key in ("best_mmlake", "auto_picks", "auto_never_slower")
+                     if key in report]
     lines += ["", f"Command: `{report['command']}`"]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)

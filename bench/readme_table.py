@@ -33,8 +33,9 @@ def target(r: dict, key: str, label: str) -> str:
     if goal is None:
         return f"{label} **{value}×**"
     lower = key in r.get("lower_is_better", [])
+    unit = {"help_seconds": " s", "default_peak_rss_mb": " MB"}.get(key, "×")
     mark = "met" if r["met"][key] else "missed"
-    return f"{label} **{value}{' s' if lower else '×'}** (target {'<' if lower else '≥'} {goal}{' s' if lower else '×'}: {mark})"
+    return f"{label} **{value}{unit}** (target {'≤' if lower else '≥'} {goal}{unit}: {mark})"
 
 
 def data_text(r: dict) -> str:
@@ -49,8 +50,13 @@ def row_parquet(r: dict) -> list[str]:
     return [f"HF parquet ingest, {r['data']['parquet_mb']:.0f} MB parquet, cold cache",
             f"default {seconds(r, 'mmlake_default')}; `--workers 1` {res['mmlake_workers1']['seconds']:.2f} s, "
             f"`--workers 2` {res['mmlake_workers2']['seconds']:.2f} s",
-            f"seed converter {seconds(r, 'seed_converter')}", f"Polars → Lance pass-through {seconds(r, 'polars_to_lance')}",
-            target(r, "default_vs_seed_converter", "vs seed") + "; " + target(r, "default_vs_polars_to_lance", "vs peer")]
+            f"seed converter {seconds(r, 'seed_converter')}",
+            f"Polars → Lance pass-through {seconds(r, 'polars_to_lance')}"
+            + (f"; HF `datasets` load + `save_to_disk` {seconds(r, 'hf_datasets_save_to_disk')}"
+               if "hf_datasets_save_to_disk" in res else ""),
+            target(r, "default_vs_seed_converter", "vs seed") + "; " + target(r, "default_vs_polars_to_lance", "vs Polars")
+            + (f"; vs `datasets` **{r['ratios']['default_vs_hf_datasets']}×**" if "default_vs_hf_datasets" in r["ratios"] else "")
+            + ("; " + target(r, "default_peak_rss_mb", "peak RSS") if "default_peak_rss_mb" in r["targets"] else "")]
 
 
 def row_llava(r: dict) -> list[str]:

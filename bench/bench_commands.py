@@ -227,16 +227,9 @@ def write_parquet(folder: Path, images: list[Path], shard_rows: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from bench_ingest_parquet import ROW_GROUP
+    from bench_ingest_parquet import ROW_GROUP, onevision_schema
 
-    image = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
-    turn = pa.struct([pa.field("from", pa.string()), pa.field("value", pa.string())])
-    features = {"id": {"dtype": "string", "_type": "Value"}, "image": {"_type": "Image"},
-                "conversations": [{"from": {"dtype": "string", "_type": "Value"},
-                                   "value": {"dtype": "string", "_type": "Value"}}],
-                "data_source": {"dtype": "string", "_type": "Value"}}
-    schema = pa.schema([("id", pa.string()), ("image", image), ("conversations", pa.list_(turn)),
-                        ("data_source", pa.string())], metadata={"huggingface": json.dumps({"info": {"features": features}})})
+    schema = onevision_schema()
     folder.mkdir(parents=True)
     for shard, first in enumerate(range(0, len(images), shard_rows)):
         with pq.ParquetWriter(folder / f"train-{shard:05d}.parquet", schema) as writer:
@@ -283,37 +276,15 @@ def job_parquet(args, work: Path) -> dict:
     }
 
 
-LLAVA_SEED = textwrap.dedent("""
-    import json, os, sys
-    from PIL import Image
-    src, image_root, out = sys.argv[1:4]
-    records = json.load(open(src))
-    kept = []
-    os.makedirs(out, exist_ok=True)
-    for rec in records:
-        if "image" in rec:
-            path = os.path.join(image_root, rec["image"])
-            try:
-                im = Image.open(path); im.load()
-            except OSError:
-                continue
-            im.convert("RGB").save(os.path.join(out, os.path.basename(path)), "JPEG")
-        kept.append(rec)
-    json.dump(kept, open(os.path.join(out, "out.json"), "w"))
-""")
-
-
 def write_llava_json(path: Path, images: list[Path], root: Path, n_records: int) -> dict:
     """LLaVA-1.5-style records: 2% text-only, 1% missing images, the others each name their own image."""
-    from bench_ingest_llava import WORDS
+    from bench_ingest_llava import llava_record
 
     rng, counts = random.Random(1), {"text_only": 0, "missing": 0, "with_image": 0}
     with open(path, "w") as f:
         f.write("[")
         for r in range(n_records):
-            rec = {"id": f"{r:09d}", "conversations": [
-                {"from": "human", "value": "<image>\nWhat is happening in this picture? Describe it in detail."},
-                {"from": "gpt", "value": "The picture shows " + " ".join(rng.choice(WORDS) for _ in range(40)) + "."}]}
+            rec = llava_record(r, rng)
             u = rng.random()
             if u < 0.02:
                 rec["conversations"][0]["value"] = "What is a good name for a cat?"
@@ -330,6 +301,8 @@ def write_llava_json(path: Path, images: list[Path], root: Path, n_records: int)
 
 
 def job_llava(args, work: Path) -> dict:
+    from bench_ingest_llava import BASELINE as seed_loop  # json.load, PIL open + save per record, json.dump
+
     n = 2000 if args.quick else 20000
     images = image_pool(args.pool, n)
     root = args.pool / "pool"
@@ -340,7 +313,7 @@ def job_llava(args, work: Path) -> dict:
     cases = {"mmlake_workers1": cli(lake, *ingest, "--workers", "1"),
              "mmlake_workers2": cli(lake, *ingest, "--workers", "2"),
              "mmlake_default": cli(lake, *ingest),
-             "seed_loop": [PY, "-c", LLAVA_SEED, str(data), str(root), str(out)]}
+             "seed_loop": [PY, "-c", seed_loop, str(data), str(root), str(out), str(n)]}
     referenced = images[:n]
     results = interleaved(cases, args.rounds, work, lambda _: (remove(lake, out), evict([data, *referenced])))
     default = results["mmlake_default"]

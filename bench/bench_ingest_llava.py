@@ -88,6 +88,13 @@ def make_images(folder: Path, n: int) -> None:
         crop.save(folder / f"{i:06d}.jpg", quality=90)
 
 
+def llava_record(r: int, rng: random.Random) -> dict:
+    """Record r of a LLaVA-1.5-style JSON, without its image: an id and a two-turn conversation."""
+    return {"id": f"{r:09d}", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is happening in this picture? Describe it in detail."},
+        {"from": "gpt", "value": "The picture shows " + " ".join(rng.choice(WORDS) for _ in range(40)) + "."}]}
+
+
 def make_json(path: Path, n_records: int, n_images: int, image_sizes: list[int]) -> int:
     """Write the JSON; return the bytes of image files its records reference (with repeats)."""
     rng = random.Random(1)
@@ -95,9 +102,7 @@ def make_json(path: Path, n_records: int, n_images: int, image_sizes: list[int])
     with open(path, "w") as f:
         f.write("[")
         for r in range(n_records):
-            rec = {"id": f"{r:09d}", "conversations": [
-                {"from": "human", "value": "<image>\nWhat is happening in this picture? Describe it in detail."},
-                {"from": "gpt", "value": "The picture shows " + " ".join(rng.choice(WORDS) for _ in range(40)) + "."}]}
+            rec = llava_record(r, rng)
             u = rng.random()
             if u < 0.02:
                 rec["model"] = ""  # text-only, like mix665k

@@ -1,11 +1,13 @@
 """`ingest --workers auto` (the default): parallel only where it was measured faster than serial."""
 from __future__ import annotations
 
+import io
 import json
 import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from etl.commands.ingest import auto_workers
 from etl.ingest import IngestOptions
@@ -15,12 +17,18 @@ from conftest import run_cli
 CORES = len(os.sched_getaffinity(0))
 
 
+def jpeg(i: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), (i * 37 % 256, i * 91 % 256, 40)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
 def parquet_shard(path, rows: int = 20) -> str:
     """A OneVision-style shard: each row embeds its image bytes, which the workers read themselves."""
     image = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
     turns = [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "A photo."}]
     table = pa.table({"id": [str(i) for i in range(rows)],
-                      "image": pa.array([{"bytes": b"\xff\xd8" + bytes(500) + b"%d" % i, "path": None} for i in range(rows)], image),
+                      "image": pa.array([{"bytes": jpeg(i), "path": None} for i in range(rows)], image),
                       "conversations": [turns] * rows})
     pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": {
         "id": {"_type": "Value", "dtype": "string"}, "image": {"_type": "Image"}}}})}), path)

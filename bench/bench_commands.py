@@ -277,27 +277,10 @@ def job_parquet(args, work: Path) -> dict:
 
 
 def write_llava_json(path: Path, images: list[Path], root: Path, n_records: int) -> dict:
-    """LLaVA-1.5-style records: 2% text-only, 1% missing images, the others each name their own image."""
-    from bench_ingest_llava import llava_record
+    """bench_ingest_llava's records (2% text-only, 1% missing images), each other record naming its own image."""
+    from bench_ingest_llava import write_records
 
-    rng, counts = random.Random(1), {"text_only": 0, "missing": 0, "with_image": 0}
-    with open(path, "w") as f:
-        f.write("[")
-        for r in range(n_records):
-            rec = llava_record(r, rng)
-            u = rng.random()
-            if u < 0.02:
-                rec["conversations"][0]["value"] = "What is a good name for a cat?"
-                counts["text_only"] += 1
-            elif u < 0.03:
-                rec["image"] = f"missing/{r}.jpg"
-                counts["missing"] += 1
-            else:
-                rec["image"] = str(images[r].relative_to(root))
-                counts["with_image"] += 1
-            f.write(("," if r else "") + json.dumps(rec))
-        f.write("]")
-    return counts
+    return dict(write_records(path, n_records, lambda r, rng: str(images[r].relative_to(root))))
 
 
 def job_llava(args, work: Path) -> dict:

@@ -86,7 +86,7 @@ def row_help(r: dict) -> list[str]:
     res = r["results"]
     return ["`python -m etl --help`", f"{seconds(r, 'mmlake_help')}",
             f"`python -c pass` {res['python_start']['seconds']:.2f} s", f"`python -c 'import lance'` "
-            f"{res['python_import_lance']['seconds']:.2f} s", target(r, "help_seconds", "")]
+            f"{res['python_import_lance']['seconds']:.2f} s", target(r, "help_seconds", "wall")]
 
 
 ROWS = {"parquet": row_parquet, "llava": row_llava, "phash": row_phash, "export": row_export, "help": row_help}

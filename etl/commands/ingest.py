@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from etl.commands.failure import FAILED, say
 from etl.commands.summary import print_counts
@@ -37,9 +38,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "with --from-hub)")
     p.add_argument("--prompt", help="human turn for caption-only sources (webdataset), e.g. '<image>\\nDescribe the image.'")
     p.add_argument("--batch-size", type=int, default=1000, help="records per commit (default: 1000)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes that read, hash and write in parallel (default: 1); one process commits. "
-                        "Use up to one per core: each holds about 0.5 GB")
+    p.add_argument("--workers", type=workers_argument, default="auto",
+                   help="processes that read, hash and write in parallel, or 'auto' (default): parallel only "
+                        "where it was measured faster than serial (HF parquet from 1 GB on); one process "
+                        "commits. Up to one per core: each holds about 0.5 GB")
     hub = p.add_argument_group("Hugging Face Hub (download resumes; the ingest resumes too)")
     hub.add_argument("--from-hub", metavar="REPO_ID", help="dataset id or hf://datasets/OWNER/NAME[/FOLDER]")
     hub.add_argument("--include", action="append", default=[], metavar="GLOB", help="only these files (repeatable)")
@@ -77,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from etl.ingest import IngestOptions, ingest
 
     paths = input_paths(args)
+    if args.workers == "auto":
+        args.workers = auto_workers(paths, IngestOptions(source=args.source, format=args.format))
     lake = open_lake(args, create=True)
     reader_options = {k: getattr(args, k) for k in READER_OPTIONS if getattr(args, k) is not None}
     opts = IngestOptions(source=args.source, format=args.format, image_roots=args.image_root,
@@ -121,3 +125,33 @@ def why_empty(file, errors: dict[str, int]) -> str:
     else:
         hint = "is it the right file and --format?"
     return f"{file.name} (read as {file.format}: {found}; {hint})"
+
+
+# -- `--workers auto` ----------------------------------------------------------------------------------
+# Measured on 2 cores (issue 19; `bench/bench_commands.py crossover` measures it again): each worker
+# process pays its own start-up (imports, a Lance session) and the committing process runs beside them,
+# so workers win only on inputs they read themselves (HF parquet row groups, `row_ranges`), and only
+# from about 0.75 GB of them on (0.5 GB: serial 10% faster; 5.4 GB: 2 workers 1.5x faster). JSON, tars
+# and messages are parsed by the committing process and shipped to the workers: 2 workers were slower
+# than serial at every size measured (20k records: 0.56x).
+PARALLEL_FROM_BYTES = 1 << 30  # one more worker per GB of worker-readable input, up to one per core
+
+
+def workers_argument(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of processes >= 1, got {value!r}")
+    return int(value)
+
+
+def auto_workers(paths: list[str], opts, from_bytes: int = PARALLEL_FROM_BYTES) -> int:
+    """Serial (1) unless the inputs the workers read themselves hold at least `from_bytes`; then one
+    more worker per `from_bytes` of them, at most one per core this process may use."""
+    from etl.ingest import expand_inputs
+    from etl.sources import readers
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    seekable = sum(os.path.getsize(f.path) for f in expand_inputs(paths, opts)
+                   if hasattr(readers()[f.format], "row_ranges"))
+    return max(1, min(cores, 1 + seekable // from_bytes))

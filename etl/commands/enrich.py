@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from etl.commands.engine_args import add_engine_arguments, engine_spec
 from etl.commands.summary import print_counts
 from etl.enrich import ENRICHERS, get_enricher
 from etl.enrich.runner import RunOptions, run_enricher
@@ -29,7 +30,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def add_runner_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    add_engine_arguments(p)
     p.add_argument("--rows-per-task", type=int, default=256, dest="rows_per_task",
                    help="rows handed to a worker at a time (default: 256)")
     p.add_argument("--where", help="DuckDB predicate over the table's view, e.g. \"source = 'coco'\"")
@@ -41,7 +42,8 @@ def add_runner_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     lake = Lake.open(args.lake)
     enricher = get_enricher(args.enricher).from_args(args)
-    opts = RunOptions(workers=args.workers, batch_size=args.rows_per_task, where=args.where, limit=args.limit,
+    opts = RunOptions(workers=args.workers, engine=engine_spec(args), batch_size=args.rows_per_task,
+                      where=args.where, limit=args.limit,
                       retry_errors=args.retry_errors, progress=False if args.no_progress else None)
     print_counts(f"enrich {args.enricher}", run_enricher(lake, enricher, opts))
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from etl.commands.engine_args import add_engine_arguments, engine_spec
 from etl.commands.summary import print_counts
 from etl.hub import fetch_dataset, ingest_arguments, parse_hub_ref
 from etl.ingest import IngestOptions, ingest
@@ -30,9 +31,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "the annotation file's own folder is tried last)")
     p.add_argument("--prompt", help="human turn for caption-only sources (webdataset), e.g. '<image>\\nDescribe the image.'")
     p.add_argument("--batch-size", type=int, default=1000, help="records per commit (default: 1000)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes that read, hash and write in parallel (default: 1); one process commits. "
-                        "Use up to one per core: each holds about 0.5 GB")
+    add_engine_arguments(p, "workers that read, hash and write in parallel (default: 1 locally, as many as fit on "
+                            "Ray); one process commits. Locally, up to one per core: each holds about 0.5 GB")
     hub = p.add_argument_group("Hugging Face Hub (download resumes; the ingest resumes too)")
     hub.add_argument("--from-hub", metavar="REPO_ID", help="dataset id or hf://datasets/OWNER/NAME[/FOLDER]")
     hub.add_argument("--include", action="append", default=[], metavar="GLOB", help="only these files (repeatable)")
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     reader_options = {"prompt": args.prompt} if args.prompt else {}
     opts = IngestOptions(source=args.source, format=args.format, image_roots=args.image_root,
                          batch_records=args.batch_size, reader_options=reader_options, workers=args.workers,
+                         engine=engine_spec(args),
                          progress=False if args.no_progress else None)
     counts = ingest(lake, paths, opts)
     print_counts("ingest", counts)

@@ -29,20 +29,23 @@ import pytest
 
 from etl import schema as S
 from etl.cli import main
+from etl.engine.ray_engine import MISSING_RAY
 from etl.lake import Lake
+from etl.sqlrun import lake_tables
 
 from conftest import REPO
 from test_concurrency import assert_all_ok, assert_same, content, corpus, run_together  # noqa: F401 (fixture)
 
 IN_NAMESPACE = os.environ.get("MMLAKE_SCALE_OUT_NETNS") == "1"
 MISSING = [m for m in ("ray", "moto", "boto3") if importlib.util.find_spec(m) is None]
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}: pip install -e '.[dev]'")
+needs_ray_and_moto = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}: pip install -e '.[dev]'")
 inside = pytest.mark.skipif(not IN_NAMESPACE, reason="runs inside the private network namespace "
                             "(test_the_scale_out_stories_run_in_a_private_network_namespace)")
 BUCKET = "mmlake"
 
 
 # -- the outer run ------------------------------------------------------------------------------------
+@needs_ray_and_moto
 def test_the_scale_out_stories_run_in_a_private_network_namespace(pytestconfig):
     if IN_NAMESPACE:
         pytest.skip("this is the run inside the namespace")
@@ -55,6 +58,60 @@ def test_the_scale_out_stories_run_in_a_private_network_namespace(pytestconfig):
     print(proc.stdout[-4000:])
     assert proc.returncode == 0, f"stories failed inside the namespace:\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"
     assert " passed" in proc.stdout.strip().splitlines()[-1], proc.stdout[-3000:]
+
+
+# -- without a cluster -------------------------------------------------------------------------------
+def test_engine_ray_without_ray_installed_is_one_clear_error_line(tmp_path):
+    code = ("import sys; sys.modules['ray'] = None; from etl.cli import main; "
+            f"sys.exit(main(['--lake', {str(tmp_path / 'lake')!r}, 'enrich', 'phash', '--engine', 'ray']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == MISSING_RAY
+    assert not (tmp_path / "lake").exists()  # refused before the lake was touched
+
+
+def test_ray_sizing_options_without_engine_ray_are_refused(tmp_path, capsys):
+    assert main(["--lake", str(tmp_path / "lake"), "enrich", "phash", "--gpus-per-worker", "1"]) == 2
+    assert "need --engine ray" in capsys.readouterr().err
+
+
+def test_sql_sees_the_tables_jobs_add_to_the_lake(lake):
+    import lance
+    import pyarrow as pa
+
+    lance.write_dataset(pa.table({"sample_id": ["x"]}), lake.uri("dup_exact"))
+    assert lake_tables(lake) == [*S.TABLES, "dup_exact"]
+
+
+def unknown_commit(monkeypatch, applied: bool) -> list[int]:
+    """Make the next Lance commit end with "result unknown", after committing when `applied`."""
+    import lance
+
+    real, calls = lance.LanceDataset.commit, []
+
+    def commit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            return real(*args, **kwargs)
+        version = real(*args, **kwargs).version if applied else kwargs["read_version"] + 1
+        raise OSError(f"Commit result for version {version} is unknown: the commit may or may not have been applied")
+
+    monkeypatch.setattr(lance.LanceDataset, "commit", staticmethod(commit))
+    return calls
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["applied", "not applied"])
+def test_a_commit_whose_result_is_unknown_is_looked_up_and_made_exactly_once(lake, monkeypatch, applied):
+    import pyarrow as pa
+
+    rows = pa.Table.from_pylist([{"job": "j", "file": f"f{i}", "fingerprint": "x", "upto_row": i, "done": False}
+                                 for i in range(3)], schema=S.CHECKPOINTS_SCHEMA)
+    fragments = lake.write_fragments(S.CHECKPOINTS, rows)
+    calls = unknown_commit(monkeypatch, applied)
+    version = lake.commit_fragments(S.CHECKPOINTS, fragments)
+    assert lake.count(S.CHECKPOINTS) == 3
+    assert version == lake.latest_version(S.CHECKPOINTS)
+    assert len(calls) == (1 if applied else 2)
 
 
 # -- the services: one S3 server, one 2-node Ray cluster ----------------------------------------------
@@ -209,17 +266,23 @@ def test_two_ingests_at_once_on_one_s3_lake_store_each_shared_image_once(service
 
 
 # -- faults (--runslow) ---------------------------------------------------------------------------------
-def kill_a_ray_worker_when_busy(after: float) -> threading.Thread:
-    """Kill -9 one of this test's Ray actor processes (`ray::Worker`) `after` seconds from now."""
+def kill_a_ray_worker_mid_task() -> threading.Thread:
+    """Kill -9 one of this test's Ray actor processes while it runs a task (its process title is
+    then `ray::Worker.run`); the thread's `killed` lists the pid."""
     import psutil
 
     def kill() -> None:
-        time.sleep(after)
-        me = psutil.Process()
-        workers = [p for p in me.children(recursive=True) if "ray::Worker" in " ".join(p.cmdline() or [])]
-        if workers:
-            os.kill(workers[0].pid, signal.SIGKILL)
-            killed.append(workers[0].pid)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    if "ray::Worker.run" in " ".join(p.cmdline()):
+                        os.kill(p.pid, signal.SIGKILL)
+                        killed.append(p.pid)
+                        return
+                except psutil.Error:
+                    continue
+            time.sleep(0.05)
 
     killed: list[int] = []
     thread = threading.Thread(target=kill, daemon=True)
@@ -233,13 +296,15 @@ def kill_a_ray_worker_when_busy(after: float) -> threading.Thread:
 def test_a_ray_worker_killed_mid_ingest_and_mid_phash_ends_equal_to_the_local_lake(services, corpus, local_lake, tmp_path):
     root = str(tmp_path / "lake")
     common = ("--image-root", corpus["images"], "--batch-size", "10", "--no-progress", *RAY)
-    killer = kill_a_ray_worker_when_busy(3.0)
+    killer = kill_a_ray_worker_mid_task()
     etl(root, "ingest", corpus["a"], "--source", "a", *common)
-    etl(root, "ingest", corpus["ov"], "--source", "ov", *common)
     killer.join()
-    killer = kill_a_ray_worker_when_busy(2.0)
+    etl(root, "ingest", corpus["ov"], "--source", "ov", *common)
+    assert killer.killed, "no Ray worker was seen running an ingest task"
+    killer = kill_a_ray_worker_mid_task()
     etl(root, "enrich", "phash", "--rows-per-task", "8", "--no-progress", *RAY)
     killer.join()
+    assert killer.killed, "no Ray worker was seen running a phash task"
     assert_same(full_content(root), local_lake["content"])
 
 

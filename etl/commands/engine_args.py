@@ -22,9 +22,14 @@ def add_engine_arguments(p: argparse.ArgumentParser, workers_help: str = DEFAULT
 
 
 def engine_spec(args: argparse.Namespace) -> EngineSpec:
-    """The EngineSpec the arguments describe; Ray-only options without `--engine ray` are an error."""
+    """The EngineSpec the arguments describe; Ray-only options without `--engine ray` are an error,
+    so is `--engine ray` without Ray installed."""
     if args.engine != "ray" and (args.ray_address or args.gpus_per_worker or args.cpus_per_worker != 1.0):
         raise ValueError("--ray-address, --cpus-per-worker and --gpus-per-worker need --engine ray")
     if args.workers < 0 or args.cpus_per_worker <= 0 or args.gpus_per_worker < 0:
         raise ValueError("--workers, --cpus-per-worker and --gpus-per-worker cannot be negative")
+    if args.engine == "ray":
+        from etl.engine.ray_engine import require_ray
+
+        require_ray()  # a missing extra stops the command before it touches the lake
     return EngineSpec(args.engine, args.ray_address, args.cpus_per_worker, args.gpus_per_worker)

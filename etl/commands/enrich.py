@@ -40,9 +40,10 @@ def add_runner_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    engine = engine_spec(args)  # refused (bad options, Ray missing) before the lake is touched
     lake = Lake.open(args.lake)
     enricher = get_enricher(args.enricher).from_args(args)
-    opts = RunOptions(workers=args.workers, engine=engine_spec(args), batch_size=args.rows_per_task,
+    opts = RunOptions(workers=args.workers, engine=engine, batch_size=args.rows_per_task,
                       where=args.where, limit=args.limit,
                       retry_errors=args.retry_errors, progress=False if args.no_progress else None)
     print_counts(f"enrich {args.enricher}", run_enricher(lake, enricher, opts))

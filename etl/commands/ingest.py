@@ -55,12 +55,13 @@ def input_paths(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    engine = engine_spec(args)  # refused (bad options, Ray missing) before the lake is touched
     paths = input_paths(args)
     lake = Lake.open(args.lake)
     reader_options = {"prompt": args.prompt} if args.prompt else {}
     opts = IngestOptions(source=args.source, format=args.format, image_roots=args.image_root,
                          batch_records=args.batch_size, reader_options=reader_options, workers=args.workers,
-                         engine=engine_spec(args),
+                         engine=engine,
                          progress=False if args.no_progress else None)
     counts = ingest(lake, paths, opts)
     print_counts("ingest", counts)

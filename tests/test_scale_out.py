@@ -266,29 +266,36 @@ def test_two_ingests_at_once_on_one_s3_lake_store_each_shared_image_once(service
 
 
 # -- faults (--runslow) ---------------------------------------------------------------------------------
-def kill_a_ray_worker_mid_task() -> threading.Thread:
-    """Kill -9 one of this test's Ray actor processes while it runs a task (its process title is
-    then `ray::Worker.run`); the thread's `killed` lists the pid."""
+def busy_ray_worker(seconds: float = 120) -> int | None:
+    """The pid of one of this test's Ray actor processes while it runs a task (its process title
+    is then `ray::Worker.run`), waiting up to `seconds` for one."""
     import psutil
 
-    def kill() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            for p in psutil.Process().children(recursive=True):
-                try:
-                    if "ray::Worker.run" in " ".join(p.cmdline()):
-                        os.kill(p.pid, signal.SIGKILL)
-                        killed.append(p.pid)
-                        return
-                except psutil.Error:
-                    continue
-            time.sleep(0.05)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if "ray::Worker.run" in " ".join(p.cmdline()):
+                    return p.pid
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+    return None
 
-    killed: list[int] = []
-    thread = threading.Thread(target=kill, daemon=True)
-    thread.killed = killed  # type: ignore[attr-defined]
+
+def in_background(action) -> threading.Thread:
+    """Run `action` on a thread; what it returns lands in the thread's `result` list."""
+    thread = threading.Thread(target=lambda: thread.result.append(action()), daemon=True)
+    thread.result = []  # type: ignore[attr-defined]
     thread.start()
     return thread
+
+
+def kill_a_busy_ray_worker() -> int | None:
+    pid = busy_ray_worker()
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+    return pid
 
 
 @inside
@@ -296,15 +303,15 @@ def kill_a_ray_worker_mid_task() -> threading.Thread:
 def test_a_ray_worker_killed_mid_ingest_and_mid_phash_ends_equal_to_the_local_lake(services, corpus, local_lake, tmp_path):
     root = str(tmp_path / "lake")
     common = ("--image-root", corpus["images"], "--batch-size", "10", "--no-progress", *RAY)
-    killer = kill_a_ray_worker_mid_task()
+    killer = in_background(kill_a_busy_ray_worker)
     etl(root, "ingest", corpus["a"], "--source", "a", *common)
     killer.join()
+    assert killer.result[0], "no Ray worker was seen running an ingest task"
     etl(root, "ingest", corpus["ov"], "--source", "ov", *common)
-    assert killer.killed, "no Ray worker was seen running an ingest task"
-    killer = kill_a_ray_worker_mid_task()
+    killer = in_background(kill_a_busy_ray_worker)
     etl(root, "enrich", "phash", "--rows-per-task", "8", "--no-progress", *RAY)
     killer.join()
-    assert killer.killed, "no Ray worker was seen running a phash task"
+    assert killer.result[0], "no Ray worker was seen running a phash task"
     assert_same(full_content(root), local_lake["content"])
 
 
@@ -322,3 +329,31 @@ def test_the_driver_killed_between_commits_then_rerun_ends_equal_to_the_local_la
     etl(lake, "ingest", corpus["ov"], "--source", "ov", *common)
     etl(lake, "enrich", "phash", "--rows-per-task", "32", "--no-progress", *RAY)
     assert_same(full_content(lake), local_lake["content"])
+
+
+@inside
+@pytest.mark.slow
+def test_the_second_nodes_raylet_killed_mid_ingest_and_replaced_ends_equal_to_the_local_lake(services, corpus, local_lake, tmp_path):
+    """A node dies (kill -9 of its raylet, its workers go with it) and the cluster replaces it, as
+    KubeRay or an autoscaler would: its actors restart on the new node, their tasks run again."""
+    from ray._private import ray_constants
+
+    cluster, lost = services["cluster"], services["second"]
+    root = str(tmp_path / "lake")
+    common = ("--image-root", corpus["images"], "--batch-size", "10", "--no-progress", *RAY)
+
+    def kill_and_replace() -> bool:
+        if busy_ray_worker() is None:
+            return False
+        os.kill(lost.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid, signal.SIGKILL)
+        cluster.remove_node(lost, allow_graceful=False)  # what the raylet left behind
+        services["second"] = cluster.add_node(num_cpus=1)
+        return True
+
+    thread = in_background(kill_and_replace)
+    etl(root, "ingest", corpus["a"], "--source", "a", *common)
+    thread.join()
+    assert thread.result[0], "the node was not taken down"
+    etl(root, "ingest", corpus["ov"], "--source", "ov", *common)
+    etl(root, "enrich", "phash", "--rows-per-task", "32", "--no-progress", *RAY)
+    assert_same(full_content(root), local_lake["content"])

@@ -156,7 +156,7 @@ def services():
 
     moto = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    cluster = None
+    cluster, replacements = None, []
     try:
         wait_for_port(port, moto)
         boto3.client("s3").create_bucket(Bucket=BUCKET)
@@ -165,10 +165,13 @@ def services():
         second = cluster.add_node(num_cpus=1)
         ray.init(address=cluster.address, logging_level="WARNING")
         print(f"ray cluster up in {time.monotonic() - started:.1f} s", file=sys.stderr)
-        yield {"cluster": cluster, "second": second, "address": cluster.address, "scratch": scratch}
+        yield {"cluster": cluster, "second": second, "address": cluster.address, "replacements": replacements}
     finally:
         if ray.is_initialized():
             ray.shutdown()
+        for node in replacements:  # `ray start --block` stops its node's processes on SIGTERM
+            node.terminate()
+            node.wait(60)
         if cluster is not None:
             cluster.shutdown()
         moto.send_signal(signal.SIGTERM)
@@ -347,7 +350,10 @@ def test_the_second_nodes_raylet_killed_mid_ingest_and_replaced_ends_equal_to_th
             return False
         os.kill(lost.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid, signal.SIGKILL)
         cluster.remove_node(lost, allow_graceful=False)  # what the raylet left behind
-        services["second"] = cluster.add_node(num_cpus=1)
+        # the replacement joins like a new machine would (Cluster.add_node only works on the main thread)
+        services["replacements"].append(subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--address", services["address"], "--num-cpus", "1",
+             "--block", "--disable-usage-stats"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return True
 
     thread = in_background(kill_and_replace)

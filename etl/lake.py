@@ -6,6 +6,7 @@ Every write is a Lance commit, so a reader (or a crash) only ever sees whole bat
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -207,6 +208,17 @@ class Lake:
                 table = table.filter(pa.array([k not in present for k in table[key].to_pylist()]))
             self.append(name, table, table[key].to_pylist() if name == S.IMAGES else ())
 
+    def overwrite(self, name: str, reader: pa.RecordBatchReader, schema: pa.Schema) -> lance.LanceDataset:
+        """Replace table `name` (created if absent) with the rows of `reader`: written as fragments
+        first, then committed as one `Overwrite` inside the commit lock (older versions stay readable)."""
+        fragments = lance.fragment.write_fragments(reader, self.uri(name), schema=schema, data_storage_version="2.2")
+        with self.committing():
+            self.lock.check()
+            ds = lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Overwrite(schema, fragments),
+                                           read_version=self.dataset(name).version if self.exists(name) else None)
+            self.own.add(name, ds.version)
+            return ds
+
     def fill_columns(self, name: str, table: pa.Table) -> None:
         """Set the columns in `table` for the rows whose key matches, rewriting only those columns.
 
@@ -363,5 +375,26 @@ def _describe_indices(ds: lance.LanceDataset) -> list[dict]:
 
 
 def dumps(obj) -> str:
-    """Canonical JSON: sorted keys, no whitespace, UTF-8 kept (stable across runs for hashing)."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    """Canonical strict JSON: sorted keys, no whitespace, UTF-8 kept (stable across runs for hashing).
+
+    NaN and ±Infinity, which JSON cannot hold, are written as the strings "NaN", "Infinity" and
+    "-Infinity" (the protobuf JSON mapping's spelling): DuckDB's `CAST(... AS DOUBLE)` reads them
+    back as the same floats, and every JSON parser reads the text.
+    """
+    try:
+        return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str,
+                          allow_nan=False)
+    except ValueError:  # a non-finite float somewhere (rare): spell them out, then encode
+        return json.dumps(finite_floats(obj), sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                          default=str, allow_nan=False)
+
+
+def finite_floats(obj):
+    """`obj` with each NaN/±Infinity float replaced by its name ("NaN", "Infinity", "-Infinity")."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if obj != obj else "Infinity" if obj > 0 else "-Infinity"
+    if isinstance(obj, dict):
+        return {k: finite_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_floats(v) for v in obj]
+    return obj

@@ -5,7 +5,7 @@ import argparse
 
 from etl.commands.engine_args import add_engine_arguments, engine_spec
 from etl.commands.summary import print_counts
-from etl.hub import fetch_dataset, ingest_arguments, parse_hub_ref
+from etl.hub import fetch_dataset, ingest_arguments, parse_hub_ref, refuse_outside_roots
 from etl.ingest import IngestOptions, ingest
 from etl.lake import Lake
 from etl.sources import readers
@@ -18,8 +18,12 @@ EXAMPLES = """\
   python -m etl ingest lmms-lab/LLaVA-OneVision-Data/ --workers 2       # one source per config folder
   python -m etl ingest --from-hub lmms-lab/LLaVA-OneVision-Data --include 'CLEVR-Math*/*.parquet'
   python -m etl ingest shards/ --format webdataset --prompt '<image>\\nDescribe the image.'
+  python -m etl ingest cc3m.parquet --format urls --source cc3m --concurrency 32 --per-host-rate 5
 Rerunning the same command adds nothing; after a crash it continues where it stopped.
 Records whose images are missing or not images go to the `errors` table with the raw record."""
+
+READER_OPTIONS = ("prompt", "concurrency", "timeout", "retries", "max_bytes", "per_host_rate", "url_column",
+                  "caption_column")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -29,6 +33,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-root", action="append", default=[], metavar="DIR",
                    help="folder relative image paths are resolved against (repeatable; "
                         "the annotation file's own folder is tried last)")
+    p.add_argument("--allow-outside-roots", action="store_true",
+                   help="follow image paths (absolute, ../, symlinks) to files outside the image roots, the "
+                        "annotation file's folder and the folder given; only for sources you trust (refused "
+                        "with --from-hub)")
     p.add_argument("--prompt", help="human turn for caption-only sources (webdataset), e.g. '<image>\\nDescribe the image.'")
     p.add_argument("--batch-size", type=int, default=1000, help="records per commit (default: 1000)")
     add_engine_arguments(p, "workers that read, hash and write in parallel (default: 1 locally, as many as fit on "
@@ -39,6 +47,14 @@ def configure(p: argparse.ArgumentParser) -> None:
     hub.add_argument("--revision", help="branch, tag or commit of the dataset repo")
     hub.add_argument("--hub-dir", help="download folder (default: ~/.cache/mmlake/hub/OWNER/NAME)")
     hub.add_argument("--hub-mirror", help="a local folder laid out like the Hub (OWNER/NAME/...) to read instead")
+    urls = p.add_argument_group("URL lists (--format urls: parquet/CSV/TSV/JSONL/txt of image URLs, downloaded)")
+    urls.add_argument("--concurrency", type=int, help="downloads in flight (default: 16)")
+    urls.add_argument("--timeout", type=float, help="seconds per attempt, whole body included (default: 30)")
+    urls.add_argument("--retries", type=int, help="retries of 5xx/429/timeouts/resets, backoff doubling (default: 2)")
+    urls.add_argument("--max-image-bytes", type=int, dest="max_bytes", help="larger images are refused (default: 32 MiB)")
+    urls.add_argument("--per-host-rate", type=float, help="requests per second to one host (default: no limit)")
+    urls.add_argument("--url-column", help="the column holding the URL(s) (default: url, image_url, image, ...)")
+    urls.add_argument("--caption-column", help="the caption column (default: caption, txt, text)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -46,6 +62,7 @@ def input_paths(args: argparse.Namespace) -> list[str]:
     """The PATH arguments, plus the local copy of a Hub dataset when --from-hub is given."""
     paths = list(args.paths)
     if args.from_hub:
+        refuse_outside_roots(args.allow_outside_roots)
         ref = parse_hub_ref(args.from_hub, args.include)
         folder = fetch_dataset(ref, args.hub_dir, args.hub_mirror, args.revision)
         paths += ingest_arguments(folder, ref.include)
@@ -58,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
     engine = engine_spec(args)  # refused (bad options, Ray missing) before the lake is touched
     paths = input_paths(args)
     lake = Lake.open(args.lake)
-    reader_options = {"prompt": args.prompt} if args.prompt else {}
+    reader_options = {k: getattr(args, k) for k in READER_OPTIONS if getattr(args, k) is not None}
     opts = IngestOptions(source=args.source, format=args.format, image_roots=args.image_root,
+                         allow_outside_roots=args.allow_outside_roots,
                          batch_records=args.batch_size, reader_options=reader_options, workers=args.workers,
                          engine=engine,
                          progress=False if args.no_progress else None)

@@ -64,8 +64,9 @@ def sql_path(name: str) -> Path:
 def lake_tables(lake: Lake) -> list[str]:
     """Every Lance table under the lake root (contract tables first, then job outputs such as
     `dup_exact`). Lance lists the root, so a lake on object storage is listed like a local one."""
-    children = LanceFileSession(lake.root).list_with_delimiter().common_prefixes
-    found = sorted(c.rstrip("/").rsplit("/", 1)[-1][: -len(".lance")] for c in children if c.rstrip("/").endswith(".lance"))
+    listed = LanceFileSession(lake.root).list_with_delimiter().common_prefixes
+    children = (c.rstrip("/").rsplit("/", 1)[-1] for c in listed)
+    found = sorted(c[: -len(".lance")] for c in children if c.endswith(".lance"))
     return [t for t in S.TABLES if t in found] + [t for t in found if t not in S.SCHEMAS]
 
 

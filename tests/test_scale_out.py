@@ -224,7 +224,8 @@ def local_lake(corpus, tmp_path_factory) -> dict:
 
 # -- the stories ----------------------------------------------------------------------------------------
 @inside
-def test_ray_ingest_of_llava_json_and_hf_parquet_then_phash_equals_the_local_lake(services, corpus, local_lake, tmp_path):
+def test_ray_ingest_of_llava_json_and_hf_parquet_then_phash_equals_the_local_lake(services, corpus, local_lake,
+                                                                                  tmp_path):
     root = str(tmp_path / "lake")
     pipeline(corpus, root, RAY)
     got = full_content(root)
@@ -234,7 +235,8 @@ def test_ray_ingest_of_llava_json_and_hf_parquet_then_phash_equals_the_local_lak
 
 
 @inside
-def test_a_lake_on_s3_runs_the_pipeline_and_exports_byte_identical_to_a_local_disk_lake(services, corpus, local_lake, tmp_path):
+def test_a_lake_on_s3_runs_the_pipeline_and_exports_byte_identical_to_a_local_disk_lake(
+        services, corpus, local_lake, tmp_path):
     lake = s3_lake("pipeline")
     pipeline(corpus, lake, RAY)
     assert_same(full_content(lake), local_lake["content"])
@@ -303,7 +305,8 @@ def kill_a_busy_ray_worker() -> int | None:
 
 @inside
 @pytest.mark.slow
-def test_a_ray_worker_killed_mid_ingest_and_mid_phash_ends_equal_to_the_local_lake(services, corpus, local_lake, tmp_path):
+def test_a_ray_worker_killed_mid_ingest_and_mid_phash_ends_equal_to_the_local_lake(
+        services, corpus, local_lake, tmp_path):
     root = str(tmp_path / "lake")
     common = ("--image-root", corpus["images"], "--batch-size", "10", "--no-progress", *RAY)
     killer = in_background(kill_a_busy_ray_worker)
@@ -320,13 +323,14 @@ def test_a_ray_worker_killed_mid_ingest_and_mid_phash_ends_equal_to_the_local_la
 
 @inside
 @pytest.mark.slow
-def test_the_driver_killed_between_commits_then_rerun_ends_equal_to_the_local_lake(services, corpus, local_lake, tmp_path):
+def test_the_driver_killed_between_commits_then_rerun_ends_equal_to_the_local_lake(
+        services, corpus, local_lake, tmp_path):
     lake = s3_lake("driver-killed")
     common = ["--image-root", corpus["images"], "--batch-size", "10", "--no-progress", *RAY,
               "--ray-address", services["address"]]
     env = {**os.environ, "MMLAKE_FAULT": "after_samples:5"}
-    first = subprocess.run([sys.executable, "-m", "etl", "--lake", lake, "ingest", corpus["a"], "--source", "a", *common],
-                           cwd=REPO, env=env, capture_output=True, text=True)
+    first = subprocess.run([sys.executable, "-m", "etl", "--lake", lake, "ingest", corpus["a"], "--source", "a",
+                            *common], cwd=REPO, env=env, capture_output=True, text=True)
     assert first.returncode != 0, first.stderr[-2000:]
     etl(lake, "ingest", corpus["a"], "--source", "a", *common)
     etl(lake, "ingest", corpus["ov"], "--source", "ov", *common)
@@ -336,7 +340,8 @@ def test_the_driver_killed_between_commits_then_rerun_ends_equal_to_the_local_la
 
 @inside
 @pytest.mark.slow
-def test_the_second_nodes_raylet_killed_mid_ingest_and_replaced_ends_equal_to_the_local_lake(services, corpus, local_lake, tmp_path):
+def test_the_second_nodes_raylet_killed_mid_ingest_and_replaced_ends_equal_to_the_local_lake(
+        services, corpus, local_lake, tmp_path):
     """A node dies (kill -9 of its raylet, its workers go with it) and the cluster replaces it, as
     KubeRay or an autoscaler would: its actors restart on the new node, their tasks run again."""
     from ray._private import ray_constants

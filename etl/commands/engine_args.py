@@ -16,7 +16,8 @@ def add_engine_arguments(p: argparse.ArgumentParser, workers_help: str = DEFAULT
                         "(pip install 'mmlake[ray]')")
     g.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="the Ray cluster to join (default: $RAY_ADDRESS, else a new one on this machine)")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="N", help="CPUs reserved per Ray worker (default: 1)")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="N",
+                   help="CPUs reserved per Ray worker (default: 1)")
     g.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="N",
                    help="GPUs per Ray worker, e.g. 1 for the loss or tags model (default: 0)")
 

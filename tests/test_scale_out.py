@@ -249,6 +249,9 @@ def test_a_lake_on_s3_runs_the_pipeline_and_exports_byte_identical_to_a_local_di
         exports[name] = tree(tmp_path / name)
     assert exports["s3"] == exports["local"]
     assert len(exports["s3"]) > 50  # the JSON, its images and their checksums
+    etl(lake, "stats")
+    etl(lake, "sql", "select count(*) from dup_exact", "--format", "csv", "--output", str(tmp_path / "dups.csv"))
+    assert int((tmp_path / "dups.csv").read_text().splitlines()[1]) > 0
 
 
 def tree(out: Path) -> dict[str, str]:

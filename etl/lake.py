@@ -161,21 +161,22 @@ class Lake:
         nobody else commits, so the table itself tells: if its latest version holds these
         fragments' files, the commit happened; else it is made again."""
         with self.committing():
-            for attempt in range(UNKNOWN_COMMIT_RETRIES + 1):
+            unknown = 0
+            while True:
                 self.lock.check()
                 read_version = self.dataset(name).version
                 try:
                     version = lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Append(fragments),
                                                         read_version=read_version).version
                 except (OSError, RuntimeError, ValueError) as exc:
-                    if "is unknown" not in str(exc) or attempt == UNKNOWN_COMMIT_RETRIES:
+                    unknown += 1
+                    if "is unknown" not in str(exc) or unknown > UNKNOWN_COMMIT_RETRIES:
                         raise
                     version = self.committed_version(name, read_version, fragments)
                     if version is None:
                         continue
                 self.own.add(name, version, frozenset(keys))
                 return version
-        raise AssertionError("unreachable")
 
     def committed_version(self, name: str, read_version: int, fragments: list) -> int | None:
         """The version after `read_version` whose fragments include these files, if it exists."""

@@ -35,6 +35,7 @@ from etl.faults import crash_point
 from etl.imagerefs import ImageRoots, Located, UnreadableImage, read_regular_file
 from etl.images import ImageInfo, NotAnImage, sniff
 from etl.lake import Lake, dumps
+from etl.engine.base import EngineSpec
 from etl.pagecache import DropBehind
 from etl.runlog import Run, recorded_run
 from etl.sources import detect_format, readers
@@ -54,6 +55,7 @@ class IngestOptions:
     batch_bytes: int = 256 << 20
     io_threads: int = 8
     workers: int = 1  # > 1: worker processes read, hash and write; this process commits
+    engine: EngineSpec = field(default_factory=EngineSpec)  # who runs those workers (etl/engine/)
     reader_options: dict = field(default_factory=dict)
     progress: bool | None = None  # None: a bar only on a terminal
 
@@ -594,10 +596,10 @@ def ingest(lake: Lake, paths: list[str], opts: IngestOptions) -> Counter:
               "files": [f.name for f in files], "workers": opts.workers}
     with recorded_run(lake, "ingest", params) as run, gc_passes_lowered():
         with tqdm(desc="ingest", unit=" rec", disable=PROGRESS_DISABLE[opts.progress]) as bar:
-            if opts.workers > 1:
-                from etl.engine.ingest_parallel import ingest_files_parallel  # the engine builds on this module
+            if opts.workers > 1 or opts.engine.distributed:
+                from etl.engine.ingest_parallel import ingest_files_parallel  # it builds on this module
 
-                ingest_files_parallel(lake, files, opts, run, opts.workers, bar)
+                ingest_files_parallel(lake, files, opts, run, bar)
             else:
                 ingest_files_serially(lake, files, opts, run, bar)
         for table in (S.CHECKPOINTS, S.ERRORS, S.RUNS):

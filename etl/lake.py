@@ -21,6 +21,7 @@ from etl import schema as S
 from etl.commitlock import CommitLock, commit_lock
 
 DEFAULT_LAKE = "lake"
+UNKNOWN_COMMIT_RETRIES = 3  # "commit result unknown" from the object store: look, then commit again
 ENV_LAKE = "ETL_LAKE"
 
 
@@ -156,13 +157,38 @@ class Lake:
 
     def commit_fragments(self, name: str, fragments: list, keys: Iterable[str] = ()) -> int:
         """Commit fragments written by `write_fragments` as new rows of `name`; the new version.
-        `keys`: the keys they add, remembered so that this process's later checks need not ask."""
+        `keys`: the keys they add, remembered so that this process's later checks need not ask.
+
+        An object store can leave the outcome of a commit unknown (a timeout after the request was
+        sent): Lance then says "Commit result for version N is unknown". Inside the commit lock
+        nobody else commits, so the table itself tells: if its latest version holds these
+        fragments' files, the commit happened; else it is made again."""
         with self.committing():
-            self.lock.check()
-            version = lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Append(fragments),
-                                                read_version=self.dataset(name).version).version
-            self.own.add(name, version, frozenset(keys))
-            return version
+            unknown = 0
+            while True:
+                self.lock.check()
+                read_version = self.dataset(name).version
+                try:
+                    version = lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Append(fragments),
+                                                        read_version=read_version).version
+                except (OSError, RuntimeError, ValueError) as exc:
+                    unknown += 1
+                    if "is unknown" not in str(exc) or unknown > UNKNOWN_COMMIT_RETRIES:
+                        raise
+                    version = self.committed_version(name, read_version, fragments)
+                    if version is None:
+                        continue
+                self.own.add(name, version, frozenset(keys))
+                return version
+
+    def committed_version(self, name: str, read_version: int, fragments: list) -> int | None:
+        """The version after `read_version` whose fragments include these files, if it exists."""
+        files = {f.path for fragment in fragments for f in fragment.files}
+        latest = self.dataset(name)
+        if latest.version == read_version:
+            return None
+        present = {f.path for fragment in latest.get_fragments() for f in fragment.metadata.files}
+        return latest.version if files <= present else None
 
     def write_fragments(self, name: str, table: pa.Table) -> list:
         """Write `table` as fragments of `name` without committing them (FragmentMetadata)."""

@@ -17,6 +17,7 @@ import duckdb
 import lance
 import pyarrow as pa
 import pyarrow.dataset as pads
+from lance.file import LanceFileSession
 
 from etl import schema as S
 from etl.derived import committed_versions
@@ -61,11 +62,12 @@ def sql_path(name: str) -> Path:
 
 
 def lake_tables(lake: Lake) -> list[str]:
-    """Every Lance table under the lake root (contract tables first, then job outputs)."""
-    if "://" in lake.root:
-        return [t for t in S.TABLES if lake.exists(t)]
-    extra = sorted(p[: -len(".lance")] for p in os.listdir(lake.root) if p.endswith(".lance"))
-    return [t for t in S.TABLES if t in extra] + [t for t in extra if t not in S.SCHEMAS]
+    """Every Lance table under the lake root (contract tables first, then job outputs such as
+    `dup_exact`). Lance lists the root, so a lake on object storage is listed like a local one."""
+    listed = LanceFileSession(lake.root).list_with_delimiter().common_prefixes
+    children = (c.rstrip("/").rsplit("/", 1)[-1] for c in listed)
+    found = sorted(c[: -len(".lance")] for c in children if c.endswith(".lance"))
+    return [t for t in S.TABLES if t in found] + [t for t in found if t not in S.SCHEMAS]
 
 
 def connect(lake: Lake, version: Mapping[str, int | str] | None = None,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from etl.commands.engine_args import add_engine_arguments, engine_spec
 from etl.commands.summary import print_counts
 
 HELP = "Compute enrichment columns (phash, tags, loss) for the rows that do not have them yet."
@@ -28,7 +29,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def add_runner_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    add_engine_arguments(p)
     p.add_argument("--rows-per-task", type=int, default=256, dest="rows_per_task",
                    help="rows handed to a worker at a time (default: 256)")
     p.add_argument("--where", help="DuckDB predicate over the table's view, e.g. \"source = 'coco'\"")
@@ -42,10 +43,12 @@ def run(args: argparse.Namespace) -> int:
     from etl.enrich import get_enricher
     from etl.enrich.runner import RunOptions, run_enricher
 
+    engine = engine_spec(args)  # refused (bad options, Ray missing) before the lake is touched
     lake = open_lake(args)
     lake.ensure_tables()  # a lake written by an older mmlake gains the enrichment columns
     enricher = get_enricher(args.enricher).from_args(args)
-    opts = RunOptions(workers=args.workers, batch_size=args.rows_per_task, where=args.where, limit=args.limit,
+    opts = RunOptions(workers=args.workers, engine=engine, batch_size=args.rows_per_task,
+                      where=args.where, limit=args.limit,
                       retry_errors=args.retry_errors, progress=False if args.no_progress else None)
     print_counts(f"enrich {args.enricher}", run_enricher(lake, enricher, opts))
     return 0

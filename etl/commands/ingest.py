@@ -5,6 +5,7 @@ import argparse
 import os
 
 from etl.commands.failure import FAILED, say
+from etl.commands.engine_args import add_engine_arguments, engine_spec
 from etl.commands.summary import print_counts
 
 HELP = "Ingest source files (LLaVA JSON/JSONL, HF parquet, webdataset tars, messages JSON) into the lake."
@@ -38,10 +39,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "with --from-hub)")
     p.add_argument("--prompt", help="human turn for caption-only sources (webdataset), e.g. '<image>\\nDescribe the image.'")
     p.add_argument("--batch-size", type=int, default=1000, help="records per commit (default: 1000)")
-    p.add_argument("--workers", type=workers_argument, default="auto",
-                   help="processes that read, hash and write in parallel, or 'auto' (default): parallel only "
-                        "where it was measured faster than serial (HF parquet from 1 GB on); one process "
-                        "commits. Up to one per core: each holds about 0.5 GB")
+    add_engine_arguments(p, "workers that read, hash and write in parallel, or 'auto' (default): locally, parallel "
+                            "only where it was measured faster than serial (HF parquet from 1 GB on), up to one per "
+                            "core (each holds about 0.5 GB); on Ray, as many as fit. One process commits",
+                         workers_type=workers_argument, workers_default="auto")
     hub = p.add_argument_group("Hugging Face Hub (download resumes; the ingest resumes too)")
     hub.add_argument("--from-hub", metavar="REPO_ID", help="dataset id or hf://datasets/OWNER/NAME[/FOLDER]")
     hub.add_argument("--include", action="append", default=[], metavar="GLOB", help="only these files (repeatable)")
@@ -78,14 +79,17 @@ def run(args: argparse.Namespace) -> int:
     from etl.commands.lakes import open_lake
     from etl.ingest import IngestOptions, ingest
 
+    engine = engine_spec(args)  # refused (bad options, Ray missing) before the lake is touched
     paths = input_paths(args)
-    if args.workers == "auto":
-        args.workers = auto_workers(paths, IngestOptions(source=args.source, format=args.format))
+    if args.workers == "auto":  # on Ray: as many as fit (0)
+        args.workers = 0 if engine.kind == "ray" else auto_workers(paths, IngestOptions(source=args.source,
+                                                                                        format=args.format))
     lake = open_lake(args, create=True)
     reader_options = {k: getattr(args, k) for k in READER_OPTIONS if getattr(args, k) is not None}
     opts = IngestOptions(source=args.source, format=args.format, image_roots=args.image_root,
                          allow_outside_roots=args.allow_outside_roots,
                          batch_records=args.batch_size, reader_options=reader_options, workers=args.workers,
+                         engine=engine,
                          progress=False if args.no_progress else None)
     counts = ingest(lake, paths, opts)
     print_counts("ingest", counts)

@@ -1,7 +1,7 @@
-"""Parallel ingest (`ingest --workers N`): worker processes read, hash and write; one process commits.
+"""Parallel ingest (`ingest --workers N`, `--engine ray`): workers read, hash and write; one process commits.
 
 The serial ingest reads, hashes and writes one batch after another on one core. Here the work is
-cut into tasks run by a spawn-based process pool (Lance is not fork-safe):
+cut into tasks run by the job's engine (`etl/engine/`: a spawn-based process pool, or Ray actors):
 
 - a task is a range of rows of one file: whole row groups of about `TASK_BYTES` for readers that
   can seek (`row_ranges`: HF parquet), else a batch of records this process has already parsed
@@ -26,12 +26,9 @@ memory stays around `2 × workers × TASK_BYTES` whatever the input size.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 from collections import Counter, deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
@@ -39,7 +36,7 @@ from tqdm import tqdm
 
 from etl import schema as S
 from etl.errors import errors_table
-from etl.engine.local import exit_with_parent
+from etl.engine.base import IN_FLIGHT_PER_WORKER
 from etl.faults import crash_point
 from etl.ingest import (
     STAGE, Batch, FileStart, IngestOptions, Ingestor, InputFile, fewer_gc_passes, images_table, start_file,
@@ -55,7 +52,6 @@ TASK_BYTES = 128 << 20  # image bytes per task at most (also bounded by --batch-
 # ingest worker, and Arrow's allocator keeps freed batches for the next ones instead of handing
 # them back to the kernel (never-touched pages cost several times reused ones on a VM).
 WORKER_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "MIMALLOC_PURGE_DELAY": "-1"}
-IN_FLIGHT_PER_WORKER = 2  # tasks submitted ahead per worker
 
 
 @dataclass
@@ -86,9 +82,6 @@ class TaskResult:
 
 
 # -- worker side ------------------------------------------------------------------------------------
-_worker: "TaskWorker | None" = None
-
-
 class TaskWorker:
     """Lives in a worker process: one lake handle and the serial ingest's resolving code."""
 
@@ -134,16 +127,17 @@ def read_range(task: Task, opts: IngestOptions) -> Iterator[SourceRecord]:
         yield record
 
 
-def _init(lake_root: str, opts: IngestOptions, run_id: str, parent: int) -> None:
-    global _worker
-    _worker = TaskWorker(lake_root, opts, run_id)
-    fewer_gc_passes()  # for the worker's life
-    exit_with_parent(parent)  # a worker whose committing process died (kill -9) exits too
+@dataclass(frozen=True)
+class WorkerFactory:
+    """Builds a worker's `TaskWorker` once, on the worker (picklable for any engine)."""
 
+    lake_root: str
+    opts: IngestOptions
+    run_id: str
 
-def _run(task: Task) -> TaskResult:
-    assert _worker is not None, "worker not initialised"
-    return _worker(task)
+    def __call__(self) -> TaskWorker:
+        fewer_gc_passes()  # for the worker's life
+        return TaskWorker(self.lake_root, self.opts, self.run_id)
 
 
 # -- committing side --------------------------------------------------------------------------------
@@ -267,19 +261,17 @@ def file_tasks(file: InputFile, start: int, opts: IngestOptions) -> Iterator[Tas
         yield Task(file, batch.records[0].source_row, None, records=batch.records)
 
 
-def ingest_files_parallel(lake: Lake, files: list[InputFile], opts: IngestOptions, run: Run, workers: int,
-                          bar: tqdm) -> None:
-    """Ingest `files` with `workers` processes; this process commits their results in task order."""
+def ingest_files_parallel(lake: Lake, files: list[InputFile], opts: IngestOptions, run: Run, bar: tqdm) -> None:
+    """Ingest `files` with the workers of `opts.engine`; this process commits their results in task order."""
     committer = Committer(lake, opts, run)
     committer.ingestor.inputs = {(f.source, f.name) for f in files}
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init,
-                               initargs=(lake.root, opts, run.run_id, os.getpid()))
-    with environment_for_children(WORKER_ENVIRONMENT), pool:  # workers start at the first submits
+    engine = opts.engine.build(opts.workers)
+    with engine.executor(WorkerFactory(lake.root, opts, run.run_id), WORKER_ENVIRONMENT) as executor:
         in_flight: deque[tuple[Task, Future]] = deque()
         for task in plan_tasks(committer, files, opts):
             task = committer.submitted(task)
-            in_flight.append((task, pool.submit(_run, task)))
-            if len(in_flight) >= IN_FLIGHT_PER_WORKER * workers:
+            in_flight.append((task, executor.submit(task)))
+            if len(in_flight) >= IN_FLIGHT_PER_WORKER * engine.workers:
                 committer.commit_finished(finished_in_order(in_flight), bar)
         while in_flight:
             committer.commit_finished(finished_in_order(in_flight), bar)
@@ -296,16 +288,3 @@ def finished_in_order(in_flight: deque[tuple[Task, Future]]) -> list[tuple[Task,
         task, future = in_flight.popleft()
         finished.append((task, future.result()))
     return finished
-
-
-@contextmanager
-def environment_for_children(values: dict[str, str]) -> Iterator[None]:
-    """`values` in os.environ while the block runs (processes started in it inherit them); a
-    variable the user set keeps their value. This process's own libraries have read theirs already."""
-    added = {k: v for k, v in values.items() if k not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)

@@ -12,13 +12,13 @@ import importlib.util
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 from tqdm import tqdm
 
 from etl import schema as S
-from etl.engine.local import LocalEngine
+from etl.engine.base import EngineSpec
 from etl.enrich.base import EnrichBatch, Enricher, EnrichResult
 from etl.errors import ErrorRow, errors_table
 from etl.faults import crash_point
@@ -37,7 +37,8 @@ where t.{marker} is null and ({where})
 
 @dataclass
 class RunOptions:
-    workers: int = 1
+    workers: int = 1  # 0: one locally, as many as fit on a Ray cluster
+    engine: EngineSpec = field(default_factory=EngineSpec)  # who runs the workers (etl/engine/)
     batch_size: int = 256
     commit_rows: int = 4096  # commit when this many values wait...
     commit_seconds: float = 30.0  # ...or when the last commit is this old
@@ -154,13 +155,13 @@ class Committer:
 def run_enricher(lake: Lake, enricher: Enricher, opts: RunOptions) -> Counter:
     """Fill the enricher's columns for every row that lacks them; returns the run's counts."""
     check_requirements(type(enricher))
-    params = {"enricher": enricher.name, **enricher.params(), "workers": opts.workers,
+    params = {"enricher": enricher.name, **enricher.params(), "workers": opts.workers, "engine": opts.engine.kind,
               "batch_size": opts.batch_size, "where": opts.where, "limit": opts.limit}
     with recorded_run(lake, f"enrich {enricher.name}", params) as run:
         total, batches = todo_batches(lake, enricher, opts)
         run.counts["todo"] = total
         committer = Committer(lake, enricher, opts, run)
-        engine = LocalEngine(opts.workers)
+        engine = opts.engine.build(opts.workers)
         disable = {True: False, False: True, None: None}[opts.progress]
         with tqdm(total=total, desc=f"enrich {enricher.name}", unit=" rows", disable=disable) as bar:
             try:

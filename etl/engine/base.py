@@ -1,0 +1,89 @@
+"""The engine seam: what a job needs from whoever runs its workers, and how to choose one.
+
+A job hands an engine a *factory* (picklable, called once on each worker to build the worker
+callable: models and lake handles load once) and *tasks* (picklable). Two ways to run them:
+
+- `executor(factory)` yields an `Executor` whose `submit(task)` returns a `concurrent.futures.Future`:
+  the caller decides the order in which it takes results (ingest commits in task order) and how
+  many tasks are in flight (`IN_FLIGHT_PER_WORKER × workers` keeps memory bounded);
+- `map_unordered(factory, tasks)` yields results as they finish, the same bound (enrich).
+
+A worker's failure is raised by `Future.result()` in the caller. Engines: `local` (this process or
+a spawn process pool, `etl/engine/local.py`) and `ray` (one Ray actor per worker,
+`etl/engine/ray_engine.py`, imported only when chosen).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+ENGINES = ("local", "ray")
+IN_FLIGHT_PER_WORKER = 2  # tasks submitted ahead per worker: every worker stays busy, memory stays bounded
+
+Factory = Callable[[], Callable[[Any], Any]]
+
+
+class Executor(Protocol):
+    def submit(self, task: Any) -> Future: ...
+
+
+class Engine(Protocol):
+    workers: int
+
+    def executor(self, factory: Factory, environment: dict[str, str] | None = None) -> AbstractContextManager[Executor]:
+        """Workers built by `factory` (with `environment` variables set for them, unless already
+        set) for the duration of the block."""
+        ...
+
+    def map_unordered(self, factory: Factory, tasks: Iterable[Any]) -> Iterator[Any]:
+        """`worker(task)` for every task, in completion order."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which engine runs a job's workers and how they are sized (`--engine`, `--ray-address`,
+    `--workers`, `--cpus-per-worker`, `--gpus-per-worker`). Picklable: it travels in job options.
+
+    The number of workers is the job's (`--workers`), given to `build`.
+    `address` None: Ray's own default ($RAY_ADDRESS, else a cluster started for this command).
+    """
+
+    kind: str = "local"
+    address: str | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether work leaves this process even with one worker (jobs then take their parallel path)."""
+        return self.kind != "local"
+
+    def build(self, workers: int) -> Engine:
+        """The engine with `workers` workers; 0 or less: one locally, as many as fit on Ray."""
+        if self.kind == "ray":
+            from etl.engine.ray_engine import RayEngine  # Ray is imported only when chosen
+
+            return RayEngine(self, workers)
+        if self.kind != "local":
+            raise ValueError(f"unknown engine {self.kind!r} (choose from {', '.join(ENGINES)})")
+        from etl.engine.local import LocalEngine
+
+        return LocalEngine(max(1, workers))
+
+
+def bounded_unordered(engine: Engine, factory: Factory, tasks: Iterable[Any]) -> Iterator[Any]:
+    """`map_unordered` on top of `executor`: at most `IN_FLIGHT_PER_WORKER × workers` tasks in flight."""
+    with engine.executor(factory) as executor:
+        pending: set[Future] = set()
+        for task in tasks:
+            pending.add(executor.submit(task))
+            if len(pending) >= IN_FLIGHT_PER_WORKER * engine.workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (f.result() for f in done)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            yield from (f.result() for f in done)

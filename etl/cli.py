@@ -11,7 +11,8 @@ import sys
 
 from etl.lake import DEFAULT_LAKE, ENV_LAKE
 
-COMMANDS = ["ingest", "enrich", "dedup", "checks", "export", "sql", "shell", "stats", "report", "demo"]
+COMMANDS = ["ingest", "enrich", "dedup", "checks", "export", "sql", "shell", "stats", "report", "demo",
+            "sources", "delete", "log", "tag", "tags", "compact", "cleanup", "doctor", "migrate"]
 
 
 def load_command(name: str):

@@ -54,6 +54,7 @@ class IngestOptions:
     workers: int = 1  # > 1: worker processes read, hash and write; this process commits
     reader_options: dict = field(default_factory=dict)
     progress: bool | None = None  # None: a bar only on a terminal
+    redo: bool = False  # forget what the lake holds of these files first (a first ingest again)
 
 
 @dataclass(frozen=True)
@@ -601,7 +602,11 @@ def ingest(lake: Lake, paths: list[str], opts: IngestOptions) -> Counter:
     files = expand_inputs(paths, opts)
     params = {"paths": [os.path.abspath(p) for p in paths], "source": opts.source, "format": opts.format,
               "image_roots": opts.image_roots, "files": [f.name for f in files], "workers": opts.workers}
+    if opts.redo:
+        params["redo"] = True
     with recorded_run(lake, "ingest", params) as run, gc_passes_lowered():
+        if opts.redo:
+            forget_for_redo(lake, files, run.counts)
         with tqdm(desc="ingest", unit=" rec", disable=PROGRESS_DISABLE[opts.progress]) as bar:
             if opts.workers > 1:
                 from etl.engine.ingest_parallel import ingest_files_parallel  # the engine builds on this module
@@ -614,6 +619,21 @@ def ingest(lake: Lake, paths: list[str], opts: IngestOptions) -> Counter:
         if run.counts["images_added"]:
             lake.ensure_key_index(S.IMAGES)
     return run.counts
+
+
+def forget_for_redo(lake: Lake, files: list[InputFile], counts: Counter) -> None:
+    """`--redo`: delete the samples, errors and checkpoints the lake holds of `files` (under the
+    names the lake knows them by, see `known_as`) inside the commit lock; the ingest that follows
+    is then a first ingest of them."""
+    from etl.upkeep import FileRows, forget_rows
+
+    inputs = {(f.source, f.name) for f in files}
+    names: dict[str, list[str]] = {}
+    for f in files:
+        known, _ = known_as(lake, f, file_fingerprint(f.path), inputs)
+        names.setdefault(f.source, []).append(known.name)
+    for source, files_of_source in names.items():
+        forget_rows(lake, FileRows(source, tuple(files_of_source)), counts)
 
 
 def fewer_gc_passes(first_generation: int = 50_000) -> tuple[int, int, int]:

@@ -5,6 +5,7 @@ import argparse
 
 from etl.commands.sql import WRITERS
 from etl.lake import Lake
+from etl.upkeep import add_version_argument, pinned
 from etl.sqlrun import connect
 from etl.checks import checks_relation, problem_summary
 
@@ -18,6 +19,7 @@ Reasons are defined in sql/checks.sql; `fixes` are normalised by export, never d
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    add_version_argument(p)
     p.add_argument("--source", help="only this source")
     p.add_argument("--list", action="store_true", help="list the samples with problems instead of the summary")
     p.add_argument("--summary", action="store_true", help="problems per source and reason (the default)")
@@ -28,7 +30,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    con = connect(Lake.open(args.lake, create=False))
+    lake = Lake.open(args.lake, create=False)
+    con = connect(lake, version=pinned(lake, args.version))
     rel = checks_relation(con, args.source, args.max_text_chars) if args.list \
         else problem_summary(con, args.source, args.max_text_chars)
     if args.format == "table" and not args.output:

@@ -17,6 +17,7 @@ EXAMPLES = """\
   python -m etl ingest lmms-lab/LLaVA-OneVision-Data/ --workers 2       # one source per config folder
   python -m etl ingest --from-hub lmms-lab/LLaVA-OneVision-Data --include 'CLEVR-Math*/*.parquet'
   python -m etl ingest shards/ --format webdataset --prompt '<image>\\nDescribe the image.'
+  python -m etl ingest train.json --source mine --format llava --redo   # wrong flags the first time
 Rerunning the same command adds nothing; after a crash it continues where it stopped.
 Records whose images are missing or not images go to the `errors` table with the raw record."""
 
@@ -39,6 +40,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     hub.add_argument("--revision", help="branch, tag or commit of the dataset repo")
     hub.add_argument("--hub-dir", help="download folder (default: ~/.cache/mmlake/hub/OWNER/NAME)")
     hub.add_argument("--hub-mirror", help="a local folder laid out like the Hub (OWNER/NAME/...) to read instead")
+    p.add_argument("--redo", action="store_true",
+                   help="re-ingest the named files from scratch: their samples, errors and checkpoints are "
+                        "deleted first (e.g. after a wrong --format or --image-root); same result as a first ingest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     reader_options = {"prompt": args.prompt} if args.prompt else {}
     opts = IngestOptions(source=args.source, format=args.format, image_roots=args.image_root,
                          batch_records=args.batch_size, reader_options=reader_options, workers=args.workers,
-                         progress=False if args.no_progress else None)
+                         progress=False if args.no_progress else None, redo=args.redo)
     counts = ingest(lake, paths, opts)
     print_counts("ingest", counts)
     return 0

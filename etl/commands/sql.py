@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from etl.lake import Lake
+from etl.upkeep import add_version_argument, pinned
 from etl.sqlrun import connect, run_file, sql_path
 
 HELP = "Run a DuckDB query (or a sql/*.sql file) over the lake views images, samples, errors, runs."
@@ -22,6 +23,7 @@ WRITERS = {
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    add_version_argument(p)
     p.add_argument("query", nargs="?", help="a SQL query (or use --file)")
     p.add_argument("--file", help="run this .sql file (a name in sql/ or a path); its last statement is the result")
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
@@ -34,7 +36,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if bool(args.query) == bool(args.file):
         raise ValueError("give a query or --file, not both or neither")
-    con = connect(Lake.open(args.lake, create=False), params=parse_assignments(args.set))
+    lake = Lake.open(args.lake, create=False)
+    con = connect(lake, version=pinned(lake, args.version), params=parse_assignments(args.set))
     rel = run_file(con, str(sql_path(args.file))) if args.file else con.sql(args.query)
     if rel is None:
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from etl.lake import Lake
+from etl.upkeep import add_version_argument, pinned
 from etl.sqlrun import connect, run_file
 
 HELP = "Show per-source counts: samples, images, bytes, text-only, multi-image, errors by kind."
@@ -14,6 +15,7 @@ The numbers come from sql/stats.sql (open it in `python -m etl shell` to slice t
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    add_version_argument(p)
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
 
 
@@ -27,7 +29,8 @@ def lake_totals(con) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    con = connect(Lake.open(args.lake, create=False))
+    lake = Lake.open(args.lake, create=False)
+    con = connect(lake, version=pinned(lake, args.version))
     rel = run_file(con, "stats")
     if args.format == "table":
         rel.show(max_rows=1000, max_width=250)

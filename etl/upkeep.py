@@ -112,18 +112,20 @@ def rename_source(lake: Lake, old: str, new: str) -> Counter:
         if source_files(lake, new):
             raise UpkeepError(f"a source named {new!r} exists already: delete it first or pick another name")
         q_old, q_new, n = sql_string_list([old]), sql_string_list([new]), len(old)
-        prefix = sql_string_list([old + "/"])
-        updates = {
-            S.SAMPLES: ({"source": q_new, "sample_id": f"concat({q_new}, substr(sample_id, {n + 1}))"},
-                        f"source = {q_old}"),
-            S.ERRORS: ({"source": q_new, "error_id": f"case when starts_with(error_id, concat(stage, '/', {prefix})) "
-                        f"then concat(stage, '/', {q_new}, substr(error_id, length(stage) + {n + 2})) else error_id end"},
-                       f"source = {q_old}"),
-            S.CHECKPOINTS: ({"job": sql_string_list([INGEST_JOB + new])}, f"job = {sql_string_list([INGEST_JOB + old])}"),
-        }
-        for table, (values, where) in updates.items():
-            run.counts[f"{table}_renamed"] += lake.count(table, where)
-            lake.update_rows(table, values, where)
+        run.counts["samples_renamed"] = lake.count(S.SAMPLES, f"source = {q_old}")
+        lake.update_rows(S.SAMPLES, {"source": q_new, "sample_id": f"concat({q_new}, substr(sample_id, {n + 1}))"},
+                         f"source = {q_old}")
+        run.counts["errors_renamed"] = lake.count(S.ERRORS, f"source = {q_old}")
+        stages = {r["stage"] for r in lake.dataset(S.ERRORS).to_table(columns=["stage"], filter=f"source = {q_old}").to_pylist()}
+        for stage in sorted(s for s in stages if s):  # error_id = stage/key; an ingest key is the sample_id
+            prefix = f"{stage}/{old}/"
+            lake.update_rows(S.ERRORS, {"error_id": f"concat({sql_string_list([f'{stage}/{new}/'])}, "
+                                                    f"substr(error_id, {len(prefix) + 1}))"},
+                             f"source = {q_old} AND starts_with(error_id, {sql_string_list([prefix])})")
+        lake.update_rows(S.ERRORS, {"source": q_new}, f"source = {q_old}")
+        job_old = sql_string_list([INGEST_JOB + old])
+        run.counts["checkpoints_renamed"] = lake.count(S.CHECKPOINTS, f"job = {job_old}")
+        lake.update_rows(S.CHECKPOINTS, {"job": sql_string_list([INGEST_JOB + new])}, f"job = {job_old}")
     return run.counts
 
 

@@ -6,7 +6,7 @@
     >>> con = lake.duckdb()                               # DuckDB with the views of sql/views.sql
     >>> lf = lake.table("samples")                        # a Polars LazyFrame (never the blob column)
     >>> lake.image("3f2a…")                               # a PIL image; lake.image_bytes(id) for bytes
-    >>> lake.versions                                     # {"images": 12, "samples": 40, ...}
+    >>> lake.versions()                                   # {"images": 12, "samples": 40, ...}
     >>> old = mm.open_lake("lake", version="v1.0")        # a tag, a samples version, or "samples=3,images=2"
 
 Everything here reads; writing is the CLI's job (`python -m etl ingest|enrich|dedup|...`). A lake
@@ -38,7 +38,6 @@ class LakeReader(Lake):
 
     pins: dict[str, int] = field(default_factory=dict)
 
-    @property
     def versions(self) -> dict[str, int]:
         """The version of each table this reader sees (the latest when it was opened, or the pinned ones)."""
         return dict(self.pins)

@@ -260,3 +260,15 @@ def test_a_lake_from_a_newer_mmlake_is_refused_and_an_older_one_is_migrated_on_r
     assert "format 0 -> 1" in run_cli("migrate", lake=lake).stdout
     assert run_cli("stats", lake=lake).returncode == 0
     assert "already at format 1" in run_cli("migrate", lake=lake).stdout
+
+
+def test_dry_runs_count_what_would_go_and_change_nothing(lake):
+    ingest(lake, [str(CHAT)], IngestOptions(source="chat", progress=False))
+    before = lake.versions()
+    assert cli_counts(run_cli("delete", "--source", "chat", "--dry-run", lake=lake).stdout)["samples_deleted"] == 500
+    delete_source(lake, "chat")
+    after_delete = lake.versions()
+    counts = cli_counts(run_cli("cleanup", "--older-than", "0s", "--dry-run", lake=lake).stdout)
+    assert counts.get("images_deleted", 0) == 0 and counts["versions_removed"] > 0
+    assert lake.versions() == after_delete != before
+    assert lake.dataset(S.SAMPLES, before[S.SAMPLES]).count_rows() == 500

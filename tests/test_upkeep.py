@@ -272,3 +272,14 @@ def test_dry_runs_count_what_would_go_and_change_nothing(lake):
     assert counts.get("images_deleted", 0) == 0 and counts["versions_removed"] > 0
     assert lake.versions() == after_delete != before
     assert lake.dataset(S.SAMPLES, before[S.SAMPLES]).count_rows() == 500
+
+
+def test_deleting_a_source_makes_the_dedup_tables_stale_and_doctor_says_so(lake):
+    ingest(lake, [str(CHAT)], IngestOptions(source="chat", progress=False))
+    ingest(lake, [str(REALDATA / "llamafactory/llava_instruct_100/llava_instruct_100.json")],
+           IngestOptions(source="instruct", progress=False))
+    run_cli("dedup", lake=lake)
+    assert "derived_stale" not in run_cli("doctor", "--no-blobs", lake=lake).stdout
+    delete_source(lake, "instruct")
+    proc = run_cli("doctor", "--no-blobs", "--format", "json", lake=lake)
+    assert {(f["check"], f["subject"]) for f in json.loads(proc.stdout)} >= {("derived_stale", S.DUP_EXACT)}

@@ -2,8 +2,9 @@
 and whether a scalar index on the join keys speeds up the joins our SQL runs.
 
 Data: `--ingests` small ingests (default 200), each a LLaVA JSON file of `--records` records (default
-50; 80% with one image, every image a distinct 64-px PNG made with Pillow, 20% text-only), each ingest
-its own command run — what a lake fed by a daily job looks like after months.
+50; the first `--images-per-ingest` (40) with one image, every image a distinct 64-px PNG made with
+Pillow, the rest text-only), each ingest its own command run — what a lake fed by a daily job looks
+like after months. `--records 5000 --name upkeep_1m` gives the 1M-sample lake of the README.
 
 Measured (median of `--repeat` runs each, in this process):
 - fragments per table;
@@ -13,7 +14,8 @@ Measured (median of `--repeat` runs each, in this process):
   without a BTREE index on images.image_id and samples.sample_id (`--index`).
 Then `compact` runs and everything is measured again.
 
-    .venv/bin/python bench/bench_upkeep.py [--quick] [--ingests N] [--records N] [--repeat N] [--workdir DIR]
+    .venv/bin/python bench/bench_upkeep.py [--quick] [--ingests N] [--records N] [--images-per-ingest N]
+                                           [--repeat N] [--name NAME] [--workdir DIR]
 
 Writes bench/results/upkeep.json and .md (upkeep_quick.* with --quick).
 """
@@ -47,15 +49,15 @@ JOIN = ("select count(*), sum(i.nbytes) from (select unnest(image_ids) as image_
         "join images i using (image_id)")
 
 
-def make_file(folder: Path, n: int, records: int) -> Path:
-    """One day's file: `records` records, 80% with a distinct small PNG."""
+def make_file(folder: Path, n: int, records: int, with_images: int) -> Path:
+    """One day's file: `records` records, the first `with_images` of them with a distinct small PNG."""
     day = folder / f"day{n:04d}"
     (day / "img").mkdir(parents=True)
     rows = []
     for r in range(records):
         row = {"id": f"{n}-{r}", "conversations": [{"from": "human", "value": f"Question {n}.{r}?"},
                                                     {"from": "gpt", "value": f"Answer {n}.{r}."}]}
-        if r % 5:
+        if r < with_images:
             buf = io.BytesIO()
             Image.new("RGB", (64, 64), ((n * 7) % 256, r % 256, (n * r) % 256)).save(buf, "PNG")
             (day / "img" / f"{r}.png").write_bytes(buf.getvalue())
@@ -118,17 +120,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="40 ingests of 25 records")
     ap.add_argument("--ingests", type=int, default=200)
     ap.add_argument("--records", type=int, default=50)
+    ap.add_argument("--images-per-ingest", type=int, default=40, help="records with an image per ingest (default: 40)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--name", help="results file name (default: upkeep, upkeep_quick with --quick)")
     ap.add_argument("--workdir")
     args = ap.parse_args()
     if args.quick:
-        args.ingests, args.records = 40, 25
+        args.ingests, args.records, args.images_per_ingest = 40, 25, 20
     work = Path(args.workdir or tempfile.mkdtemp(prefix="mmlake-upkeep-"))
     (work / "all.yaml").write_text(RECIPE)
     lake = Lake.open(str(work / "lake"))
     t = time.perf_counter()
     for n in range(args.ingests):
-        ingest(lake, [str(make_file(work / "src", n, args.records))],
+        ingest(lake, [str(make_file(work / "src", n, args.records, args.images_per_ingest))],
                IngestOptions(source="daily", progress=False, batch_records=args.records))
     ingest_s = time.perf_counter() - t
     before = measure(lake, work, args.repeat)
@@ -139,7 +143,7 @@ def main() -> None:
     result = {"ingests": args.ingests, "records_per_ingest": args.records, "samples": lake.count(S.SAMPLES),
               "images": lake.count(S.IMAGES), "ingest_all_s": ingest_s, "compact_s": compact_s,
               "before": before, "after": after, "index": index_effect(lake, args.repeat)}
-    name = "upkeep_quick" if args.quick else "upkeep"
+    name = args.name or ("upkeep_quick" if args.quick else "upkeep")
     out = ROOT / "bench" / "results"
     (out / f"{name}.json").write_text(json.dumps(result, indent=1))
     (out / f"{name}.md").write_text(markdown(result))

@@ -421,6 +421,7 @@ class Ingestor:
         new, fragments, checked_at = self.write_new_images(prepared.images)
         with self.lake.committing():
             self.commit_images(new, fragments, checked_at)
+            self.store_again_if_deleted(prepared.images, checked_at)
             crash_point("after_images")
             samples, errors = self.not_added_by_others(prepared)
             self.lake.append(S.ERRORS, errors_table(errors))
@@ -526,6 +527,23 @@ class Ingestor:
             self.lake.commit_fragments(S.IMAGES, fragments, self.images_stored_last)
             self.drop_images_behind(fragments)
             self.key_index.committed()
+
+    def store_again_if_deleted(self, images: dict[str, LoadedImage], checked_at: int) -> None:
+        """Under the commit lock: images the batch found in the lake but that a `cleanup` deleted
+        since `checked_at` (it deletes images no sample used) are stored again, so no sample
+        commits a dangling image id."""
+        if not images or not self.lake.foreign_commits_since(S.IMAGES, checked_at):
+            return
+        used = [iid for iid in images if iid not in set(self.images_stored_last)]
+        gone = set(used) - self.lake.existing_keys(S.IMAGES, used)
+        if gone:
+            again = [images[iid] if images[iid].data is not None else load_image(ImageRef(path=os.path.abspath(images[iid].path)), [])
+                     for iid in sorted(gone)]
+            if any(img.error or img.info.image_id not in gone for img in again):
+                raise ValueError(f"images {sorted(gone)[:3]} were deleted by a cleanup while this ingest used "
+                                 "them and their files changed since: rerun the ingest")
+            self.lake.append(S.IMAGES, images_table(again), sorted(gone))
+            self.run.counts["images_stored_again_after_cleanup"] += len(again)
 
     def new_images(self, images: dict[str, LoadedImage]) -> list[LoadedImage]:
         """The images whose bytes the lake does not hold yet (those loaded without bytes are stored)."""

@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from etl.commitlock import LOCK_DIR
@@ -65,6 +66,15 @@ def read_format(root: str) -> int | None:
 
 
 def write_format(root: str, fmt: int = FORMAT) -> None:
+    """Record `fmt` in the marker (a remote root pyarrow cannot reach is left without one)."""
+    try:
+        _write_format(root, fmt)
+    except (OSError, ValueError, pa.ArrowException):
+        if "://" not in root:
+            raise
+
+
+def _write_format(root: str, fmt: int) -> None:
     fs, path = _fs(root)
     fs.create_dir(f"{path}/{LOCK_DIR}", recursive=True)
     data = json.dumps({"format": fmt, "written_by": f"mmlake {mmlake_version()}"}).encode()
@@ -79,8 +89,20 @@ def has_tables(root: str, tables: tuple[str, ...]) -> bool:
 
 
 def check_root(root: str, tables: tuple[str, ...], create: bool) -> str:
-    """What the root is: "new" (nothing there yet: a lake may be created), "current", or raise
-    LakeFormatError with the one line to show. `create`: the caller would create a missing lake."""
+    """What the root is: "new" (nothing there yet: a lake may be created), "current", "unknown"
+    (an object store pyarrow cannot reach with Lance's settings: Lance will say what is wrong), or
+    raise LakeFormatError with the one line to show. `create`: the caller would create a missing lake."""
+    try:
+        return _check_root(root, tables, create)
+    except LakeFormatError:
+        raise
+    except (OSError, ValueError, pa.ArrowException):
+        if "://" in root:
+            return "unknown"
+        raise
+
+
+def _check_root(root: str, tables: tuple[str, ...], create: bool) -> str:
     info = _info(root)
     if info.type == pafs.FileType.File:
         raise LakeFormatError(f"{root} is a file, not a lake (a lake is a folder; give --lake a folder)")

@@ -138,9 +138,9 @@ def release_images(lake: Lake, batches: Iterable[pa.RecordBatch]) -> None:
 def drop_unused_images(lake: Lake, counts: Counter, dry_run: bool = False) -> None:
     """Delete the released images that no sample references any more (inside the commit lock).
 
-    Known limit: an ingest that found such an image in the lake just before this runs, and commits
-    a sample using it just after, leaves a dangling image id (the ingest checks for images added
-    meanwhile, not deleted). `doctor` reports it; `ingest --redo` of that file restores the image."""
+    An ingest that found such an image in the lake just before, and commits a sample using it just
+    after, sees under the commit lock that it is gone and stores it again
+    (`Ingestor.store_again_if_deleted`, `Committer.raced`)."""
     if not lake.exists(S.RELEASED_IMAGES):
         return
     with lake.committing():

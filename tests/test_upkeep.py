@@ -283,3 +283,47 @@ def test_deleting_a_source_makes_the_dedup_tables_stale_and_doctor_says_so(lake)
     delete_source(lake, "instruct")
     proc = run_cli("doctor", "--no-blobs", "--format", "json", lake=lake)
     assert {(f["check"], f["subject"]) for f in json.loads(proc.stdout)} >= {("derived_stale", S.DUP_EXACT)}
+
+
+def test_a_cleanup_between_an_ingests_image_check_and_its_commit_leaves_no_dangling_image(lake, monkeypatch):
+    """Another source's ingest finds the 200 released images still stored; a cleanup in another
+    process deletes them before that ingest commits: the ingest stores them again."""
+    from etl.ingest import Ingestor
+
+    correct_ingest(lake)
+    delete_source(lake, "lcs")
+    check_images = Ingestor.write_new_images
+    raced = []
+
+    def cleanup_right_after_the_check(self, images):
+        out = check_images(self, images)
+        if not raced:
+            raced.append(cli_counts(run_cli("cleanup", "--older-than", "7d", lake=lake).stdout))
+        return out
+
+    monkeypatch.setattr(Ingestor, "write_new_images", cleanup_right_after_the_check)
+    counts = ingest(lake, [str(SUBSET)], IngestOptions(source="again", image_roots=[str(IMAGES)], progress=False))
+    assert raced[0]["images_deleted"] == 200 and counts["images_stored_again_after_cleanup"] == 200
+    assert lake.count(S.IMAGES) == 200 and lake.count(S.SAMPLES) == 200
+    assert run_cli("doctor", lake=lake).returncode == 0
+
+
+def test_with_parallel_workers_a_racing_cleanup_leaves_no_dangling_image_either(lake, monkeypatch):
+    from etl.engine.ingest_parallel import Committer
+
+    correct_ingest(lake)
+    delete_source(lake, "lcs")
+    commit = Committer.commit_finished
+    raced = []
+
+    def cleanup_before_the_first_commit(self, finished, bar):
+        if not raced:
+            raced.append(cli_counts(run_cli("cleanup", "--older-than", "7d", lake=lake).stdout))
+        return commit(self, finished, bar)
+
+    monkeypatch.setattr(Committer, "commit_finished", cleanup_before_the_first_commit)
+    counts = ingest(lake, [str(SUBSET)], IngestOptions(source="again", image_roots=[str(IMAGES)], progress=False,
+                                                       workers=2, batch_records=50))
+    assert raced[0]["images_deleted"] == 200 and counts["tasks_redone_for_shared_images"] >= 1
+    assert lake.count(S.IMAGES) == 200 and lake.count(S.SAMPLES) == 200
+    assert run_cli("doctor", lake=lake).returncode == 0

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from etl import schema as S
 from etl.images import open_image
 from etl.lake import Lake
+from etl.derived import StaleDerivedTable, check_fresh, committed_versions, table_info
 from etl.sqlrun import connect, lake_tables, run_file
 
 # Tables written by `python -m etl dedup` (etl/dedup.py); absent until it has run.
@@ -44,13 +45,14 @@ class NotComputed:
 
     what: str
     command: str
+    state: str = "not computed yet"  # or why a computed table cannot be used ("stale: …")
 
     def __str__(self) -> str:
-        return f"{self.what}: not computed yet — run `{self.command}`"
+        return f"{self.what}: {self.state} — run `{self.command}`"
 
     def _repr_html_(self) -> str:  # how a notebook shows it
         return (f'<div class="not-computed" style="padding:.6em;border-left:4px solid #c90;background:#fff8e6">'
-                f"<b>{html.escape(self.what)}</b>: not computed yet — run <code>{html.escape(self.command)}</code></div>")
+                f"<b>{html.escape(self.what)}</b>: {html.escape(self.state)} — run <code>{html.escape(self.command)}</code></div>")
 
 
 # -- reading ------------------------------------------------------------------------------------------
@@ -108,10 +110,11 @@ def enrichment_status(lake: Lake) -> pl.DataFrame:
         rows.append({"step": what, "where": f"{table}.{column}", "computed": done, "failed": failed,
                      "total": total, "state": state, "command": command})
     for table, what, command in DEDUP_TABLES:
-        present = has_table(lake, table)
-        rows.append({"step": what, "where": f"table {table}", "computed": lake.count(table) if present else 0,
-                     "failed": None, "total": None, "state": "computed" if present else "not computed yet",
-                     "command": command})
+        version = dedup_table_version(lake, table, what, command)
+        rows.append({"step": what, "where": f"table {table}",
+                     "computed": lake.dataset(table, version).count_rows() if isinstance(version, int) else 0,
+                     "failed": None, "total": None,
+                     "state": "computed" if isinstance(version, int) else version.state, "command": command})
     return pl.DataFrame(rows, schema_overrides={"failed": pl.Int64, "total": pl.Int64})
 
 
@@ -405,30 +408,49 @@ def duplicates_by_source(lake: Lake) -> pl.DataFrame | NotComputed:
     return df.with_columns((1 - removed / pl.col("samples")).alias("kept_share")).sort("source")
 
 
+def dedup_table_version(lake: Lake, table: str, what: str, command: str) -> int | NotComputed:
+    """The version of a dedup table to read: the one its last finished `dedup` run committed, when
+    it was computed from the lake as it is now (etl/derived.py); else NotComputed saying why."""
+    version = committed_versions(lake).get(table)
+    if version is None:
+        return NotComputed(what, command)
+    near_k = table_info(lake, table, version)["params"].get("near_k")
+    if near_k is not None and table != DUP_EXACT:
+        command = f"python -m etl dedup --near {near_k}"
+    try:
+        check_fresh(connect(lake), table_info(lake, table, version), table, command)
+    except StaleDerivedTable as exc:
+        return NotComputed(what, command, f"stale ({exc.reason})")
+    return version
+
+
 def exact_duplicates_removed(lake: Lake) -> pl.DataFrame | NotComputed:
     """Per source: samples the exact-dedup decision (`dup_exact`) removes."""
-    if not has_table(lake, DUP_EXACT):
-        return NotComputed("exact duplicates", "python -m etl dedup")
-    return _removed_per_source(lake, removed_sample_ids(lake, DUP_EXACT), "exact_removed")
+    version = dedup_table_version(lake, DUP_EXACT, "exact duplicates", "python -m etl dedup")
+    if isinstance(version, NotComputed):
+        return version
+    return _removed_per_source(lake, removed_sample_ids(lake, DUP_EXACT, version=version), "exact_removed")
 
 
 def near_duplicates_removed(lake: Lake, near_k: int | None = None) -> pl.DataFrame | NotComputed:
     """Per source: samples the near-duplicate policy (`dup_near`) removes and exact dedup did not."""
-    if not has_table(lake, DUP_NEAR):
-        return NotComputed("near duplicates", "python -m etl dedup --near 2")
-    near = removed_sample_ids(lake, DUP_NEAR, near_k)
-    if has_table(lake, DUP_EXACT):
-        near = near.join(removed_sample_ids(lake, DUP_EXACT), on="sample_id", how="anti")
+    version = dedup_table_version(lake, DUP_NEAR, "near duplicates", "python -m etl dedup --near 2")
+    if isinstance(version, NotComputed):
+        return version
+    near = removed_sample_ids(lake, DUP_NEAR, near_k, version=version)
+    exact = committed_versions(lake).get(DUP_EXACT)
+    if exact is not None:
+        near = near.join(removed_sample_ids(lake, DUP_EXACT, version=exact), on="sample_id", how="anti")
     return _removed_per_source(lake, near, "near_removed")
 
 
-def removed_sample_ids(lake: Lake, table: str, near_k: int | None = None) -> pl.DataFrame:
+def removed_sample_ids(lake: Lake, table: str, near_k: int | None = None, version: int | None = None) -> pl.DataFrame:
     """sample_id of every removal in a dedup decision table (`dup_exact` / `dup_near` of etl/dedup.py).
 
     Their rows are the removed samples, each with the `kept_sample_id` it repeats; with several
     `near_k` values in `dup_near`, the smallest k is used unless `near_k` is given.
     """
-    lf = pl.scan_lance(lake.uri(table))
+    lf = pl.scan_lance(lake.uri(table), version=version)
     names = lf.collect_schema().names()
     if "kept_sample_id" not in names:
         raise ValueError(f"`{table}` has no kept_sample_id column ({names}): "
@@ -748,15 +770,17 @@ def highest_loss_samples(lake: Lake, source: str, n: int = 8) -> pl.DataFrame | 
 
 def cluster_sizes(lake: Lake) -> pl.DataFrame | NotComputed:
     """Near-duplicate image clusters, largest first: cluster_id, images."""
-    if not has_table(lake, IMAGE_CLUSTERS):
-        return NotComputed("near-duplicate image clusters", "python -m etl dedup --near 2")
-    return (pl.scan_lance(lake.uri(IMAGE_CLUSTERS)).group_by("cluster_id").agg(pl.len().alias("images"))
+    version = dedup_table_version(lake, IMAGE_CLUSTERS, "near-duplicate image clusters", "python -m etl dedup --near 2")
+    if isinstance(version, NotComputed):
+        return version
+    return (pl.scan_lance(lake.uri(IMAGE_CLUSTERS), version=version).group_by("cluster_id").agg(pl.len().alias("images"))
             .sort(["images", "cluster_id"], descending=[True, False]).collect())
 
 
 def cluster_samples(lake: Lake, cluster_id, limit: int = 12) -> pl.DataFrame:
     """Samples that use any image of a near-duplicate cluster."""
-    members = (pl.scan_lance(lake.uri(IMAGE_CLUSTERS)).filter(pl.col("cluster_id") == cluster_id)
+    members = (pl.scan_lance(lake.uri(IMAGE_CLUSTERS), version=committed_versions(lake).get(IMAGE_CLUSTERS))
+               .filter(pl.col("cluster_id") == cluster_id)
                .select("image_id").collect()["image_id"])
     uses_member = pl.col("image_ids").list.eval(pl.element().is_in(members.implode())).list.any()
     return samples_filter(lake, uses_member, sort_by="sample_id", limit=limit)

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import duckdb
 
-from etl.recipe import sql_literal
-from etl.sqlrun import run_file, set_variables
+from etl.sqlrun import run_file, set_variables, sql_literal
 
 
 def checks_relation(con: duckdb.DuckDBPyConnection, source: str | None = None,

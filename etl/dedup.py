@@ -4,8 +4,12 @@
 same conversations, within a source); with `near_k`, `sql/dedup_near.sql` clusters images whose
 phashes differ in at most `near_k` bits and decides which samples those clusters make redundant.
 Nothing is deleted: the decisions land in `dup_exact`, `image_clusters` and `dup_near` (schemas in
-`etl.schema`, each row tagged with the run_id whose `runs` row holds the parameters), and exports or
-notebooks anti-join them. The printed summary says, per source, what would be removed.
+`etl.schema`, each row tagged with the run_id whose `runs` row holds the parameters): the lake-wide
+view the report and notebooks show. The tables are one set: readers see them only once this run's
+`runs` row is written (etl/derived.py), and each records the inputs it was computed from, so a reader
+of a changed lake is told to rerun dedup. A recipe's `dedup`/`near_dup_k` decides within the mixture
+(etl/recipe.py); it reads only `image_clusters`. The printed summary says, per source, what would be
+removed.
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ import lance
 import pyarrow as pa
 
 from etl import schema as S
-from etl.lake import Lake, dumps
+from etl.derived import fingerprints, stamp
+from etl.faults import crash_point
+from etl.lake import Lake
 from etl.runlog import recorded_run
 from etl.sqlrun import connect, run_file
 
@@ -80,12 +86,15 @@ def run_dedup(lake: Lake, opts: DedupOptions) -> DedupReport:
         raise ValueError(f"--memory-limit must look like 4GB or 512MiB, not {opts.memory_limit!r}")
     params = {"command": "dedup", **opts.sql_params(), "memory_limit": opts.memory_limit}
     with recorded_run(lake, "dedup", params) as run:
-        con = connect(lake, params=opts.sql_params())
+        con = connect(lake, version={t: lake.dataset(t).version for t in (S.SAMPLES, S.IMAGES, S.ERRORS)},
+                      params=opts.sql_params())
+        inputs = fingerprints(con)  # of the pinned versions the SQL reads
         if opts.memory_limit:
             con.execute(f"set memory_limit = '{opts.memory_limit}'")
         run.counts["images_with_phash"] = con.execute(
             "select count(*) from images where phash::hugeint is not null").fetchone()[0]
-        exact = _write(lake, S.DUP_EXACT, run_file(con, "dedup_exact"), params, run_id=run.run_id)
+        stamped = stamp(params, run.run_id, inputs)
+        exact = _write(lake, S.DUP_EXACT, run_file(con, "dedup_exact"), stamped, run_id=run.run_id)
         con.register("exact_result", exact)
         run.counts["exact_duplicates"] = exact.count_rows()
         if opts.near_k is None:
@@ -93,8 +102,9 @@ def run_dedup(lake: Lake, opts: DedupOptions) -> DedupReport:
         else:
             near_rel = run_file(con, "dedup_near")  # statement 1 fills temp table near_image_clusters
             tags = {"near_k": opts.near_k, "run_id": run.run_id}
-            clusters = _write(lake, S.IMAGE_CLUSTERS, con.sql("select * from near_image_clusters"), params, **tags)
-            near = _write(lake, S.DUP_NEAR, near_rel, params, **tags)
+            clusters = _write(lake, S.IMAGE_CLUSTERS, con.sql("select * from near_image_clusters"), stamped, **tags)
+            crash_point("dedup_between_tables")
+            near = _write(lake, S.DUP_NEAR, near_rel, stamped, **tags)
             con.register("near_result", near)
             run.counts["clustered_images"] = clusters.count_rows()
             run.counts["clusters"] = clusters.count_rows(filter="is_representative")
@@ -103,13 +113,14 @@ def run_dedup(lake: Lake, opts: DedupOptions) -> DedupReport:
     return DedupReport(run.run_id, per_source, run.counts)
 
 
-def _write(lake: Lake, name: str, rel, params: dict[str, Any], **constants: Any) -> lance.LanceDataset:
+def _write(lake: Lake, name: str, rel, stamped: dict[str, str], **constants: Any) -> lance.LanceDataset:
     """Stream the relation's rows into table `name` (overwritten: a new Lance version).
 
     Rows are conformed to the declared schema, with the constant columns (run_id, near_k) added;
-    the table's schema metadata "mmlake:params" holds the run's parameters.
+    the table's schema metadata holds the run's id, parameters and inputs (etl.derived.stamp): the
+    version counts for readers once the run's `runs` row says it finished (etl.derived).
     """
-    schema = S.DERIVED_SCHEMAS[name].with_metadata({"mmlake:params": dumps(params)})
+    schema = S.DERIVED_SCHEMAS[name].with_metadata(stamped)
 
     def conformed() -> Iterator[pa.RecordBatch]:
         for batch in rel.to_arrow_reader(65536):
@@ -119,8 +130,7 @@ def _write(lake: Lake, name: str, rel, params: dict[str, Any], **constants: Any)
                 [columns[f.name].cast(f.type) if f.name in columns else pa.nulls(batch.num_rows, f.type)
                  for f in schema], schema=schema)
 
-    reader = pa.RecordBatchReader.from_batches(schema, conformed())
-    return lance.write_dataset(reader, lake.uri(name), schema=schema, mode="overwrite", data_storage_version="2.2")
+    return lake.overwrite(name, pa.RecordBatchReader.from_batches(schema, conformed()), schema)
 
 
 def print_report(report: DedupReport, opts: DedupOptions) -> None:

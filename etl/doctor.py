@@ -76,21 +76,21 @@ def sql_findings(lake: Lake) -> list[Finding]:
 
 
 def stale_findings(lake: Lake) -> list[Finding]:
-    """Dedup tables are stale when samples or images changed after the latest `dedup` run (the
-    command that writes all of them; its `runs` row holds the versions it saw)."""
-    from etl.upkeep import runs
+    """Each committed dedup table whose recorded inputs differ from the lake now (etl/derived.py:
+    samples added, deleted or renamed; phashes changed)."""
+    from etl.derived import StaleDerivedTable, check_fresh, committed_versions, table_info
+    from etl.sqlrun import connect
 
-    dedups = [r for r in runs(lake) if r.command == "dedup" and r.status == "ok" and r.ended_at is not None]
-    tables = [t for t in S.DERIVED_SCHEMAS if lake.exists(t)]
-    if not dedups or not tables:
-        return []
-    last = max(dedups, key=lambda r: r.ended_at)
-    latest = lake.versions()
-    changed = [t for t in (S.SAMPLES, S.IMAGES) if latest.get(t, 0) > last.after.get(t, 0)]
-    if not changed:
-        return []
-    return [Finding("derived_stale", table, f"{' and '.join(changed)} changed since dedup run {last.run_id}",
-                    "rerun `python -m etl dedup`") for table in tables]
+    found = []
+    for table, version in committed_versions(lake).items():
+        info = table_info(lake, table, version)
+        near = info["params"].get("near_k")
+        command = "python -m etl dedup" + (f" --near {near}" if near is not None and table != S.DUP_EXACT else "")
+        try:
+            check_fresh(connect(lake), info, table, command)
+        except StaleDerivedTable as exc:
+            found.append(Finding("derived_stale", table, exc.reason, f"run `{command}`"))
+    return found
 
 
 def orphan_findings(lake: Lake) -> list[Finding]:

@@ -14,9 +14,9 @@ What one export writes under DIR:
   sha256, counts per source and per removal reason, the sha256 of every other file. No timestamps:
   the same recipe on the same lake version gives byte-identical files.
 
-Fixable problems found by sql/checks.sql are normalised here, in SQL: turn values are stripped of
-surrounding whitespace, and a sample with images but no `<image>` tag gets one `<image>\\n` per image at
-the start of its first turn. Text-only samples never get a tag.
+Fixable problems found by sql/checked_samples.sql are normalised here by the macro of sql/fixes.sql:
+turn values are stripped of surrounding whitespace, and a sample with images but no `<image>` tag gets
+one `<image>\\n` per image at the start of its first turn. Text-only samples never get a tag.
 
 Image modes: `copy` writes the blob bytes; `hardlink`/`symlink` link from a content-addressed cache
 (`--image-cache`, default `DIR/../.mmlake-image-cache`, filled from the lake's blobs on first use and
@@ -44,17 +44,19 @@ import pyarrow as pa
 import yaml
 
 from etl import schema as S
+from etl.derived import committed_versions
 from etl.images import EXTENSIONS
 from etl.lake import Lake
-from etl.recipe import (REMOVAL_REASONS, CompiledRecipe, Recipe, check_dedup_tables, compile_recipe, lake_columns,
-                        load_recipe, sql_literal)
+from etl.recipe import (REMOVAL_REASONS, CompiledRecipe, Recipe, check_derived_inputs, compile_recipe, lake_columns,
+                        load_recipe)
 from etl.runlog import recorded_run
-from etl.sqlrun import connect, lake_tables, set_variables
+from etl.sqlrun import connect, lake_tables, set_variables, sql_literal
 
 IMAGE_MODES = ("copy", "hardlink", "symlink", "none")
 LAYOUTS = ("hashed", "original")
 FORMATS = ("llava", "messages")
 MANIFEST = "manifest.json"
+IN_PROGRESS = ".mmlake-export-in-progress"  # written first, removed after the manifest
 IMAGES_DIR = "images"
 IMAGES_SUMS = "images.sha256"
 CACHE_NAME = ".mmlake-image-cache"
@@ -79,6 +81,7 @@ class ExportOptions:
     batch_rows: int = 50_000
     image_batch: int = 1000
     memory_limit: str = "2GB"  # DuckDB spills sorts/joins to a temp dir beyond this
+    strict: bool = False  # warnings (recipe_warnings) stop the export before DIR is touched
 
 
 @dataclass
@@ -86,6 +89,7 @@ class ExportResult:
     out: Path
     manifest: dict
     counts: Counter = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
 
 
 # -- the job ------------------------------------------------------------------------------------------
@@ -102,11 +106,14 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
         con.execute(f"set temp_directory = {sql_literal(tmp)}")
         con.execute(f"set memory_limit = {sql_literal(opts.memory_limit)}")
         compiled = compile_recipe(recipe, lake_columns(con))  # a bad recipe fails before DIR is touched
-        dedup_runs = check_dedup_tables(con, recipe, lake)
+        dedup_inputs = check_derived_inputs(con, recipe, lake, pins)
         set_variables(con, compiled.variables())
         stage_selection(con, compiled, opts)
         counts = decision_counts(con)
         check_sources_exist(con, recipe, counts)
+        warnings = recipe_warnings(con, recipe, counts)
+        if warnings and opts.strict:
+            raise ExportError("--strict: " + "; ".join(warnings))
         out = prepare_out_dir(Path(opts.out), opts.force)
         files = write_json_files(con, out, recipe, opts)
         files.update(write_loader_config(out, recipe, opts, files))
@@ -114,12 +121,28 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
         if opts.images != "none":
             files[IMAGES_SUMS] = file_entry(out / IMAGES_SUMS)
         manifest = build_manifest(lake, recipe, opts, pins, counts, files)
-        manifest["dedup"] = dedup_runs
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        manifest["decisions"] = decision_inputs(pins, dedup_inputs)
+        manifest["warnings"] = warnings
+        finish_out_dir(out, manifest)
         run.counts.update({"samples_written": counts["samples"], "images_written": counts["images"]["written"],
                            **{f"removed.{k}": v for k, v in counts["removed_total"].items()}})
         con.close()
-    return ExportResult(out, manifest, run.counts)
+    return ExportResult(out, manifest, run.counts, warnings)
+
+
+def decision_inputs(pins: dict[str, int], dedup: dict) -> dict:
+    """Which lake versions each decision read: checks, `where` and sampling read the pinned samples,
+    images and errors; dedup_exact its keys computed from the same; near_dup an image_clusters version
+    (with the run and inputs it was computed from)."""
+    live = {t: pins[t] for t in (S.SAMPLES, S.IMAGES, S.ERRORS) if t in pins}
+    out = {"checks": live, "where": live, "sampling": {S.SAMPLES: pins.get(S.SAMPLES)}}
+    if "dedup_exact" in dedup:
+        out["dedup_exact"] = {**dedup["dedup_exact"], "versions": live}
+    if "where" in dedup:  # a `where` on max_cluster_size
+        out["where"] = {**live, S.IMAGE_CLUSTERS: dedup["where"]["version"]}
+    if "near_dup" in dedup:
+        out["near_dup"] = {**dedup["near_dup"], "versions": {**live, S.IMAGE_CLUSTERS: dedup["near_dup"]["version"]}}
+    return out
 
 
 def validate_options(opts: ExportOptions) -> None:
@@ -130,20 +153,50 @@ def validate_options(opts: ExportOptions) -> None:
 
 
 def prepare_out_dir(out: Path, force: bool) -> Path:
-    """An empty DIR to write into. A non-empty DIR needs --force, and only a previous export's DIR
-    (one with our manifest) is ever emptied: --force never deletes a folder mmlake did not write."""
+    """An empty DIR to write into, marked as an export in progress before anything else is written.
+
+    A non-empty DIR needs --force, and only a previous export's DIR (one with our manifest) is ever
+    emptied: --force never deletes a folder mmlake did not write. A DIR still holding the in-progress
+    marker is an export that died (killed, or failed half-way): any rerun clears it, --force or not.
+    The marker goes once the manifest is written (finish_out_dir)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
-        if not force:
+        interrupted = (out / IN_PROGRESS).is_file()
+        if not force and not interrupted:
             raise ExportError(f"{out} is not empty: pass --force to replace the export in it")
-        if not _is_previous_export(out):
+        if not interrupted and not _is_previous_export(out):
             raise ExportError(f"{out} is not empty and holds no mmlake {MANIFEST}: refusing to delete it even "
                               "with --force; choose an empty or new directory")
+        _mark_in_progress(out)  # before clearing: a kill while clearing leaves a folder the rerun clears
         for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if child.name != IN_PROGRESS:
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    _mark_in_progress(out)
     return out
+
+
+def _mark_in_progress(out: Path) -> None:
+    (out / IN_PROGRESS).write_text("an mmlake export is being written here; if no export is running, it was "
+                                   "interrupted: rerun it (the folder is cleared first)\n")
+    _fsync_dir(out)  # the marker is on disk before any export file
+
+
+def finish_out_dir(out: Path, manifest: dict) -> None:
+    """Write the manifest (via a temp file: never half a manifest), then drop the in-progress marker."""
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    (out / IN_PROGRESS).unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _is_previous_export(out: Path) -> bool:
@@ -156,7 +209,9 @@ def _is_previous_export(out: Path) -> bool:
 def resolve_versions(lake: Lake, spec: str | None) -> dict[str, int]:
     """Pin every table (dedup tables too): now (None), `N` (samples at N, the rest now), `TAG`, or
     `table=N,table=N` (a manifest's `lake.versions`)."""
-    current = {table: lake.dataset(table).version for table in lake_tables(lake)}
+    derived = committed_versions(lake)  # a derived set as its last finished run left it
+    current = {table: derived.get(table, lake.dataset(table).version) for table in lake_tables(lake)
+               if table in derived or table not in S.DERIVED_SCHEMAS}
     if spec is None:
         return current
     spec = spec.strip()
@@ -190,16 +245,19 @@ def stage_selection(con: duckdb.DuckDBPyConnection, compiled: CompiledRecipe, op
     sample's id and the JSON of its fixed turns (`body`) are computed in the same pass, so the samples
     are read once; a sampling recipe ranks samples with a window, which must not carry the turns (a
     sort of every turn's text), so its records join the samples back (records_sql)."""
-    carried = ""
+    carried = ", case when removed_by is null then coalesce(orig_id, sample_id) end as id"
     if carries_body(compiled.recipe):
-        carried = (", case when removed_by is null then coalesce(orig_id, sample_id) end as id, "
-                   f"case when removed_by is null then {BODY_SQL[opts.format]} end as body")
+        carried += f", case when removed_by is null then {BODY_SQL[opts.format]} end as body"
     try:
         con.execute("create temp table decisions as " + compiled.decisions_sql(
             "source_index, source, sample_id, source_file, source_row, repeat, removed_by, problems, fixes, "
             "n_images, n_image_tags, case when removed_by is null then image_ids end as image_ids" + carried))
     except duckdb.Error as exc:
         raise ExportError(f"recipe {compiled.recipe.name}: the compiled query fails: {exc}") from exc
+    # ids several selected samples share (one orig_id in two sources, or twice in one): those samples
+    # are written under their sample_id, unique in the lake, so every record of an export has its own id
+    con.execute("create temp table shared_ids as "
+                "select id from decisions where id is not null group by id having count(*) > 1")
     stage_image_files(con, opts.layout)
 
 
@@ -311,6 +369,41 @@ def check_sources_exist(con: duckdb.DuckDBPyConnection, recipe: Recipe, counts: 
                           f"(sources: {known})")
 
 
+def recipe_warnings(con: duckdb.DuckDBPyConnection, recipe: Recipe, counts: dict) -> list[str]:
+    """What the recipe most likely did not mean, one sentence each: a `where` over a column that no
+    sample of the source has a value for yet (not computed), a `where` that removes every sample
+    that reached it, a source of which nothing is selected, `dedup: exact` over images with no phash."""
+    warnings = []
+    columns = set(lake_columns(con).get(S.SAMPLES, []))
+    for spec in recipe.sources:
+        c = counts["sources"].get(spec.source, {})
+        removed = counts["removed"].get(spec.source, {})
+        used = sorted(col for col in columns if spec.where and re.search(rf"\b{re.escape(col)}\b", spec.where))
+        for col in used:
+            if not con.execute(f'select count("{col}") from samples where source = ?', [spec.source]).fetchall()[0][0]:
+                warnings.append(f"{spec.source}: `where: {spec.where}` reads `{col}`, which is NULL for every sample "
+                                f"of the source (not computed yet? e.g. `python -m etl enrich {col}`)")
+        if spec.where and re.search(r"\btags\b", spec.where) and not con.execute(
+                "select count(*) from sample_image_positions p join images i using (image_id) "
+                "where p.source = ? and i.tags is not null", [spec.source]).fetchall()[0][0]:
+            warnings.append(f"{spec.source}: `where: {spec.where}` reads `tags`, which no image of the source has "
+                            "yet (not computed yet? `python -m etl enrich tags`)")
+        reached = c.get("considered", 0) - removed.get("checks", 0)
+        if spec.where and reached and removed.get("where", 0) == reached:
+            warnings.append(f"{spec.source}: `where: {spec.where}` removes all {reached:,} samples that reach it")
+        if c.get("considered") and not c.get("selected"):
+            warnings.append(f"{spec.source}: 0 of {c['considered']:,} samples selected "
+                            f"(removed: {dict(sorted(removed.items()))})")
+    exact = [s.source for s in recipe.sources if s.dedup == "exact"]
+    if exact:
+        for source, unhashed in con.execute(
+                "select source, count(*) from sample_content_keys where phashes is null and source in "
+                f"({', '.join(sql_literal(s) for s in exact)}) group by source order by source").fetchall():
+            warnings.append(f"{source}: {unhashed:,} samples have an image without phash, so `dedup: exact` cannot "
+                            "compare them (they are kept): run `python -m etl enrich phash`")
+    return warnings
+
+
 def _nested(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = defaultdict(dict)
     for source, key, n in con.execute(sql).fetchall():
@@ -322,20 +415,8 @@ def _nested(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, dict[str, int
 # A record is assembled as text from JSON pieces: '{"id":' to_json(id) [',"image":' to_json(path)]
 # ',"conversations":' body '}' is byte for byte what to_json of the struct writes, and the body (the
 # JSON of the fixed turns) is computed once per sample, in the pass over the samples that decides it.
-# Fixes (see sql/checks.sql) as plain lambdas (lambdas that capture outer columns are several times
-# slower), in one CASE: most samples need neither fix and take the first branch.
-STRIP = r"""list_transform({0}, lambda t: {{
-            'from': t['from'], 'value': regexp_replace(t.value, '^\s+|\s+$', '', 'g')}})"""
-TAG = r"""list_concat([{{'from': {0}[1]['from'], 'value': repeat('<image>' || chr(10), n_images) || {0}[1].value}}],
-                             {0}[2:])"""
-NEEDS_STRIP = "list_contains(fixes, 'surrounding_whitespace')"
-NEEDS_TAG = "coalesce(n_images > 0 and n_image_tags = 0 and len(conversations) > 0, false)"  # NULL turns: no tag
-FIXED_CONVERSATIONS = f"""(case
-            when len(fixes) = 0 then conversations  -- no fix to apply: nearly every sample
-            when {NEEDS_STRIP} and {NEEDS_TAG} then {TAG.format(STRIP.format('conversations'))}
-            when {NEEDS_STRIP} then {STRIP.format('conversations')}
-            when {NEEDS_TAG} then {TAG.format('conversations')}
-            else conversations end)"""
+# The fixes (sql/checked_samples.sql reports them, sql/fixes.sql repairs them) are its macro, expanded inline.
+FIXED_CONVERSATIONS = "fixed_conversations(conversations, fixes, n_images, n_image_tags)"
 SYSTEM_SQL = "case when json_type(meta, '$.system') = 'VARCHAR' then json_extract_string(meta, '$.system') end"
 MESSAGES_SQL = f"""list_concat(
             case when {SYSTEM_SQL} is not null then [{{'role': 'system', 'content': {SYSTEM_SQL}}}] else [] end,
@@ -361,7 +442,8 @@ RECORD_SQL = {
 
 def records_sql(fmt: str, layout: str, split_by_source: bool, join_sources: list[str] | None = None) -> str:
     """One JSON record + `,` + newline per selected row (repeats expanded), in output order, with its
-    file index (ids are strings: orig_id, else sample_id). JsonArrayFile turns these into the array's
+    file index. Ids are strings, unique in the export: orig_id, else (none, or shared by several
+    selected samples) sample_id; the k-th copy of a repeated sample (k ≥ 2) gets the suffix `#rk`. JsonArrayFile turns these into the array's
     text. Sorted once, on the output order itself. The id and body come from `decisions`, or, with
     `join_sources` (a sampling recipe: see stage_selection), from the samples of those sources joined
     back. A SELECT over the sorted subquery keeps its order (DuckDB's documented order preservation,
@@ -370,14 +452,14 @@ def records_sql(fmt: str, layout: str, split_by_source: bool, join_sources: list
     # A one-image sample's path: in the hashed layout a function of the image alone, so those samples
     # join the (small) per-image table on their image id instead of the per-reference one on sample_id.
     one_image = ("left join image_files one on d.n_images = 1 and one.image_id = d.image_ids[1]"
-                 if layout == "hashed" else
-                 "left join sample_image_files one on d.n_images = 1 and one.sample_id = d.sample_id")
+                 if layout == "hashed" else  # only the path: BODY_SQL reads d's n_images unqualified
+                 "left join (select sample_id, path from sample_image_files where n_images = 1) one\n"
+                 "          on d.n_images = 1 and one.sample_id = d.sample_id")
     if join_sources is None:
-        record, samples = "d.id, d.body", ""
+        record, samples = "d.body", ""
     else:
-        record = f"coalesce(s.orig_id, s.joined_id) as id, {BODY_SQL[fmt]} as body"
-        samples = f"""
-        join (select sample_id as joined_id, orig_id, conversations, meta from samples
+        record, samples = f"{BODY_SQL[fmt]} as body", f"""
+        join (select sample_id as joined_id, conversations, meta from samples
               where source in ({", ".join(sql_literal(s) for s in join_sources)})) s on s.joined_id = d.sample_id"""
     return f"""
     with paths_of_multi_image_samples as (  -- one-image samples need no (costly) ordered list aggregate
@@ -386,15 +468,18 @@ def records_sql(fmt: str, layout: str, split_by_source: bool, join_sources: list
     ),
     picked as (
         select d.source_index, d.repeat, d.source_file, d.source_row, d.sample_id, {record},
+               case when shared.id is null then d.id else d.sample_id end as id,
                case when d.n_images = 1 then [one.path] else multi.paths end as paths
         from decisions d{samples}
+        left join shared_ids shared on shared.id = d.id
         {one_image}
         left join paths_of_multi_image_samples multi on d.n_images > 1 and multi.sample_id = d.sample_id
         where d.removed_by is null
     )
     select file_index, {RECORD_SQL[fmt]} || ',' || chr(10) as line
     from (  -- the sort moves the pieces; each record's text is assembled after it, batch by batch
-        select {file_index} as file_index, id, body, paths
+        select {file_index} as file_index, body, paths,
+               case when repeat_index = 0 then id else id || '#r' || (repeat_index + 1) end as id
         from (select *, unnest(range(repeat)) as repeat_index from picked)
         order by source_index, repeat_index, source_file, source_row, sample_id
     )"""
@@ -459,9 +544,13 @@ def write_json_files(con: duckdb.DuckDBPyConnection, out: Path, recipe: Recipe, 
         for file_index, data, rows in _runs_by_file(batch):
             files[file_index].write(data, rows)
 
+    try:
+        reader = con.sql(query).to_arrow_reader(opts.batch_rows)
+    except duckdb.Error as exc:
+        raise ExportError(f"recipe {recipe.name}: writing the records fails: {exc}") from exc
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending: list = []
-        for batch in con.sql(query).to_arrow_reader(opts.batch_rows):
+        for batch in reader:
             if len(pending) == 2:
                 pending.pop(0).result()
             pending.append(writer.submit(write, batch))

@@ -11,6 +11,8 @@ what is missing (and the ingest resumes from its own checkpoints). It works with
 - `HF_ENDPOINT` names an HTTP mirror of the Hub (read at call time).
 
 `ingest_arguments` turns the folder and `--include` patterns into the arguments `etl.ingest` takes.
+Image paths in a Hub dataset never leave the download and the `--image-root` folders:
+`refuse_outside_roots` turns `--allow-outside-roots` down.
 `REPO_ID` may also be an `hf://datasets/<owner>/<name>[/<folder>]` path (the folder becomes a pattern).
 """
 from __future__ import annotations
@@ -45,6 +47,14 @@ def parse_hub_ref(value: str, include: list[str] | None = None) -> HubRef:
     if value.count("/") != 1 or not all(value.split("/")):
         raise ValueError(f"{value}: a Hub dataset id is <owner>/<name>")
     return HubRef(value, tuple(patterns))
+
+
+def refuse_outside_roots(allow_outside_roots: bool) -> None:
+    """A Hub dataset is not trusted to name files on this machine: its image paths stay inside the
+    download (etl/imagerefs.py), so `--allow-outside-roots` is refused with `--from-hub`."""
+    if allow_outside_roots:
+        raise ValueError("--allow-outside-roots cannot be used with --from-hub: a downloaded dataset's image paths "
+                         "are only followed inside the download and the --image-root folders")
 
 
 def offline() -> bool:

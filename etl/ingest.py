@@ -32,6 +32,7 @@ from tqdm import tqdm
 from etl import schema as S
 from etl.errors import ErrorRow, errors_table
 from etl.faults import crash_point
+from etl.imagerefs import ImageRoots, Located, UnreadableImage, read_regular_file
 from etl.images import ImageInfo, NotAnImage, sniff
 from etl.lake import Lake, dumps
 from etl.pagecache import DropBehind
@@ -48,6 +49,7 @@ class IngestOptions:
     source: str | None = None  # None: derived per file by the reader (e.g. HF config folders)
     format: str = "auto"
     image_roots: list[str] = field(default_factory=list)
+    allow_outside_roots: bool = False  # follow image paths outside the roots (etl/imagerefs.py); never --from-hub
     batch_records: int = 1000
     batch_bytes: int = 256 << 20
     io_threads: int = 8
@@ -169,33 +171,21 @@ class StoredPaths:
                 self.entries.popitem(last=False)
 
 
-def resolve_path(ref: ImageRef, image_roots: list[str]) -> str | None:
-    """The first existing file for the reference: absolute as is, else under each root, then base_dir."""
-    if os.path.isabs(ref.path):
-        return ref.path if os.path.isfile(ref.path) else None
-    for root in [*image_roots, ref.base_dir]:
-        if root and os.path.isfile(candidate := os.path.join(root, ref.path)):
-            return candidate
-    return None
-
-
-def load_image(ref: ImageRef, image_roots: list[str]) -> LoadedImage:
-    """Bytes + header info of one reference, or the reason it cannot be stored."""
-    data = ref.data
+def load_image(ref: ImageRef, roots: ImageRoots, located: Located | None = None) -> LoadedImage:
+    """Bytes + header info of one reference (`located` already, or now), or why it cannot be stored."""
+    data, path = ref.data, None
     if data is None:
         if not ref.path:
             return LoadedImage(error=("missing_image", "image reference has neither bytes nor a path"))
-        path = resolve_path(ref, image_roots)
-        if path is None:
-            looked = [*image_roots, ref.base_dir] if not os.path.isabs(ref.path) else []
-            return LoadedImage(error=("missing_image", f"image file not found: {ref.path} (looked in {looked})"))
+        located = located or roots.locate(ref)
+        if located.error:
+            return LoadedImage(error=located.error)
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            return LoadedImage(error=("unreadable_image", f"{path}: {exc}"))
+            data, path = read_regular_file(located.path), located.path
+        except UnreadableImage as exc:
+            return LoadedImage(error=(exc.kind, str(exc)))
     try:
-        return LoadedImage(info=sniff(data), data=data, path=path if ref.data is None else None, arrow=ref.arrow)
+        return LoadedImage(info=sniff(data), data=data, path=path, arrow=ref.arrow)
     except NotAnImage as exc:
         where = ref.path or "embedded bytes"
         return LoadedImage(error=(exc.kind, f"{where}: {exc}"))
@@ -355,6 +345,7 @@ class Ingestor:
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
         self.pending: Future | None = None  # the batch being written
         self.stored_paths = StoredPaths()
+        self.image_roots = ImageRoots(opts.image_roots, opts.allow_outside_roots)
         self.key_index = KeyIndexUpkeep(lake)
         self.drop_behind = DropBehind()  # stored images are not read again by this run
         self.images_stored_last: list[str] = []  # the image ids the last `store_images` added
@@ -453,7 +444,7 @@ class Ingestor:
     def resolve(self, file: InputFile, records: list[SourceRecord]):
         """Load every image of the batch in parallel; split records into samples and errors."""
         refs = [ref for r in records if not r.error for ref in r.images]
-        loaded = iter(self.load_all(refs))
+        loaded = iter(self.load_all(refs, self.image_roots.for_file(file.path, file.name)))
         samples, errors, images = [], [], {}
         for record in records:
             sid = sample_id(file, record)
@@ -474,7 +465,7 @@ class Ingestor:
                 samples.append(sample_row(file, record, sid, [img.info.image_id for img in mine]))
         return samples, errors, images
 
-    def load_all(self, refs: list[ImageRef]) -> list[LoadedImage]:
+    def load_all(self, refs: list[ImageRef], roots: ImageRoots) -> list[LoadedImage]:
         """`load` of every reference on the thread pool, in order, one run of references per task.
 
         Files are read by up to `io_threads` runs at once (their reads wait on the disk). Embedded
@@ -485,17 +476,16 @@ class Ingestor:
         parallel = self.opts.io_threads if files else max(1, (os.cpu_count() or 1) // max(1, self.opts.workers))
         per_task = max(1, -(-len(refs) // parallel))
         runs = [refs[i: i + per_task] for i in range(0, len(refs), per_task)]
-        return [img for run in self.pool.map(self.load_run, runs) for img in run]
+        return [img for run in self.pool.map(partial(self.load_run, roots=roots), runs) for img in run]
 
-    def load_run(self, refs: list[ImageRef]) -> list[LoadedImage]:
-        return [self.load(ref) for ref in refs]
+    def load_run(self, refs: list[ImageRef], roots: ImageRoots) -> list[LoadedImage]:
+        return [self.load(ref, roots) for ref in refs]
 
-    def load(self, ref: ImageRef) -> LoadedImage:
-        if ref.data is None and ref.path:
-            path = resolve_path(ref, self.opts.image_roots)
-            if path and (info := self.stored_paths.get(path)):
-                return LoadedImage(info=info, path=path)
-        return load_image(ref, self.opts.image_roots)
+    def load(self, ref: ImageRef, roots: ImageRoots) -> LoadedImage:
+        located = roots.locate(ref) if ref.data is None and ref.path else None
+        if located and located.path and (info := self.stored_paths.get(located.path)):
+            return LoadedImage(info=info, path=located.path)
+        return load_image(ref, roots, located)
 
     def error(self, file: InputFile, record: SourceRecord, sid: str, kind: str, message: str) -> ErrorRow:
         return ErrorRow(STAGE, sid, kind, message, source=file.source, file=file.name, row=record.source_row,
@@ -537,7 +527,8 @@ class Ingestor:
         used = [iid for iid in images if iid not in set(self.images_stored_last)]
         gone = set(used) - self.lake.existing_keys(S.IMAGES, used)
         if gone:
-            again = [images[iid] if images[iid].data is not None else load_image(ImageRef(path=os.path.abspath(images[iid].path)), [])
+            again = [images[iid] if images[iid].data is not None else load_image(ImageRef(path=images[iid].path), self.image_roots,
+                                                                       Located(images[iid].path))
                      for iid in sorted(gone)]
             if any(img.error or img.info.image_id not in gone for img in again):
                 raise ValueError(f"images {sorted(gone)[:3]} were deleted by a cleanup while this ingest used "
@@ -619,7 +610,8 @@ def ingest(lake: Lake, paths: list[str], opts: IngestOptions) -> Counter:
     """Ingest every file named by `paths`; returns the run's counts (also stored in `runs`)."""
     files = expand_inputs(paths, opts)
     params = {"paths": [os.path.abspath(p) for p in paths], "source": opts.source, "format": opts.format,
-              "image_roots": opts.image_roots, "files": [f.name for f in files], "workers": opts.workers}
+              "image_roots": opts.image_roots, "allow_outside_roots": opts.allow_outside_roots,
+              "files": [f.name for f in files], "workers": opts.workers}
     if opts.redo:
         params["redo"] = True
     with recorded_run(lake, "ingest", params) as run, gc_passes_lowered():

@@ -189,6 +189,17 @@ class Lake:
                 table = table.filter(pa.array([k not in present for k in table[key].to_pylist()]))
             self.append(name, table, table[key].to_pylist() if name == S.IMAGES else ())
 
+    def overwrite(self, name: str, reader: pa.RecordBatchReader, schema: pa.Schema) -> lance.LanceDataset:
+        """Replace table `name` (created if absent) with the rows of `reader`: written as fragments
+        first, then committed as one `Overwrite` inside the commit lock (older versions stay readable)."""
+        fragments = lance.fragment.write_fragments(reader, self.uri(name), schema=schema, data_storage_version="2.2")
+        with self.committing():
+            self.lock.check()
+            ds = lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Overwrite(schema, fragments),
+                                           read_version=self.dataset(name).version if self.exists(name) else None)
+            self.own.add(name, ds.version)
+            return ds
+
     def fill_columns(self, name: str, table: pa.Table) -> None:
         """Set the columns in `table` for the rows whose key matches, rewriting only those columns.
 

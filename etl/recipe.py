@@ -11,17 +11,18 @@ A recipe names sources and, for each, which samples to take (see recipes/README.
         where: "loss between 0.5 and 4"
         repeat: 2
 
-The compiled query gives every sample of the named sources one decision, in this order:
-`checks` (blocking problems of sql/checks.sql), `dedup_exact`, `near_dup`, `where` (the recipe's SQL
-filter is false or NULL), `sampling` (not picked), else NULL = selected. Sampling follows LLaVA-NeXT's
-data yaml: it applies to what the filters left, `P%` takes ceil(P·n/100) samples, `first`/`end` count in
-source order (file, row), and `random` ranks by md5(seed || sample_id) — deterministic for a seed and a
-lake version, and one source's pick never depends on another source being in the recipe.
+The compiled query gives every sample of the named sources one decision, in this order: `checks`
+(blocking problems of view checked_samples, sql/checked_samples.sql), `where` (the recipe's SQL filter
+is false or NULL), `sampling` (not picked), then `dedup_exact` and `near_dup` (decided among the
+samples selected so far: one per duplicate group stays, see dedup_ctes), else NULL = selected.
+Sampling follows LLaVA-NeXT's data yaml: it applies to what checks and `where` left, `P%` takes
+ceil(P·n/100) samples, `first`/`end` count in source order (file, row), and `random` ranks by
+md5(seed || sample_id) — deterministic for a seed and a lake version, and one source's pick never
+depends on another source being in the recipe (dedup comes after the picks).
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,18 +31,18 @@ from pathlib import Path
 import yaml
 
 from etl import schema as S
-from etl.sqlrun import SQL_DIR
+from etl.derived import StaleDerivedTable, check_fresh, committed_versions, table_info
+from etl.sqlrun import sql_literal
 
 STRATEGIES = ("all", "first", "end", "random")
 CHECK_MODES = ("pass", "off")
 DEDUP_MODES = ("exact", "none")
 SOURCE_KEYS = {"source", "sampling", "where", "repeat", "checks", "dedup", "near_dup_k"}
 DEFAULT_KEYS = {"checks", "dedup", "near_dup_k", "max_text_chars"}
-RECIPE_KEYS = {"name", "seed", "defaults", "sources", "description"}
+RECIPE_KEYS = {"name", "seed", "defaults", "sources", "description", "dedup_prefer"}
 SAMPLING = re.compile(r"^(first|end|random):(\d+)(%?)$")
-CHECKS_SQL = SQL_DIR / "checks.sql"
 # Removal reasons in decision order; NULL means selected.
-REMOVAL_REASONS = ("checks", "dedup_exact", "near_dup", "where", "sampling")
+REMOVAL_REASONS = ("checks", "where", "sampling", "dedup_exact", "near_dup")
 
 
 class RecipeError(ValueError):
@@ -102,6 +103,7 @@ class Recipe:
     sources: tuple[SourceSpec, ...]
     max_text_chars: int | None = None
     text: str = ""  # the YAML as written (hashed into the manifest)
+    dedup_prefer: tuple[str, ...] = ()  # sources whose copy dedup keeps first, in this order
 
     @property
     def sha256(self) -> str:
@@ -111,6 +113,7 @@ class Recipe:
         """The normalised recipe (defaults applied), as recorded in manifests."""
         return {
             "name": self.name, "seed": self.seed, "max_text_chars": self.max_text_chars,
+            "dedup_prefer": list(self.dedup_prefer),
             "sources": [{"source": s.source, "sampling": str(s.sampling), "where": s.where, "repeat": s.repeat,
                          "checks": s.checks, "dedup": s.dedup, "near_dup_k": s.near_dup_k} for s in self.sources],
         }
@@ -154,7 +157,13 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     max_chars = defaults.get("max_text_chars")
     if max_chars is not None and (not isinstance(max_chars, int) or max_chars < 1):
         raise RecipeError(f"{where}: defaults.max_text_chars must be a positive integer")
-    return Recipe(name, seed, sources, max_chars, text)
+    prefer = doc.get("dedup_prefer") or []
+    if isinstance(prefer, str):
+        prefer = [prefer]
+    if not isinstance(prefer, list) or any(p not in names for p in prefer) or len(set(prefer)) != len(prefer):
+        raise RecipeError(f"{where}: `dedup_prefer` must list sources of the recipe, each once (sources: {names}), "
+                          f"got {prefer!r}")
+    return Recipe(name, seed, sources, max_chars, text, tuple(prefer))
 
 
 def _source_spec(entry: object, defaults: Mapping, where: str) -> SourceSpec:
@@ -196,35 +205,6 @@ def _no_unknown_keys(doc: Mapping, allowed: set[str], where: str) -> None:
 
 
 # -- compiling ----------------------------------------------------------------------------------------
-def sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def checks_sql_body() -> str:
-    """sql/checks.sql without its header comment and final `;`, to nest as a CTE."""
-    lines = CHECKS_SQL.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("--"))
-    return "\n".join(lines[start:]).rstrip().rstrip(";")
-
-
-CHECKED_SAMPLES = "checked_samples"  # the CTE of sql/checks.sql with every samples column + the check results
-
-
-def checks_sql_ctes() -> str:
-    """The CTEs of sql/checks.sql (without `with` and the final select), to splice into a recipe's
-    `with` chain: its `checked_samples` CTE is the samples view plus the check columns, so a recipe
-    reads the samples once (no second scan, no join on sample_id)."""
-    body = checks_sql_body()
-    if not body.lower().startswith("with "):
-        raise RecipeError(f"{CHECKS_SQL} must be one `with … select` query")
-    lines = body[len("with "):].splitlines()
-    final = max(i for i, line in enumerate(lines) if line.lower().startswith("select"))  # the unindented last select
-    ctes = "\n".join(lines[:final]).rstrip().rstrip(",")
-    if not re.search(rf"^{CHECKED_SAMPLES} as \(", ctes, re.M):
-        raise RecipeError(f"{CHECKS_SQL} must define the CTE `{CHECKED_SAMPLES}` (samples + check columns)")
-    return ctes
-
-
 @dataclass(frozen=True)
 class CompiledRecipe:
     """The recipe as SQL over the lake views: one `with … decisions` chain, several final selects."""
@@ -257,21 +237,37 @@ class CompiledRecipe:
 
 def compile_recipe(recipe: Recipe, tables: Mapping[str, Sequence[str]]) -> CompiledRecipe:
     """Compose the recipe's CTEs; `tables` maps the lake's views to their columns (for dedup tables)."""
-    ctes = [f"-- sql/checks.sql\n{checks_sql_ctes()}"]
-    with_tags = any(_mentions_tags(s.where) for s in recipe.sources)  # the tags join only when used
+    ctes = []
+    with_tags = any(_mentions(s.where, ("tags",)) for s in recipe.sources)  # joins only when a `where` uses them
+    with_stats = any(_mentions(s.where, IMAGE_STAT_COLUMNS) for s in recipe.sources)
+    with_clusters = any(_mentions(s.where, ("max_cluster_size",)) for s in recipe.sources)
+    if with_clusters and S.IMAGE_CLUSTERS not in tables:
+        raise RecipeError("a `where` uses max_cluster_size but the lake has no `image_clusters` table: "
+                          "run `python -m etl dedup --near K` first")
     if with_tags:
         ctes.append(SAMPLE_TAGS_CTE)
-    ctes.append(recipe_samples_cte(recipe, with_tags))
-    if any(s.dedup == "exact" for s in recipe.sources):
-        ctes.append(exact_duplicates_cte(tables))
-    for k in sorted({s.near_dup_k for s in recipe.sources if s.near_dup_k is not None}):
-        ctes.append(near_duplicates_cte(tables, k))
-    ctes.extend(decision_ctes(recipe))
+    if with_clusters:
+        ctes.append(sample_cluster_sizes_cte(recipe))
+    ctes.append(recipe_samples_cte(recipe, with_tags, with_stats, with_clusters))
+    ctes.append(filtered_cte(recipe))
+    if _dedups(recipe):
+        ctes.extend(sampling_ctes(recipe, "recipe_filtered", "recipe_sampled"))
+        ctes.extend(dedup_ctes(recipe, tables, "recipe_sampled"))
+    else:
+        ctes.extend(sampling_ctes(recipe, "recipe_filtered", "decisions"))
     return CompiledRecipe(recipe, "with " + ",\n".join(ctes))
 
 
-def _mentions_tags(where: str | None) -> bool:
-    return bool(where and re.search(r"\btags\b", where))
+def _mentions(where: str | None, names: Sequence[str]) -> bool:
+    return bool(where) and any(re.search(rf"\b{name}\b", where) for name in names)
+
+
+def _dedups(recipe: Recipe) -> bool:
+    return any(s.dedup == "exact" or s.near_dup_k is not None for s in recipe.sources)
+
+
+def _source_names(recipe: Recipe) -> str:
+    return ", ".join(sql_literal(s.source) for s in recipe.sources)
 
 
 SAMPLE_TAGS_CTE = """\
@@ -279,66 +275,181 @@ sample_tags as (
     -- a sample's tags: the union of its images' RAM++ tags (NULL while any image is untagged)
     select r.sample_id,
            case when bool_and(i.tags is not null) then list_sort(list_distinct(flatten(list(i.tags)))) end as tags
-    from (select sample_id, unnest(image_ids) as image_id from samples) r
+    from sample_image_positions r
     left join images i using (image_id)
     group by r.sample_id
 )"""
+# per-sample image properties of sql/sample_images.sql a `where` may use (joined only when it does)
+IMAGE_STAT_COLUMNS = ("min_width", "max_width", "min_height", "max_height", "min_aspect_ratio", "max_aspect_ratio",
+                      "min_nbytes", "max_nbytes", "image_formats")
 
 
-def recipe_samples_cte(recipe: Recipe, with_tags: bool) -> str:
-    """Samples of the recipe's sources with the check results (and tags) a `where` may use."""
-    names = ", ".join(sql_literal(s.source) for s in recipe.sources)
-    tags_col = ",\n           coalesce(t.tags, case when len(s.image_ids) = 0 then [] end) as tags" if with_tags else ""
-    tags_join = "\n    left join sample_tags t using (sample_id)" if with_tags else ""
+def sample_cluster_sizes_cte(recipe: Recipe) -> str:
     return f"""\
-recipe_samples as (
-    -- every samples column + problems, fixes, n_images, n_image_tags, text_chars (sql/checks.sql)
-    select s.*{tags_col}
-    from {CHECKED_SAMPLES} s{tags_join}
-    where s.source in ({names})  -- reads and checks only the recipe's sources
+sample_cluster_sizes as (
+    -- the largest near-duplicate cluster among a sample's images (table image_clusters of
+    -- `python -m etl dedup --near K`); an image in no cluster is a cluster of 1
+    select p.sample_id, coalesce(max(c.cluster_size), 1) as max_cluster_size
+    from sample_image_positions p left join image_clusters c using (image_id)
+    where p.source in ({_source_names(recipe)})
+    group by p.sample_id
 )"""
 
 
-def exact_duplicates_cte(tables: Mapping[str, Sequence[str]]) -> str:
-    """Samples the exact-dedup decision removes: every row of `dup_exact` (sql/dedup_exact.sql,
-    materialised by `python -m etl dedup`) is a later duplicate of its `kept_sample_id`."""
-    if S.DUP_EXACT not in tables:
-        raise RecipeError("the recipe asks for `dedup: exact` but the lake has no `dup_exact` table: "
-                          "run `python -m etl dedup` first (or set `dedup: none`)")
-    return (f"exact_duplicates as (\n    -- sql/dedup_exact.sql, materialised by `python -m etl dedup`\n"
-            f"    select sample_id from {S.DUP_EXACT}\n)")
+def recipe_samples_cte(recipe: Recipe, with_tags: bool, with_stats: bool = False, with_clusters: bool = False) -> str:
+    """Samples of the recipe's sources with the check results (view checked_samples of
+    sql/checked_samples.sql), and the tags / image properties a `where` uses."""
+    extra, joins = [], []
+    if with_tags:
+        extra.append("coalesce(t.tags, case when len(s.image_ids) = 0 then [] end) as tags")
+        joins.append("left join sample_tags t using (sample_id)")
+    if with_stats:
+        extra.append(", ".join(f"st.{c}" for c in IMAGE_STAT_COLUMNS))
+        joins.append("left join sample_image_stats st using (sample_id)")
+    if with_clusters:
+        extra.append("cl.max_cluster_size")
+        joins.append("left join sample_cluster_sizes cl using (sample_id)")
+    columns = "".join(f",\n           {e}" for e in extra)
+    joined = "".join(f"\n    {j}" for j in joins)
+    return f"""\
+recipe_samples as (
+    -- every samples column + problems, fixes, n_images, n_image_tags, text_chars (sql/checked_samples.sql)
+    select s.*{columns}
+    from checked_samples s{joined}
+    where s.source in ({_source_names(recipe)})  -- reads and checks only the recipe's sources
+)"""
 
 
-def near_duplicates_cte(tables: Mapping[str, Sequence[str]], k: int) -> str:
-    """Samples the near-duplicate policy (sql/dedup_near.sql) removes at Hamming distance ≤ k."""
-    if S.DUP_NEAR not in tables:
-        raise RecipeError(f"the recipe asks for `near_dup_k: {k}` but the lake has no `{S.DUP_NEAR}` table: "
-                          f"run `python -m etl dedup --near {k}` first (or remove near_dup_k)")
-    return (f"near_duplicates_k{k} as (\n    -- sql/dedup_near.sql, materialised by `python -m etl dedup --near {k}`\n"
-            f"    select sample_id from {S.DUP_NEAR} where near_k = {k}\n)")
+def _per_source(recipe: Recipe, values) -> str:
+    return "".join(f"\n                when {sql_literal(s.source)} then {v}" for s, v in zip(recipe.sources, values))
 
 
-def check_dedup_tables(con, recipe: Recipe, lake=None) -> dict:
-    """The dedup runs the recipe relies on ({table: {run_id, near_k}}); a RecipeError when the lake's
-    near-duplicate table was computed for another k than the recipe asks (it holds one k at a time)."""
+def filter_sql(spec: SourceSpec) -> str:
+    """The first per-sample filter that removes a sample of this source (NULL: kept)."""
+    reasons = []
+    if spec.checks == "pass":
+        reasons.append("when len(s.problems) > 0 then 'checks'")
+    if spec.where:
+        reasons.append(f"when not coalesce(({spec.where}), false) then 'where'")
+    if not reasons:
+        return "null::varchar"
+    return "case\n" + "".join(f"                        {r}\n" for r in reasons) + "                    end"
+
+
+def filtered_cte(recipe: Recipe) -> str:
+    """One pass over recipe_samples for every source (no union of per-source scans: DuckDB would
+    materialise the shared scan with every column a consumer reads, conversations included): each
+    source's checks and `where` in a CASE on `source`."""
+    comments = "".join(f"\n    -- {s.source}: checks {s.checks}, dedup {s.dedup}, near_dup_k {s.near_dup_k}, "
+                       f"where {s.where!r}, sampling {s.sampling}, repeat {s.repeat}" for s in recipe.sources)
+    return f"""recipe_filtered as ({comments}
+    select case s.source{_per_source(recipe, range(len(recipe.sources)))} end as source_index,
+           case s.source{_per_source(recipe, (s.repeat for s in recipe.sources))} end as repeat,
+           s.*,
+           case s.source{_per_source(recipe, (filter_sql(s) for s in recipe.sources))} end as removed_by
+    from recipe_samples s
+)"""
+
+
+def dedup_ctes(recipe: Recipe, tables: Mapping[str, Sequence[str]], kept: str) -> list[str]:
+    """Dedup within the mixture, among the samples the recipe selects (`kept`: after checks, `where`
+    and sampling, so a pick never moves and a duplicate group's content is never lost): in each
+    group a sample of a source that asks for dedup is removed unless it comes first in (sources that
+    do not dedup first — their samples are never removed —, `dedup_prefer` position, recipe order,
+    source_file, source_row, sample_id). A source left out of the recipe removes nothing.
+    `dedup: exact` groups samples with the same image phashes and conversations (the keys of
+    sql/dedup_keys.sql, computed now: never stale); `near_dup_k: k` then groups samples whose images
+    are in the same near-duplicate clusters (table image_clusters of `python -m etl dedup --near k`)
+    and whose conversations are equal."""
+    prefer = "".join(f" when {sql_literal(name)} then {i}" for i, name in enumerate(recipe.dedup_prefer))
+    prefer_rank = f"case source{prefer} else {len(recipe.dedup_prefer)} end" if prefer else "0"
+    exact = [i for i, s in enumerate(recipe.sources) if s.dedup == "exact"]
+    near_ks = sorted({s.near_dup_k for s in recipe.sources if s.near_dup_k is not None})
+    names = _source_names(recipe)
+    ctes = [f"""recipe_dedup_candidates as (
+    -- the samples dedup decides among: those the recipe selects so far
+    select sample_id, source, source_index, {prefer_rank} as prefer_rank, source_file, source_row
+    from {kept}
+    where removed_by is null
+)"""]
+    groups = []  # (cte, reason, indexes of the sources it removes from, "key" subquery)
+    if exact:
+        groups.append(("recipe_exact_duplicates", "dedup_exact", exact, f"""(select sample_id,
+                       case when n_images = 0 then md5('text-only|' || conversations_md5)
+                            when phashes is not null then md5('phashes|' || phashes || '|' || conversations_md5)
+                       end as group_key
+                from sample_content_keys where source in ({names}))"""))
+    for k in near_ks:
+        if S.IMAGE_CLUSTERS not in tables:
+            raise RecipeError(f"the recipe asks for `near_dup_k: {k}` but the lake has no `{S.IMAGE_CLUSTERS}` "
+                              f"table: run `python -m etl dedup --near {k}` first (or remove near_dup_k)")
+        # each sample's images in order, an image replaced by its cluster (as sql/dedup_near.sql does)
+        groups.append((f"recipe_near_duplicates_k{k}", "near_dup",
+                       [i for i, s in enumerate(recipe.sources) if s.near_dup_k == k], f"""(select p.sample_id,
+                       md5(array_to_string(list(coalesce(ic.cluster_id, p.image_id) order by p.position), ',')
+                           || '|' || any_value(k.conversations_md5)) as group_key
+                from sample_image_positions p
+                join sample_content_keys k using (sample_id)
+                left join image_clusters ic on ic.image_id = p.image_id and ic.near_k = {k}
+                where p.source in ({names})
+                group by p.sample_id)"""))
+    order = "prefer_rank, source_index, source_file, source_row, sample_id"
+    for n, (cte, reason, removes, keys) in enumerate(groups):
+        removing = f"c.source_index in ({', '.join(map(str, removes))})"
+        earlier = "".join(f"\n          and c.sample_id not in (select sample_id from {g[0]})" for g in groups[:n])
+        ctes.append(f"""{cte} as (
+    -- {reason}: in each group, every sample of a deduplicating source but the first
+    select sample_id
+    from (select c.sample_id, {removing} as removable,
+                 row_number() over (partition by k.group_key
+                                    order by {removing}, {", ".join("c." + o for o in order.split(", "))}) as occurrence
+          from recipe_dedup_candidates c
+          join {keys} k using (sample_id)
+          where k.group_key is not null{earlier})
+    where removable and occurrence > 1
+)""")
+    verdicts = "".join(f"\n                when sample_id in (select sample_id from {cte}) then '{reason}'"
+                       for cte, reason, _, _ in groups)
+    ctes.append(f"""decisions as (
+    select * exclude (removed_by),
+           case when removed_by is not null then removed_by{verdicts} end as removed_by
+    from {kept}
+)""")
+    return ctes
+
+
+def check_derived_inputs(con, recipe: Recipe, lake, pins: Mapping[str, int] | None = None) -> dict:
+    """The derived tables the recipe's decisions read ({decision: {...}}, for the manifest), checked
+    fresh. `dedup: exact` computes its keys from the lake now (no table); `near_dup_k` and a `where`
+    on max_cluster_size need `image_clusters` computed (for that k) from the images as they are now —
+    otherwise a RecipeError names the `dedup --near` to run."""
     used: dict[str, dict] = {}
+    if any(_mentions(s.where, ("max_cluster_size",)) for s in recipe.sources):
+        version = (pins or committed_versions(lake)).get(S.IMAGE_CLUSTERS)
+        info = table_info(lake, S.IMAGE_CLUSTERS, version)
+        try:
+            check_fresh(con, info, S.IMAGE_CLUSTERS, f"python -m etl dedup --near {info['params'].get('near_k')}")
+        except StaleDerivedTable as exc:
+            raise RecipeError(str(exc)) from exc
+        used["where"] = {"table": S.IMAGE_CLUSTERS, **info}
     if any(s.dedup == "exact" for s in recipe.sources):
-        runs = [r[0] for r in con.execute(f"select distinct run_id from {S.DUP_EXACT}").fetchall()]
-        used[S.DUP_EXACT] = {"run_id": runs[0] if len(runs) == 1 else runs or None}
+        used["dedup_exact"] = {"decided": "within the recipe", "keys": "sql/dedup_keys.sql, computed at export"}
     wanted = sorted({s.near_dup_k for s in recipe.sources if s.near_dup_k is not None})
     if wanted:
-        rows = con.execute(f"select near_k, list(distinct run_id) from {S.DUP_NEAR} group by near_k").fetchall()
-        computed = {k: runs for k, runs in rows}
-        if not computed and lake is not None:  # an empty result: the k is in the table's metadata
-            params = (lake.dataset(S.DUP_NEAR).schema.metadata or {}).get(b"mmlake:params", b"{}")
-            near_k = json.loads(params).get("near_k")
-            computed = {near_k: []} if near_k is not None else {}
-        missing = [k for k in wanted if k not in computed]
-        if missing:
-            raise RecipeError(f"the recipe asks for near_dup_k {missing} but `{S.DUP_NEAR}` holds near_k "
-                              f"{sorted(k for k in computed if k is not None)}: run `python -m etl dedup "
-                              f"--near {missing[0]}` first")
-        used[S.DUP_NEAR] = {"near_k": wanted, "run_id": sorted({r for k in wanted for r in computed[k]}) or None}
+        version = (pins or committed_versions(lake)).get(S.IMAGE_CLUSTERS)
+        if version is None:
+            raise RecipeError(f"the recipe asks for near_dup_k {wanted} but the lake has no `{S.IMAGE_CLUSTERS}` "
+                              f"table: run `python -m etl dedup --near {wanted[0]}` first")
+        info = table_info(lake, S.IMAGE_CLUSTERS, version)
+        computed = info["params"].get("near_k")
+        if len(wanted) > 1 or computed != wanted[0]:
+            raise RecipeError(f"the recipe asks for near_dup_k {wanted} but `{S.IMAGE_CLUSTERS}` holds near_k "
+                              f"{computed}: run `python -m etl dedup --near {wanted[0]}` first")
+        try:
+            check_fresh(con, info, S.IMAGE_CLUSTERS, f"python -m etl dedup --near {computed}")
+        except StaleDerivedTable as exc:
+            raise RecipeError(str(exc)) from exc
+        used["near_dup"] = {"near_k": computed, "table": S.IMAGE_CLUSTERS, **info}
     return used
 
 
@@ -349,41 +460,12 @@ def check_dedup_tables(con, recipe: Recipe, lake=None) -> dict:
 ELIGIBLE_SQL = "count(source_index) over (partition by source_index, removed_by is null)"
 
 
-def verdict_sql(spec: SourceSpec) -> str:
-    """The first filter that removes a sample of this source (NULL: kept), in REMOVAL_REASONS order."""
-    reasons = []
-    if spec.checks == "pass":
-        reasons.append("when len(s.problems) > 0 then 'checks'")
-    if spec.dedup == "exact":
-        reasons.append("when s.sample_id in (select sample_id from exact_duplicates) then 'dedup_exact'")
-    if spec.near_dup_k is not None:
-        reasons.append(f"when s.sample_id in (select sample_id from near_duplicates_k{spec.near_dup_k}) then 'near_dup'")
-    if spec.where:
-        reasons.append(f"when not coalesce(({spec.where}), false) then 'where'")
-    if not reasons:
-        return "null::varchar"
-    return "case\n" + "".join(f"                        {r}\n" for r in reasons) + "                    end"
-
-
-def decision_ctes(recipe: Recipe) -> list[str]:
-    """One pass over recipe_samples for every source (no union of per-source scans: DuckDB would
-    materialise the shared scan with every column a consumer reads, conversations included):
-    each source's filters in a CASE on `source`, then — only when a source samples — one window
-    ranking each source's kept samples in its own order."""
-    per_source = lambda values: "".join(f"\n                when {sql_literal(s.source)} then {v}"  # noqa: E731
-                                         for s, v in zip(recipe.sources, values))
-    comments = "".join(f"\n    -- {s.source}: checks {s.checks}, dedup {s.dedup}, near_dup_k {s.near_dup_k}, "
-                       f"where {s.where!r}, sampling {s.sampling}, repeat {s.repeat}" for s in recipe.sources)
-    filtered = f"""recipe_filtered as ({comments}
-    select case s.source{per_source(range(len(recipe.sources)))} end as source_index,
-           case s.source{per_source(s.repeat for s in recipe.sources)} end as repeat,
-           s.*,
-           case s.source{per_source(verdict_sql(s) for s in recipe.sources)} end as removed_by
-    from recipe_samples s
-)"""
+def sampling_ctes(recipe: Recipe, kept: str, name: str) -> list[str]:
+    """CTE `name`: the rows of `kept` with, only when a source samples, one window ranking each
+    source's kept samples in its own order (no sort of the sources otherwise)."""
     sampled = [(i, s) for i, s in enumerate(recipe.sources) if s.sampling.strategy != "all"]
     if not sampled:  # nothing to rank: no sort of the sources
-        return [filtered, "decisions as (\n    select * from recipe_filtered\n)"]
+        return [f"{name} as (\n    select * from {kept}\n)"]
     # random: md5(seed || sample_id), sample_id; first/end: source_file, source_row, sample_id (source
     # order). With both kinds, a random source's rows rank on (md5, sample_id) first: sample_id is
     # unique, so the source-order keys after it never decide. Fewer keys when all agree: a cheaper sort.
@@ -403,15 +485,14 @@ def decision_ctes(recipe: Recipe) -> list[str]:
         keep = f"pick_rank > eligible - {wanted}" if spec.sampling.strategy == "end" else f"pick_rank <= {wanted}"
         picked.append(f"\n                when {i} then case when {keep} then null else 'sampling' end")
     return [
-        filtered,
         f"""recipe_ranked as (
     -- sampling: rank the samples the filters kept, per source, in its order
     select *,
            row_number() over (partition by source_index, removed_by is null order by {order}) as pick_rank,
            {ELIGIBLE_SQL} as eligible
-    from recipe_filtered
+    from {kept}
 )""",
-        f"""decisions as (
+        f"""{name} as (
     select * exclude (pick_rank, eligible, removed_by),
            coalesce(removed_by, case source_index{"".join(picked)} end) as removed_by
     from recipe_ranked

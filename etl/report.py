@@ -96,7 +96,7 @@ def _fmt(value, percent: bool) -> str:
 
 
 def not_computed_html(nc: an.NotComputed) -> str:
-    return (f'<p class="not-computed"><b>{html.escape(nc.what)}</b>: not computed yet — run '
+    return (f'<p class="not-computed"><b>{html.escape(nc.what)}</b>: {html.escape(nc.state)} — run '
             f"<code>{html.escape(nc.command)}</code></p>")
 
 

@@ -19,10 +19,14 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from etl import schema as S
+from etl.derived import committed_versions
 from etl.lake import Lake
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 VIEWS_SQL = SQL_DIR / "views.sql"
+# Views and macros over the lake views, defined on every connection (nothing runs until a query
+# reads them): image properties, dedup keys, the check results recipes select from, export's fixes.
+MODEL_FILES = [SQL_DIR / f"{name}.sql" for name in ("sample_images", "dedup_keys", "checked_samples", "fixes")]
 VIEWS_IN_VIEWS_SQL = set(S.SCHEMAS)
 
 
@@ -72,16 +76,30 @@ def connect(lake: Lake, version: Mapping[str, int | str] | None = None,
         con.execute("set enable_progress_bar = false")
     except duckdb.InvalidInputException:
         pass  # inside Jupyter without ipywidgets DuckDB refuses the setting; the bar is already off there
-    tables = lake_tables(lake)
+    pins = {**committed_versions(lake), **(version or {})}  # a derived set as its last finished run left it
+    tables = [t for t in lake_tables(lake) if t in pins or t not in S.DERIVED_SCHEMAS]
     for table in tables:
-        ds = PushdownSafeDataset(lake.uri(table), version=(version or {}).get(table))
+        ds = PushdownSafeDataset(lake.uri(table), version=pins.get(table))
         con.register(f"{table}_lance", ds)
     con.execute(VIEWS_SQL.read_text())
     for table in tables:
         if table not in VIEWS_IN_VIEWS_SQL:
             con.execute(f'create or replace view "{table}" as select * from "{table}_lance"')
+    define_models(con)
     set_variables(con, {"lake": lake.root, **(params or {})})
     return con
+
+
+def define_models(con: duckdb.DuckDBPyConnection, paths=MODEL_FILES) -> None:
+    """Create the views and macros of sql/ over a connection that has the lake views."""
+    for path in paths:
+        for statement in split_statements(path.read_text()):
+            con.execute(statement)
+
+
+def sql_literal(value: str) -> str:
+    """A SQL string literal (quotes doubled): the one place Python quotes a value into SQL text."""
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def set_variables(con: duckdb.DuckDBPyConnection, params: Mapping[str, Any]) -> None:
@@ -119,13 +137,14 @@ def _has_code(stmt: str) -> bool:
 
 def shell_init_script(lake: Lake, extension_path: str) -> str:
     """The DuckDB shell's init: load the lance extension, map tables to files, then views.sql."""
-    lines = [f"LOAD '{extension_path}';"]
+    lines = [f"LOAD {sql_literal(extension_path)};"]
     for table in lake_tables(lake):
         path = os.path.abspath(lake.uri(table)) if "://" not in lake.root else lake.uri(table)
-        lines.append(f"create or replace view \"{table}_lance\" as select * from '{path}';")
+        lines.append(f"create or replace view \"{table}_lance\" as select * from {sql_literal(path)};")
     lines.append(VIEWS_SQL.read_text())
     for table in lake_tables(lake):
         if table not in VIEWS_IN_VIEWS_SQL:
             lines.append(f'create or replace view "{table}" as select * from "{table}_lance";')
-    lines.append(f"set variable lake = '{lake.root}';")
+    lines.extend(path.read_text() for path in MODEL_FILES)
+    lines.append(f"set variable lake = {sql_literal(lake.root)};")
     return "\n".join(lines) + "\n"

@@ -68,7 +68,8 @@ def select_files(lake: Lake, source: str, file_glob: str | None) -> FileRows:
         raise UpkeepError(f"no source named {source!r} in the lake (see `python -m etl sources`)")
     if file_glob is None:
         return FileRows(source, None)
-    files = tuple(sorted(n for n in known if fnmatch.fnmatchcase(n, file_glob)))
+    files = tuple(sorted(n for n in known if fnmatch.fnmatchcase(n, file_glob)
+                         or fnmatch.fnmatchcase(n.rsplit("/", 1)[-1], file_glob)))
     if not files:
         raise UpkeepError(f"no file of source {source!r} matches {file_glob!r} (its files: {sorted(known)[:10]})")
     return FileRows(source, files)

@@ -9,10 +9,8 @@
 --           duplicate: nothing is removed on missing evidence.
 --           Text-only samples (no images) are deduplicated on their conversations alone when
 --           dedup_consider_text is true, and never when it is false (data-juicer's semantics).
--- Canonical conversations: md5 of to_json(conversations), the list of {from, value} turns in order,
---           values compared exactly (no whitespace or case folding).
--- Inputs:   view images (image_id, phash UBIGINT); view samples (sample_id, source, source_file,
---           source_row, image_ids list<string>, conversations list<struct<from, value>>).
+-- Keys:     the phash list and conversations md5 of view sample_content_keys (sql/dedup_keys.sql).
+-- Inputs:   views sample_content_keys, dedup_settings (sql/dedup_keys.sql).
 -- Params:   getvariable('dedup_scope')         'source' (default) or 'global'
 --           getvariable('dedup_consider_text') default true
 -- Output:   one row per duplicate sample: sample_id, source, kept_sample_id (the earlier sample it
@@ -23,34 +21,18 @@ set variable dedup_parameters_checked = case when coalesce(getvariable('dedup_sc
             then error('dedup_scope must be source or global') end is null;
 
 with
-settings as (
-    select coalesce(getvariable('dedup_scope'), 'source') as scope,
-           coalesce(getvariable('dedup_consider_text'), true)::boolean as consider_text
-),
-image_positions as (
-    select sample_id, unnest(image_ids) as image_id, generate_subscripts(image_ids, 1) as position
-    from samples
-    where len(image_ids) > 0
-),
-phash_lists as (  -- each sample's image phashes in order; all_hashed is false if one is missing
-    select p.sample_id,
-           array_to_string(list(i.phash order by p.position), ',') as phashes,
-           count(i.phash) = count(*) as all_hashed
-    from image_positions p left join images i using (image_id)
-    group by p.sample_id
-),
-keyed_samples as (
-    select s.sample_id, s.source, s.source_file, s.source_row,
-           case when settings.scope = 'global' then '' else s.source end as scope_key,
-           md5(to_json(s.conversations)) as conversations_md5,
+settings as (select * from dedup_settings),  -- sql/dedup_keys.sql
+keyed_samples as (  -- the content keys of sql/dedup_keys.sql
+    select k.sample_id, k.source, k.source_file, k.source_row,
+           case when settings.scope = 'global' then '' else k.source end as scope_key,
            case
-               when coalesce(len(s.image_ids), 0) = 0 then
-                   case when settings.consider_text then md5('text-only|' || conversations_md5) end
-               when p.all_hashed then
-                   md5('phashes|' || p.phashes
-                       || case when settings.consider_text then '|' || conversations_md5 else '' end)
+               when k.n_images = 0 then
+                   case when settings.consider_text then md5('text-only|' || k.conversations_md5) end
+               when k.phashes is not null then
+                   md5('phashes|' || k.phashes
+                       || case when settings.consider_text then '|' || k.conversations_md5 else '' end)
            end as dup_key
-    from samples s left join phash_lists p using (sample_id), settings
+    from sample_content_keys k, settings
 ),
 ranked_samples as (
     select *,

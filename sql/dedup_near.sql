@@ -18,7 +18,8 @@
 --           More bands than near_k + 1 make the join keys longer (fewer false candidates on large
 --           lakes) at the cost of more combinations: near_bands = near_k + 2 is the default.
 -- Inputs:   view images (image_id, phash UBIGINT, width, height); images without phash are ignored.
---           view samples (sample_id, source, source_file, source_row, image_ids, conversations).
+--           view samples (sample_id, source, source_file, source_row, image_ids, conversations),
+--           view sample_image_positions (sql/sample_images.sql).
 -- Params:   getvariable('near_k')             max Hamming distance, default 2
 --           getvariable('near_bands')         bands of the pigeonhole split, default near_k + 2
 --           getvariable('dedup_scope')        'source' (default) or 'global': where "earlier" looks
@@ -135,19 +136,11 @@ from clustered_images c join representatives r using (component)
 order by cluster_id, image_id;
 
 with
-settings as (
-    select coalesce(getvariable('dedup_scope'), 'source') as scope,
-           coalesce(getvariable('dedup_consider_text'), true)::boolean as consider_text
-),
-image_positions as (
-    select sample_id, unnest(image_ids) as image_id, generate_subscripts(image_ids, 1) as position
-    from samples
-    where len(image_ids) > 0
-),
+settings as (select * from dedup_settings),  -- sql/dedup_keys.sql
 cluster_lists as (  -- each sample's images in order, an image replaced by its cluster
     select p.sample_id, list(coalesce(c.cluster_id, p.image_id) order by p.position) as clusters,
            count(c.cluster_id) > 0 as touches_a_cluster
-    from image_positions p left join near_image_clusters c using (image_id)
+    from sample_image_positions p left join near_image_clusters c using (image_id)
     group by p.sample_id
 ),
 keyed_samples as (

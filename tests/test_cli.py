@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import importlib.util
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def test_sql_answers_in_table_csv_json_and_parquet(fastchat_lake, tmp_path):
 def test_the_images_view_never_exposes_the_blob(lake, realdata, tmp_path):
     img = str(realdata / "llava/llava/serve/examples/waterview.jpg")
     (tmp_path / "a.json").write_text(json.dumps([{"id": "1", "image": img, "conversations": []}]))
-    ingest(lake, [str(tmp_path / "a.json")], IngestOptions(source="a"))
+    ingest(lake, [str(tmp_path / "a.json")], IngestOptions(source="a", image_roots=[os.path.dirname(img)]))
     out = json.loads(run_cli("sql", "select * from images", "--format", "json", lake=lake).stdout)
     assert len(out) == 1 and "image" not in out[0] and out[0]["format"] == "JPEG" and out[0]["width"] == 1000
 

@@ -53,8 +53,9 @@ def corpus(tmp_path_factory) -> dict[str, str]:
             "ov": str(root / "ov")}
 
 
-def ingest(corpus: dict, what: str, batch: int, *extra: str) -> list[str]:
-    sources = {"a": [corpus["a"], "--source", "a"], "b": [corpus["b"], "--source", "b"], "ov": [corpus["ov"]]}
+def ingest(corpus: dict, what: str, batch: int, *extra: str, into: str | None = None) -> list[str]:
+    sources = {"a": [corpus["a"], "--source", into or "a"], "b": [corpus["b"], "--source", into or "b"],
+               "ov": [corpus["ov"]]}
     return ["ingest", *sources[what], "--image-root", corpus["images"], "--batch-size", str(batch), "--no-progress", *extra]
 
 
@@ -85,7 +86,7 @@ def content(root: str) -> dict:
                      "from samples order by sample_id"),
         "images": q("select image_id, format, width, height, nbytes from images order by image_id"),
         "phash": q("select count(*) filter (where phash is not null) from images"),
-        "errors": q("select error_id, stage, source, file, row, kind, regexp_replace(message, '0x[0-9a-f]+', '0x', 'g') from errors order by error_id"),
+        "errors": q("select error_id, stage, source, file, row, kind, message from errors order by error_id"),
         "duplicate keys": q("select (select count(*) - count(distinct sample_id) from samples),"
                             " (select count(*) - count(distinct image_id) from images),"
                             " (select count(*) - count(distinct error_id) from errors)"),
@@ -169,15 +170,17 @@ def test_phash_while_an_ingest_adds_images_hashes_every_image_once_rerun(corpus,
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_an_export_while_an_ingest_runs_writes_one_consistent_version(corpus, serial, tmp_path, seed, backend):
+    """The export reads one lake version throughout, while a second file of its source comes in."""
     rng = random.Random(seed)
     root = str(tmp_path / "lake")
     run_serially(root, [ingest(corpus, "a", 1000)])
     recipe = tmp_path / "mix.yaml"
-    recipe.write_text("name: mix\ndefaults:\n  checks: off\nsources:\n  - a\n  - b\n")
+    recipe.write_text("name: mix\ndefaults:\n  checks: off\nsources:\n  - a\n")
     out = tmp_path / "mix"
     export = ["export", str(recipe), "--out", str(out)]
-    assert_all_ok(run_together(root, [ingest(corpus, "b", rng.choice([16, 50])), export], rng, backend))
-    assert_same(content(root), serial("a+b", [ingest(corpus, "a", 1000), ingest(corpus, "b", 1000)]))
+    second_file = ingest(corpus, "b", rng.choice([16, 50]), into="a")
+    assert_all_ok(run_together(root, [second_file, export], rng, backend))
+    assert_same(content(root), serial("a+b as a", [ingest(corpus, "a", 1000), ingest(corpus, "b", 1000, into="a")]))
     ids = [r["id"] for r in json.loads((out / "mix.json").read_text())]
     assert len(ids) == len(set(ids))
     version = json.loads((out / "manifest.json").read_text())["lake"]["versions"]["samples"]

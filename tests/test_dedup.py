@@ -18,7 +18,7 @@ from etl import schema as S
 from etl.dedup import DedupOptions, run_dedup
 from etl.enrich.phash import phash_exact
 from etl.images import content_id, sniff
-from etl.sqlrun import run_file
+from etl.sqlrun import SQL_DIR, define_models, run_file
 
 imagehash = pytest.importorskip("imagehash")
 
@@ -31,7 +31,8 @@ def sql_lake(images: list[dict], samples: list[dict]) -> duckdb.DuckDBPyConnecti
     """A DuckDB connection with `images` and `samples` tables shaped like the lake views."""
     con = duckdb.connect()
     images_tbl = pa.Table.from_pylist(images, schema=pa.schema([
-        ("image_id", pa.string()), ("phash", pa.uint64()), ("width", pa.int32()), ("height", pa.int32())]))
+        ("image_id", pa.string()), ("phash", pa.uint64()), ("width", pa.int32()), ("height", pa.int32()),
+        ("format", pa.string()), ("nbytes", pa.int64())]))
     samples_tbl = pa.Table.from_pylist(samples, schema=pa.schema([
         ("sample_id", pa.string()), ("source", pa.string()), ("source_file", pa.string()),
         ("source_row", pa.int64()), ("image_ids", pa.list_(pa.string())), ("conversations", S.CONVERSATIONS)]))
@@ -39,6 +40,7 @@ def sql_lake(images: list[dict], samples: list[dict]) -> duckdb.DuckDBPyConnecti
     con.register("samples_arrow", samples_tbl)
     con.execute("create table images as select * from images_arrow")
     con.execute("create table samples as select * from samples_arrow")
+    define_models(con, [SQL_DIR / "sample_images.sql", SQL_DIR / "dedup_keys.sql"])  # what the dedup SQL reads
     return con
 
 

@@ -48,7 +48,7 @@ def pillow_lake(lake, realdata, tmp_path):
     recs = [{"id": n, "image": str(pil / n), "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": n}]}
             for n in names]
     (tmp_path / "p.json").write_text(json.dumps(recs))
-    ingest(lake, [str(tmp_path / "p.json")], IngestOptions(source="pil"))
+    ingest(lake, [str(tmp_path / "p.json")], IngestOptions(source="pil", image_roots=[str(pil)]))
     return lake
 
 

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -61,10 +62,12 @@ def all_recipe(tmp_path: Path, name: str = "realdata") -> str:
 
 
 def lake_samples(lake: Lake, where: str | None = None) -> list[tuple]:
-    """Samples as comparable tuples: (id, [(from, stripped value)], image content ids)."""
+    """Samples as comparable tuples: (id, [(from, stripped value)], image content ids); the id as
+    export writes it: orig_id, or sample_id where orig_id is missing or shared by several samples."""
     rows = lake.dataset(S.SAMPLES).to_table(columns=["sample_id", "orig_id", "conversations", "image_ids"],
                                             filter=where).to_pylist()
-    return sorted((r["orig_id"] or r["sample_id"], tuple((t["from"], t["value"].strip()) for t in r["conversations"]),
+    shared = {i for i, n in Counter(r["orig_id"] or r["sample_id"] for r in rows).items() if n > 1}
+    return sorted((r["sample_id"] if (r["orig_id"] or r["sample_id"]) in shared else r["orig_id"] or r["sample_id"], tuple((t["from"], t["value"].strip()) for t in r["conversations"]),
                    tuple(r["image_ids"])) for r in rows)
 
 
@@ -274,11 +277,29 @@ def test_cli_export_prints_the_training_flags_and_replaces_its_own_export_with_f
     assert yaml.safe_load((out / "data.yaml").read_text())["datasets"][0]["json_path"] == str(out.resolve() / "ocr.json")
 
 
-def test_dedup_exact_recipe_on_a_lake_without_dedup_tables_fails_before_writing(crafted_lake, tmp_path):
+def test_dedup_exact_over_unhashed_images_warns_and_strict_stops_before_writing(crafted_lake, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", "name: ocr\ndefaults: {dedup: exact}\nsources: [ocr]\n")
-    proc = run_cli("export", recipe, "--out", str(tmp_path / "out"), lake=crafted_lake, check=False)
-    assert proc.returncode == 2 and "python -m etl dedup" in proc.stderr
-    assert not any((tmp_path / "out").glob("*.json"))
+    proc = run_cli("export", recipe, "--out", str(tmp_path / "out"), lake=crafted_lake)
+    assert "warning: ocr: 2 samples have an image without phash" in proc.stderr and "enrich phash" in proc.stderr
+    proc = run_cli("export", recipe, "--out", str(tmp_path / "strict"), "--strict", lake=crafted_lake, check=False)
+    assert proc.returncode == 2 and "--strict" in proc.stderr and not (tmp_path / "strict").exists()
+
+
+def test_a_where_on_loss_before_enrich_loss_warns_that_loss_is_not_computed_and_removes_everything(crafted_lake, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", 'name: ocr\nsources: [{source: ocr, where: "loss < 3"}]\n')
+    result = export(crafted_lake, recipe, ExportOptions(out=str(tmp_path / "out"), images="none"))
+    assert result.manifest["counts"]["samples"] == 0
+    assert any("reads `loss`, which is NULL for every sample" in w and "enrich loss" in w for w in result.warnings)
+    assert any("removes all 3 samples that reach it" in w for w in result.warnings)
+    assert any("ocr: 0 of 3 samples selected" in w for w in result.warnings)
+    assert result.manifest["warnings"] == result.warnings
+    with pytest.raises(ExportError, match="--strict: .*loss"):
+        export(crafted_lake, recipe, ExportOptions(out=str(tmp_path / "strict"), images="none", strict=True))
+    tags = write_recipe(tmp_path / "t.yaml", 'name: ocr\nsources: [{source: ocr, where: "not list_contains(tags, \'text\')"}]\n')
+    warned = export(crafted_lake, tags, ExportOptions(out=str(tmp_path / "t"), images="none")).warnings
+    assert any("reads `tags`, which no image of the source has yet" in w and "enrich tags" in w for w in warned)
+    quiet = write_recipe(tmp_path / "q.yaml", 'name: ocr\nsources: [{source: ocr, where: "n_images = 1"}]\n')
+    assert export(crafted_lake, quiet, ExportOptions(out=str(tmp_path / "q"), images="none")).warnings == []
 
 
 def test_original_layout_keeps_written_paths_inside_dir_with_the_real_extension(crafted_lake, tmp_path):
@@ -418,3 +439,261 @@ def test_checks_off_exports_turnless_samples_as_they_are_and_fixes_only_real_tur
         recipe = f"name: t\nsources: [{{source: t, checks: off, sampling: '{sampling}'}}]\n"
         export(lake, write_recipe(tmp_path / f"r{i}.yaml", recipe), ExportOptions(out=str(out), images="none"))
         assert (out / "t.json").read_text() == expected, sampling
+
+
+# -- every layout with every sampling, unique ids, an interrupted export -----------------------------
+@pytest.fixture
+def two_source_lake(tmp_path) -> Lake:
+    """Sources `a` and `b` with the same orig ids ("1", "2", "3"), one-image, two-image and text-only records."""
+    lake = Lake.open(str(tmp_path / "lake"))
+    for source, colour in (("a", "red"), ("b", "blue")):
+        folder = tmp_path / "src" / source
+        (folder / "img").mkdir(parents=True)
+        for name, size in (("one.jpg", (30, 20)), ("two.png", (20, 40))):
+            Image.new("RGB", size, colour).save(folder / "img" / name)
+        records = [
+            {"id": 1, "image": "img/one.jpg", "conversations": [{"from": "human", "value": "<image>\nColour?"},
+                                                               {"from": "gpt", "value": colour}]},
+            {"id": 2, "image": ["img/one.jpg", "img/two.png"],
+             "conversations": [{"from": "human", "value": "<image>\n<image>\nSame?"}, {"from": "gpt", "value": "No."}]},
+            {"id": 3, "conversations": [{"from": "human", "value": f"Text {source}?"}, {"from": "gpt", "value": "Yes."}]},
+        ]
+        (folder / "data.json").write_text(json.dumps(records))
+        ingest(lake, [str(folder / "*.json")], IngestOptions(source=source, image_roots=[str(folder)], progress=False))
+    return lake
+
+
+@pytest.mark.parametrize("layout", ["hashed", "original"])
+@pytest.mark.parametrize("sampling", ["all", "first:2", "first:50%", "end:1", "end:100%", "random:2", "random:34%"])
+def test_every_layout_works_with_every_sampling_and_every_image_path_exists(two_source_lake, tmp_path, layout, sampling):
+    recipe = write_recipe(tmp_path / "r.yaml", f"name: mix\nseed: 3\nsources:\n  - {{source: a, sampling: '{sampling}'}}\n"
+                                               "  - {source: b, sampling: all}\n")
+    out = tmp_path / "out"
+    manifest = export(two_source_lake, recipe, ExportOptions(out=str(out), layout=layout)).manifest
+    records = json.loads((out / "mix.json").read_text())
+    selected = {"all": 3, "first:2": 2, "first:50%": 2, "end:1": 1, "end:100%": 3, "random:2": 2, "random:34%": 2}
+    assert manifest["counts"]["sources"]["a"]["selected"] == selected[sampling]
+    assert len(records) == selected[sampling] + 3
+    for record in records:
+        images = record.get("image", [])
+        for path in [images] if isinstance(images, str) else images:
+            assert (out / "images" / path).is_file(), path
+    assert not (out / ".mmlake-export-in-progress").exists()
+
+
+def test_repeated_samples_and_orig_ids_shared_by_two_sources_get_unique_stable_ids(two_source_lake, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", "name: mix\nsources:\n  - {source: a, repeat: 2, sampling: 'first:2'}\n"
+                                               "  - {source: b, sampling: 'first:2'}\n")
+    ids = []
+    for name in ("one", "two"):
+        export(two_source_lake, recipe, ExportOptions(out=str(tmp_path / name), images="none"))
+        ids.append([r["id"] for r in json.loads((tmp_path / name / "mix.json").read_text())])
+    assert ids[0] == ids[1]  # stable
+    assert len(set(ids[0])) == len(ids[0]) == 6  # unique
+    # "1" and "2" are in both sources: written under the lake's sample_id; the 2nd copy gets #r2
+    assert ids[0] == ["a/data.json#0", "a/data.json#1", "a/data.json#0#r2", "a/data.json#1#r2",
+                      "b/data.json#0", "b/data.json#1"]
+    only_a = write_recipe(tmp_path / "a.yaml", "name: mix\nsources: [{source: a, repeat: 2}]\n")
+    export(two_source_lake, only_a, ExportOptions(out=str(tmp_path / "a"), images="none"))
+    assert [r["id"] for r in json.loads((tmp_path / "a" / "mix.json").read_text())] == \
+        ["1", "2", "3", "1#r2", "2#r2", "3#r2"]  # no clash: the source's own ids
+
+
+SLOW_EXPORT = """
+import sys, time
+import etl.export as export
+place = export.ImagePlacer.place
+export.ImagePlacer.place = lambda *args: (time.sleep(0.3), place(*args))[1]  # time to be killed mid-images
+from etl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_export_killed_mid_images_is_cleared_by_the_rerun_and_by_force(two_source_lake, tmp_path):
+    """kill -9 while images are written leaves JSON, data.yaml and part of images/: the rerun (with or
+    without --force) clears that folder and writes the whole export; a foreign folder stays refused."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = write_recipe(tmp_path / "r.yaml", "name: mix\nsources: [a, b]\n")
+    out = tmp_path / "out"
+    for rerun in (["--force"], []):
+        proc = subprocess.Popen([sys.executable, "-c", SLOW_EXPORT, "--lake", two_source_lake.root, "export", recipe,
+                                 "--out", str(out), "--threads", "1", *rerun], cwd=Path(__file__).resolve().parents[1])
+        deadline = time.monotonic() + 60
+        while not any((out / "images").rglob("*.*")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
+        assert (out / "data.yaml").exists() and not (out / "manifest.json").exists()
+        written = [p for p in (out / "images").rglob("*") if p.is_file()]
+        assert 0 < len(written) < 4
+        done = run_cli("export", recipe, "--out", str(out), *rerun, lake=two_source_lake)
+        assert "samples_written" in done.stdout
+        assert len([p for p in (out / "images").rglob("*") if p.is_file()]) == 4
+        assert json.loads((out / "manifest.json").read_text())["counts"]["samples"] == 6
+        assert not (out / ".mmlake-export-in-progress").exists()
+        for line in (out / "images.sha256").read_text().splitlines():  # every image whole
+            digest, path = line.split()
+            assert hashlib.sha256((out / path).read_bytes()).hexdigest() == digest
+        out = tmp_path / "out2"
+
+
+# -- dedup decided within the mixture, nothing stale -----------------------------------------------
+def noise_images(folder: Path, names: list[str], seed: int) -> None:
+    """Textured PNGs with distinct phashes (flat colours would all hash alike)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).resize((128, 96)).save(folder / name)
+
+
+def captioned(names: list[str], prefix: str = "") -> list[dict]:
+    return [{"id": f"{prefix}{i}", "image": f"img/{n}", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                                                          {"from": "gpt", "value": f"Picture {n}."}]}
+            for i, n in enumerate(names)]
+
+
+def ingest_json(lake: Lake, path: Path, source: str, records: list[dict]) -> None:
+    path.write_text(json.dumps(records))
+    ingest(lake, [str(path)], IngestOptions(source=source, image_roots=[str(path.parent)], progress=False))
+
+
+def test_dedup_then_more_copies_ingested_and_hashed_export_dedups_them_without_a_stale_table(tmp_path):
+    """`dedup`, then ingest more copies into the same source, `enrich phash`, export with `dedup: exact`:
+    the copies are removed (12 considered, 6 written), not exported from a stale dup_exact; the
+    lake-wide dup_exact the report shows is known stale and names the command to rerun."""
+    from etl.derived import StaleDerivedTable, check_fresh, committed_versions, table_info
+
+    lake = Lake.open(str(tmp_path / "lake"))
+    names = [f"p{i}.png" for i in range(6)]
+    noise_images(tmp_path / "src" / "img", names, seed=1)
+    ingest_json(lake, tmp_path / "src" / "first.json", "photos", captioned(names))
+    run_cli("enrich", "phash", lake=lake)
+    run_cli("dedup", lake=lake)
+    ingest_json(lake, tmp_path / "src" / "second.json", "photos", captioned(names, prefix="copy"))
+    run_cli("enrich", "phash", lake=lake)
+    recipe = write_recipe(tmp_path / "r.yaml", "name: mix\ndefaults: {dedup: exact}\nsources: [photos]\n")
+    manifest = export(lake, recipe, ExportOptions(out=str(tmp_path / "out"), images="none")).manifest
+    assert manifest["counts"]["sources"]["photos"] == {"considered": 12, "selected": 6, "written": 6}
+    assert manifest["counts"]["removed"] == {"photos": {"dedup_exact": 6}}
+    assert sorted(r["id"] for r in json.loads((tmp_path / "out" / "mix.json").read_text())) == \
+        sorted(str(i) for i in range(6))  # the first file's copies are kept
+    used = manifest["decisions"]["dedup_exact"]["versions"]
+    assert used[S.SAMPLES] == manifest["lake"]["versions"][S.SAMPLES] and used[S.IMAGES] == manifest["lake"]["versions"][S.IMAGES]
+    info = table_info(lake, S.DUP_EXACT, committed_versions(lake)[S.DUP_EXACT])
+    with pytest.raises(StaleDerivedTable, match=r"samples were added.*python -m etl dedup"):
+        check_fresh(connect(lake), info, S.DUP_EXACT, "python -m etl dedup")
+    from etl import analysis as an  # the report and notebooks say so instead of showing old numbers
+
+    shown = an.exact_duplicates_removed(lake)
+    assert isinstance(shown, an.NotComputed) and shown.command == "python -m etl dedup"
+    assert str(shown) == "exact duplicates: stale (samples were added or removed) — run `python -m etl dedup`"
+    run_cli("dedup", lake=lake)
+    assert an.exact_duplicates_removed(lake).to_dicts() == [{"source": "photos", "exact_removed": 6}]
+
+
+@pytest.fixture
+def globally_deduped_lake(tmp_path) -> Lake:
+    """`keep` (3 samples) and `other` (the same 3 samples, its images JPEG re-encodes of keep's PNGs)
+    after `dedup --near 4 --scope global`: the lake-wide view keeps `keep`'s copies, drops all of `other`."""
+    lake = Lake.open(str(tmp_path / "lake"))
+    names = [f"p{i}.png" for i in range(3)]
+    noise_images(tmp_path / "src" / "img", names, seed=2)
+    for name in names:
+        Image.open(tmp_path / "src" / "img" / name).save(tmp_path / "src" / "img" / f"{name}.jpg", quality=90)
+    ingest_json(lake, tmp_path / "src" / "keep.json", "keep", captioned(names, prefix="k"))
+    other = [{**r, "image": r["image"] + ".jpg"} for r in captioned(names, prefix="o")]
+    ingest_json(lake, tmp_path / "src" / "other.json", "other", other)
+    run_cli("enrich", "phash", lake=lake)
+    run_cli("dedup", "--near", "4", "--scope", "global", lake=lake)
+    assert {r["source"] for r in lake.dataset(S.DUP_NEAR).to_table().to_pylist()} == {"other"}
+    return lake
+
+
+def test_after_global_dedup_a_recipe_without_the_kept_source_still_exports_the_other_sources_samples(
+        globally_deduped_lake, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", "name: mix\ndefaults: {dedup: exact, near_dup_k: 4}\nsources: [other]\n")
+    manifest = export(globally_deduped_lake, recipe, ExportOptions(out=str(tmp_path / "out"), images="none")).manifest
+    assert manifest["counts"]["sources"]["other"] == {"considered": 3, "selected": 3, "written": 3}
+    assert manifest["decisions"]["near_dup"]["near_k"] == 4 and manifest["decisions"]["near_dup"]["run_id"]
+
+
+def test_with_both_sources_dedup_keeps_one_copy_the_first_listed_or_the_preferred_source(globally_deduped_lake, tmp_path):
+    def written(text: str) -> dict:
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        return export(globally_deduped_lake, write_recipe(tmp_path / "r.yaml", text),
+                      ExportOptions(out=str(out), images="none")).manifest["counts"]["per_source"]
+
+    both = "name: mix\ndefaults: {near_dup_k: 4}\nsources: [other, keep]\n"
+    assert written(both) == {"other": 3, "keep": 0}  # recipe order, not the lake-wide choice
+    assert written("dedup_prefer: [keep]\n" + both) == {"other": 0, "keep": 3}
+    # a source that does not dedup holds its copies: the deduplicating source gives way, whatever the order
+    assert written("name: mix\nsources: [other, {source: keep, near_dup_k: 4}]\n") == {"other": 3, "keep": 0}
+    assert written("name: mix\nsources: [{source: other, near_dup_k: 4}, keep]\n") == {"other": 0, "keep": 3}
+
+
+def test_near_dup_over_image_clusters_computed_before_new_images_were_hashed_refuses_with_the_command(
+        globally_deduped_lake, tmp_path):
+    lake = globally_deduped_lake
+    noise_images(tmp_path / "late" / "img", ["late.png"], seed=3)
+    ingest_json(lake, tmp_path / "late" / "late.json", "other", captioned(["late.png"], prefix="late"))
+    recipe = write_recipe(tmp_path / "r.yaml", "name: mix\ndefaults: {near_dup_k: 4}\nsources: [other]\n")
+    export(lake, recipe, ExportOptions(out=str(tmp_path / "ok"), images="none"))  # phashes unchanged: still fresh
+    run_cli("enrich", "phash", lake=lake)
+    proc = run_cli("export", recipe, "--out", str(tmp_path / "out"), lake=lake, check=False)
+    assert proc.returncode == 2 and "image_clusters` is stale" in proc.stderr
+    assert "run `python -m etl dedup --near 4`" in proc.stderr and not (tmp_path / "out").exists()
+    run_cli("dedup", "--near", "4", lake=lake)
+    assert "other: 4 considered, 4 selected" in run_cli("export", recipe, "--out", str(tmp_path / "out"), lake=lake).stdout
+
+
+def test_a_dedup_killed_between_its_tables_leaves_the_previous_set_whole_for_every_reader(globally_deduped_lake):
+    from etl.derived import committed_versions, table_info
+
+    lake = globally_deduped_lake
+    before = committed_versions(lake)
+    first_run = {table_info(lake, t, v)["run_id"] for t, v in before.items()}
+    assert len(first_run) == 1
+    proc = run_cli("dedup", "--near", "2", lake=lake, check=False, env={**os.environ, "MMLAKE_FAULT": "dedup_between_tables:1"})
+    assert proc.returncode == 137
+    assert lake.dataset(S.IMAGE_CLUSTERS).version > before[S.IMAGE_CLUSTERS]  # the killed run wrote two tables
+    assert committed_versions(lake) == before
+    con = connect(lake)
+    assert {r[0] for r in con.execute("select distinct run_id from dup_exact union select distinct run_id from "
+                                      "image_clusters union select distinct run_id from dup_near").fetchall()} <= first_run
+    assert con.execute("select distinct near_k from image_clusters").fetchall() == [(4,)]
+
+
+# -- image properties in recipes --------------------------------------------------------------------
+def test_where_filters_on_per_sample_image_sizes_aspect_ratio_and_formats(two_source_lake, tmp_path):
+    """a: "1" has one 30x20 JPEG, "2" that JPEG and a 20x40 PNG, "3" is text-only (no image properties: NULL)."""
+    def kept(where: str) -> list[str]:
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        recipe = write_recipe(tmp_path / "r.yaml", f'name: mix\nsources: [{{source: a, where: "{where}"}}]\n')
+        export(two_source_lake, recipe, ExportOptions(out=str(out), images="none"))
+        return sorted(r["id"] for r in json.loads((out / "mix.json").read_text()))
+
+    assert kept("min_width >= 30") == ["1"]
+    assert kept("max_height >= 40") == ["2"]
+    assert kept("min_aspect_ratio >= 1.5") == ["1"] and kept("min_aspect_ratio < 1") == ["2"]
+    assert kept("list_contains(image_formats, 'PNG')") == ["2"]
+    assert kept("max_nbytes < 100000 or n_images = 0") == ["1", "2", "3"]
+    con = connect(two_source_lake)  # the same facts in SQL, per image and per sample
+    assert con.execute("select width, height, aspect_ratio from image_properties where format = 'PNG' "
+                       "order by width").fetchall() == [(20, 40, 0.5), (20, 40, 0.5)]
+    assert con.execute("select n_images, min_width, max_height, image_formats from sample_image_stats "
+                       "where sample_id = 'a/data.json#1'").fetchall() == [(2, 20, 40, ["JPEG", "PNG"])]
+
+
+def test_where_on_the_near_duplicate_cluster_size_of_a_samples_images(globally_deduped_lake, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", 'name: mix\nsources: [{source: other, where: "max_cluster_size >= 2"}]\n')
+    manifest = export(globally_deduped_lake, recipe, ExportOptions(out=str(tmp_path / "out"), images="none")).manifest
+    assert manifest["counts"]["per_source"] == {"other": 3}
+    recipe = write_recipe(tmp_path / "r.yaml", 'name: mix\nsources: [{source: other, where: "max_cluster_size = 1"}]\n')
+    manifest = export(globally_deduped_lake, recipe, ExportOptions(out=str(tmp_path / "one"), images="none")).manifest
+    assert manifest["counts"]["per_source"] == {"other": 0}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -104,7 +105,8 @@ def test_quirky_records_keep_their_text_ids_and_extra_keys(lake, realdata, tmp_p
             {"from": "human", "value": "Image 1: <image>\nImage 2: <image>\nSame?"}, {"from": "gpt", "value": "Yes."}]},
         {"id": "t", "model": "", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
     ]
-    ingest(lake, [str(write_json(tmp_path / "q.json", records))], IngestOptions(source="q"))
+    # an absolute path is followed inside an image root
+    ingest(lake, [str(write_json(tmp_path / "q.json", records))], IngestOptions(source="q", image_roots=[str(img.parent)]))
     got = {r[0]: r[1:] for r in rows(lake, "select orig_id, image_ids, conversations, meta from samples")}
     assert set(got) == {"41361", "000123", "t"}
     assert got["41361"][1][0]["value"] == "  Look at this <image> please  "  # whitespace kept as written
@@ -122,7 +124,7 @@ def test_non_images_are_errors_but_truncated_jpegs_are_stored(lake, realdata, tm
     records = [{"id": n, "image": str(pil / n), "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": n}]}
                for n in names]
     records.append({"id": "bad", "image": str(bad), "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "?"}]})
-    ingest(lake, [str(write_json(tmp_path / "c.json", records))], IngestOptions(source="corrupt"))
+    ingest(lake, [str(write_json(tmp_path / "c.json", records))], IngestOptions(source="corrupt", image_roots=[str(pil)]))
     assert sorted(r[0] for r in rows(lake, "select orig_id from samples")) == sorted(names)
     assert rows(lake, "select orig_id, kind from errors") == [("bad", "not_an_image")]
     fmts = dict(rows(lake, "select s.orig_id, i.format from samples s join images i on s.image_ids[1] = i.image_id"))
@@ -158,8 +160,9 @@ def test_running_the_same_ingest_twice_adds_nothing(lake, realdata):
 def test_same_bytes_from_two_sources_are_stored_once(lake, realdata, tmp_path):
     img = str(realdata / "llava/llava/serve/examples/waterview.jpg")
     rec = lambda i: {"id": i, "image": img, "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "w"}]}
-    ingest(lake, [str(write_json(tmp_path / "a.json", [rec("1"), rec("2")]))], IngestOptions(source="a"))
-    counts = ingest(lake, [str(write_json(tmp_path / "b.json", [rec("1")]))], IngestOptions(source="b"))
+    roots = [os.path.dirname(img)]
+    ingest(lake, [str(write_json(tmp_path / "a.json", [rec("1"), rec("2")]))], IngestOptions(source="a", image_roots=roots))
+    counts = ingest(lake, [str(write_json(tmp_path / "b.json", [rec("1")]))], IngestOptions(source="b", image_roots=roots))
     assert counts["images_already_in_lake"] == 1 and counts["images_added"] == 0
     assert lake.count("images") == 1 and lake.count("samples") == 3
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import tarfile
 import warnings
 from pathlib import Path
@@ -129,6 +131,68 @@ def test_thumbnail_matches_pillow_lanczos_bit_for_bit_in_both_pass_orders():
         gray = rng.integers(0, 256, (h, w), dtype=np.uint8)
         ref = np.asarray(Image.fromarray(gray).resize((32, 32), Image.Resampling.LANCZOS))
         assert np.array_equal(P.thumbnail32(gray), ref), (h, w)
+
+
+def test_large_images_converted_and_resampled_in_strips_still_equal_imagehash(monkeypatch):
+    """Every image takes the strip path here (tiny strips, many of them): rows or columns, either
+    pass order, one side exactly 32, every mode; the hashes stay imagehash's."""
+    monkeypatch.setattr(P, "STRIP_PIXELS", 0)
+    monkeypatch.setattr(P, "STRIP_BUDGET", 700)
+    rng = np.random.default_rng(3)
+    cases = [(1000, 300, "RGB"), (300, 1000, "L"), (32, 900, "RGBA"), (900, 32, "P"), (33, 40, "CMYK"),
+             (2, 700, "LA"), (700, 2, "1"), (517, 389, "I;16"), (1301, 347, "RGB")]
+    datas = []
+    for w, h, mode in cases:
+        noise = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(2))
+        im = noise.convert(mode) if mode != "I;16" else Image.fromarray(rng.integers(0, 65536, (h, w)).astype(np.uint16))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG" if mode == "CMYK" else "TIFF" if mode == "I;16" else "PNG")
+        datas.append(buf.getvalue())
+    assert P.phash_batch(datas, "exact")[0] == [imagehash_u64(d) for d in datas]
+    assert P.phash_batch(datas, "fast")[0] == [imagehash_u64(d) for d in datas]  # not JPEG, or too small to reduce
+
+
+def test_a_144_megapixel_photo_hashes_without_a_full_size_gray_copy(tmp_path):
+    """Peak memory of hashing one 12000x12000 JPEG, measured in a fresh process: exact mode needs
+    the RGB decode (Pillow keeps 4 bytes a pixel) and little more; fast mode decodes at 1/8."""
+    path = tmp_path / "big.jpg"
+    subprocess.run([sys.executable, "-c", BIG_JPEG, str(path)], check=True, timeout=60)
+    pixels = 12000 * 12000
+    for mode, limit in (("exact", 4 * pixels + (60 << 20)), ("fast", 60 << 20)):
+        out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(path), mode], check=True, capture_output=True,
+                             text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+        grown = int(out.stdout.split()[0])
+        assert grown < limit, f"{mode}: hashing grew the peak RSS by {grown >> 20} MB (limit {limit >> 20} MB)"
+
+
+BIG_JPEG = """
+import sys
+from PIL import Image
+small = Image.radial_gradient("L").resize((12000, 12000), Image.Resampling.NEAREST)
+Image.merge("RGB", (small, small.transpose(Image.Transpose.ROTATE_90), small)).save(sys.argv[1], quality=80)
+"""
+PEAK_RSS = """
+import io, resource, sys
+from PIL import Image
+from etl.enrich import phash as P
+data = open(sys.argv[1], "rb").read()
+warm = io.BytesIO()
+Image.new("RGB", (300, 200), "red").save(warm, "JPEG")
+P.phash_batch([warm.getvalue()], sys.argv[2])  # kernels loaded (or compiled) before measuring
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+values, errors = P.phash_batch([data], sys.argv[2])
+assert values[0] is not None, errors
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_kernels_compile_even_where_numba_has_nowhere_to_cache_them():
+    """numba refuses `cache=True` when no cache folder is writable (as for a function without a
+    source file, used here): the kernel is then compiled for this process only."""
+    pytest.importorskip("numba")
+    namespace: dict = {}
+    exec(compile("def double(x):\n    return x * 2\n", "<no file>", "exec"), namespace)
+    assert P.jit_cached(namespace["double"])(21) == 42
 
 
 # -- fast mode --------------------------------------------------------------------------------------

@@ -175,6 +175,33 @@ def test_sampling_plan_has_no_filtered_window_aggregate_that_is_quadratic_in_the
     assert not [w for w in windows if "FILTER" in w.upper()], windows
 
 
+def scan_projections(plan: list[dict]) -> list[list[str]]:
+    """The projected columns of every scan in a DuckDB `explain (format json)` plan."""
+    found, todo = [], list(plan)
+    while todo:
+        node = todo.pop()
+        if "SCAN" in node.get("name", ""):
+            proj = node.get("extra_info", {}).get("Projections", [])
+            found.append(sorted([proj] if isinstance(proj, str) else proj))
+        todo += node.get("children", [])
+    return sorted(found)
+
+
+def test_recipes_select_from_the_checked_samples_view_and_its_plan_reads_the_samples_once(lake):
+    """The checks are a view (sql/checked_samples.sql), not text spliced into the recipe: DuckDB
+    inlines it, so the recipe reads every samples column once (plus the image ids for the image
+    checks), the images twice (missing, undecodable) and the errors once — as the splice did."""
+    con = connect(lake)
+    compiled = compile_recipe(parse_recipe("name: m\nsources: [alpha, {source: beta, sampling: 'first:3'}]"),
+                              lake_columns(con))
+    assert "from checked_samples s" in compiled.ctes and "problems" not in compiled.ctes.split("recipe_samples as")[0]
+    plan = json.loads(con.execute("explain (format json) " + compiled.decisions_sql()).fetchall()[0][1])
+    scans = scan_projections(plan)
+    assert len(scans) == 5, scans
+    assert [p for p in scans if "conversations" in p] == [sorted(lake_columns(con)["samples"])]
+    assert ["image_ids", "sample_id", "source"] in scans and scans.count(["image_id"]) == 2 and ["error_id"] in scans
+
+
 def text_only_lake(root, n: int) -> Lake:
     """A lake with one source `chat` of n two-turn text-only samples (appended directly: ingest is not timed)."""
     lake = Lake.open(str(root))
@@ -229,9 +256,15 @@ def test_where_on_tags_sees_text_only_samples_as_having_no_tags(lake):
     assert len(picked(d)) == 5
 
 
-def test_dedup_exact_without_the_dedup_table_tells_the_user_to_run_dedup(lake):
-    with pytest.raises(RecipeError, match=r"python -m etl dedup"):
-        decisions(lake, "name: m\ndefaults: {dedup: exact}\nsources: [alpha]")
+def test_dedup_exact_decides_within_the_recipe_without_any_dedup_table(lake):
+    """beta's ten questions are gamma's five plus five more: gamma listed first keeps its copies."""
+    d = decisions(lake, "name: m\ndefaults: {dedup: exact}\nsources: [gamma, beta]")
+    assert picked(d["gamma"]) == [f"{i:05d}" for i in range(5)]
+    assert {k: v for k, v in d["beta"].items() if v} == {f"{i:05d}": "dedup_exact" for i in range(5)}
+    preferred = decisions(lake, "name: m\ndedup_prefer: [beta]\ndefaults: {dedup: exact}\nsources: [gamma, beta]")
+    assert picked(preferred["beta"]) == [f"{i:05d}" for i in range(10)] and picked(preferred["gamma"]) == []
+    alone = decisions(lake, "name: m\ndefaults: {dedup: exact}\nsources: [beta]")  # nothing to dedup against
+    assert picked(alone["beta"]) == [f"{i:05d}" for i in range(10)]
 
 
 def test_near_dup_without_its_table_tells_the_user_to_run_dedup_near(lake):
@@ -279,9 +312,9 @@ def test_dedup_exact_removes_the_later_copies_with_reason_dedup_exact(deduped_la
 
 def test_near_dup_k_other_than_the_computed_one_asks_for_a_dedup_rerun(deduped_lake):
     con = connect(deduped_lake)
-    from etl.recipe import check_dedup_tables
+    from etl.recipe import check_derived_inputs
 
     ok = parse_recipe("name: m\ndefaults: {near_dup_k: 2}\nsources: [chat]")
-    assert check_dedup_tables(con, ok, deduped_lake)["dup_near"]["near_k"] == [2]
+    assert check_derived_inputs(con, ok, deduped_lake)["near_dup"]["near_k"] == 2
     with pytest.raises(RecipeError, match=r"python -m etl dedup --near 3"):
-        check_dedup_tables(con, parse_recipe("name: m\ndefaults: {near_dup_k: 3}\nsources: [chat]"), deduped_lake)
+        check_derived_inputs(con, parse_recipe("name: m\ndefaults: {near_dup_k: 3}\nsources: [chat]"), deduped_lake)

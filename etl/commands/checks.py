@@ -15,7 +15,7 @@ EXAMPLES = """\
   python -m etl checks --source llava_665k --list --max-rows 20
   python -m etl checks --list --format csv --output problems.csv
   python -m etl checks --max-text-chars 20000
-Reasons are defined in sql/checks.sql; `fixes` are normalised by export, never dropped."""
+Reasons are defined in sql/checked_samples.sql; `fixes` are repaired by export (sql/fixes.sql), never dropped."""
 
 
 def configure(p: argparse.ArgumentParser) -> None:

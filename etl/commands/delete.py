@@ -18,7 +18,8 @@ Derived tables (dup_exact, dup_near, image_clusters) are stale afterwards: rerun
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, help="the source to delete (see `python -m etl sources`)")
-    p.add_argument("--file", metavar="GLOB", help="only the source's files whose name matches this glob")
+    p.add_argument("--file", metavar="GLOB", help="only the source's files whose name in the lake (or base name) "
+                                                   "matches this glob (`sources` and `sql` show the names)")
     p.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
 
 

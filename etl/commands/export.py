@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from etl.commands.summary import print_counts
 from etl.export import FORMATS, IMAGE_MODES, LAYOUTS, ExportOptions, export, resolve_versions
 from etl.lake import Lake
-from etl.recipe import check_dedup_tables, compile_recipe, lake_columns, load_recipe
+from etl.recipe import check_derived_inputs, compile_recipe, lake_columns, load_recipe
 from etl.sqlrun import connect
 
 HELP = "Export a mixture recipe as training files: LLaVA JSON (or messages), images/, data yaml, manifest."
@@ -36,23 +37,29 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=8, help="image writer threads (default: 8)")
     p.add_argument("--force", action="store_true", help="replace a previous export in a non-empty DIR")
     p.add_argument("--dry-run", action="store_true", help="print the compiled DuckDB query and stop")
+    p.add_argument("--strict", action="store_true",
+                   help="stop (before writing) on any warning: a `where` over a column not computed yet, a `where` "
+                        "removing everything, a source with 0 selected, `dedup: exact` over unhashed images")
 
 
 def run(args: argparse.Namespace) -> int:
     lake = Lake.open(args.lake, create=False)
     if args.dry_run:
         recipe = load_recipe(args.recipe)
-        con = connect(lake, version=resolve_versions(lake, args.version))
+        pins = resolve_versions(lake, args.version)
+        con = connect(lake, version=pins)
         compiled = compile_recipe(recipe, lake_columns(con))
-        check_dedup_tables(con, recipe, lake)
+        check_derived_inputs(con, recipe, lake, pins)
         print(compiled.script())
         return 0
     if not args.out:
         raise ValueError("--out DIR is required (or use --dry-run)")
     opts = ExportOptions(out=args.out, images=args.images, layout=args.layout, format=args.format,
                          version=args.version, split_by_source=args.split_by_source, force=args.force,
-                         image_cache=args.image_cache, threads=args.threads)
+                         image_cache=args.image_cache, threads=args.threads, strict=args.strict)
     result = export(lake, args.recipe, opts)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     counts = result.manifest["counts"]
     print_counts("export", {"samples_written": counts["samples"], "images_written": counts["images"]["written"],
                             **{f"removed_{k}": v for k, v in counts["removed_total"].items()}})

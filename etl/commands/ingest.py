@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from etl.commands.summary import print_counts
-from etl.hub import fetch_dataset, ingest_arguments, parse_hub_ref
+from etl.hub import fetch_dataset, ingest_arguments, parse_hub_ref, refuse_outside_roots
 from etl.ingest import IngestOptions, ingest
 from etl.lake import Lake
 from etl.sources import readers
@@ -29,6 +29,10 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-root", action="append", default=[], metavar="DIR",
                    help="folder relative image paths are resolved against (repeatable; "
                         "the annotation file's own folder is tried last)")
+    p.add_argument("--allow-outside-roots", action="store_true",
+                   help="follow image paths (absolute, ../, symlinks) to files outside the image roots, the "
+                        "annotation file's folder and the folder given; only for sources you trust (refused "
+                        "with --from-hub)")
     p.add_argument("--prompt", help="human turn for caption-only sources (webdataset), e.g. '<image>\\nDescribe the image.'")
     p.add_argument("--batch-size", type=int, default=1000, help="records per commit (default: 1000)")
     p.add_argument("--workers", type=int, default=1,
@@ -50,6 +54,7 @@ def input_paths(args: argparse.Namespace) -> list[str]:
     """The PATH arguments, plus the local copy of a Hub dataset when --from-hub is given."""
     paths = list(args.paths)
     if args.from_hub:
+        refuse_outside_roots(args.allow_outside_roots)
         ref = parse_hub_ref(args.from_hub, args.include)
         folder = fetch_dataset(ref, args.hub_dir, args.hub_mirror, args.revision)
         paths += ingest_arguments(folder, ref.include)
@@ -63,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     lake = Lake.open(args.lake)
     reader_options = {"prompt": args.prompt} if args.prompt else {}
     opts = IngestOptions(source=args.source, format=args.format, image_roots=args.image_root,
+                         allow_outside_roots=args.allow_outside_roots,
                          batch_records=args.batch_size, reader_options=reader_options, workers=args.workers,
                          progress=False if args.no_progress else None, redo=args.redo)
     counts = ingest(lake, paths, opts)

@@ -31,6 +31,8 @@ import argparse
 import io
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -41,6 +43,7 @@ from PIL import Image
 
 from etl import schema as S
 from etl.enrich.base import EnrichBatch, Enricher, EnrichFailure, EnrichResult
+from etl.images import exception_text
 
 HASH_SIZE = 8  # imagehash defaults: hash_size=8, highfreq_factor=4 -> a 32x32 thumbnail
 IMG_SIZE = 32
@@ -97,44 +100,104 @@ def hash_to_hex(value: int) -> str:
 
 
 # -- decoding ----------------------------------------------------------------------------------------
+# Above this many pixels an image is converted to "L" and put through the first resampling pass one
+# strip at a time (`gray_thumbnail`), so a 144 MP photo never exists as a whole "L" copy or array.
+STRIP_PIXELS = 1 << 22
+STRIP_BUDGET = 1 << 20  # pixels per strip
+
+
+@contextmanager
+def opened(data: bytes) -> Iterator[Image.Image]:
+    """The image Pillow opens from `data`; anything failing inside (decode, conversion) is a DecodeError.
+
+    Pillow's own decompression-bomb guard (`Image.MAX_IMAGE_PIXELS`) applies, as in imagehash.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # palette-transparency, EXIF and bomb warnings are noise here
+            with Image.open(io.BytesIO(data)) as im:
+                yield im
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data; all mean "cannot decode"
+        raise DecodeError(exception_text(exc)) from exc
+
+
 def decode_gray(data: bytes) -> np.ndarray:
     """The image's first frame as a 2-D uint8 array, converted to "L" by Pillow (like imagehash).
 
     Raises DecodeError when Pillow cannot decode the bytes.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # palette-transparency and EXIF warnings are noise here
-            with Image.open(io.BytesIO(data)) as im:
-                gray = im.convert("L")
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data; all mean "cannot decode"
-        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
-    return np.asarray(gray)
+    with opened(data) as im:
+        return np.asarray(im.convert("L"))
+
+
+def exact_thumbnail(data: bytes) -> np.ndarray:
+    """imagehash's 32x32 thumbnail of the image's first frame, bit for bit. Raises DecodeError."""
+    with opened(data) as im:
+        return gray_thumbnail(im)
+
+
+def fast_thumbnail(data: bytes) -> np.ndarray:
+    """Fast mode's thumbnail: from a reduced JPEG decode where one exists, else exact's. Raises DecodeError."""
+    with opened(data) as im:
+        reduced = reduced_gray(im)
+        return thumbnail32_reduced(*reduced) if reduced else gray_thumbnail(im)
 
 
 def decode_gray_reduced(data: bytes) -> tuple[np.ndarray, tuple[int, int], int]:
-    """Fast mode's decode: (gray, (full height, full width), scale).
+    """Fast mode's decode: (gray, (full height, full width), scale); scale 1 (the whole image,
+    converted like exact mode) where no reduced decode exists. Raises DecodeError."""
+    with opened(data) as im:
+        return reduced_gray(im) or (np.asarray(im.convert("L")), (im.height, im.width), 1)
 
-    A JPEG is decoded by libjpeg at 1/scale of its size in the DCT domain, luma only (no chroma
-    upsampling, no color conversion): at 1/8 each pixel is the mean of an 8x8 block, at 1/2 and 1/4
-    nearly the mean of a 2x2 or 4x4 block. Other formats, and JPEGs too small to scale, come back
-    whole with scale 1, converted to "L" exactly as exact mode does. Raises DecodeError.
+
+def reduced_gray(im: Image.Image) -> tuple[np.ndarray, tuple[int, int], int] | None:
+    """(gray, (full height, full width), scale) of a JPEG decoded by libjpeg at 1/scale of its size.
+
+    Decoded in the DCT domain, luma only (no chroma upsampling, no color conversion): at 1/8 each
+    pixel is the mean of an 8x8 block, at 1/2 and 1/4 nearly the mean of a 2x2 or 4x4 block. None
+    for other formats and JPEGs too small to scale: only where a reduced scale exists, since
+    draft("L") alone would still swap exact's RGB -> "L" conversion for libjpeg's luma, a few
+    levels off.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                scale = 1
-                # Only where a reduced scale exists: draft("L") alone would still swap exact's
-                # RGB -> "L" conversion for libjpeg's luma, a few levels off.
-                if im.format == "JPEG" and min(width, height) >= 2 * FAST_MIN_SIDE:
-                    im.draft("L", (FAST_MIN_SIDE, FAST_MIN_SIDE))  # sets the size libjpeg will output
-                    scale = next(s for s in (8, 4, 2, 1) if -(-width // s) == im.width)
-                gray = np.asarray(im if im.mode == "L" else im.convert("L"))
-    except Exception as exc:  # noqa: BLE001 - as in decode_gray
-        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
-    return gray, (height, width), scale
+    width, height = im.size
+    if im.format != "JPEG" or min(width, height) < 2 * FAST_MIN_SIDE:
+        return None
+    im.draft("L", (FAST_MIN_SIDE, FAST_MIN_SIDE))  # sets the size libjpeg will output
+    scale = next(s for s in (8, 4, 2, 1) if -(-width // s) == im.width)
+    return np.asarray(im if im.mode == "L" else im.convert("L")), (height, width), scale
+
+
+def gray_thumbnail(im: Image.Image) -> np.ndarray:
+    """`im.convert("L").resize((32, 32), LANCZOS)` as an array, bit for bit (the first frame).
+
+    Up to STRIP_PIXELS: the whole image converted, then `thumbnail32`. Larger images (a 144 MP
+    photo is 576 MB decoded, and its "L" copy and array would add 288 MB) are converted strip by
+    strip along the first pass's direction, each strip resampled by that pass at once: the pass
+    treats every row (or column) on its own, and "L" conversion every pixel, so the strips give
+    the whole image's result.
+    """
+    kernels = _kernels()
+    if kernels is None or im.width * im.height <= STRIP_PIXELS:
+        return thumbnail32(np.asarray(im.convert("L")))
+    im.load()
+    width, height = im.size
+    if height == IMG_SIZE or (width != IMG_SIZE and not pillow_vertical_first(height, width)):
+        y0, y1 = (0, height) if height == IMG_SIZE else _used_span(resample_coefficients(height)[1])
+        step, cols = max(1, STRIP_BUDGET // width), resample_coefficients(width)
+        wide = np.concatenate([_horizontal_pass(kernels, gray_strip(im, (0, y, width, min(y + step, y1))), cols, 0,
+                                                min(y + step, y1) - y) for y in range(y0, y1, step)])
+        return wide if height == IMG_SIZE else _vertical_pass(kernels, wide, resample_coefficients(height), 0,
+                                                              IMG_SIZE, offset=y0)
+    x0, x1 = (0, width) if width == IMG_SIZE else _used_span(resample_coefficients(width)[1])
+    step, rows = max(1, STRIP_BUDGET // height), resample_coefficients(height)
+    tall = np.concatenate([_vertical_pass(kernels, gray_strip(im, (x, 0, min(x + step, x1), height)), rows, 0,
+                                          min(x + step, x1) - x) for x in range(x0, x1, step)], axis=1)
+    return tall if width == IMG_SIZE else _horizontal_pass(kernels, tall, resample_coefficients(width), 0,
+                                                           IMG_SIZE, offset=x0)
+
+
+def gray_strip(im: Image.Image, box: tuple[int, int, int, int]) -> np.ndarray:
+    return np.asarray(im.crop(box).convert("L"))
 
 
 # -- Pillow's LANCZOS resampler, reproduced -----------------------------------------------------------
@@ -486,16 +549,31 @@ def _kernels() -> SimpleNamespace | None:
     return _KERNELS
 
 
+def jit_cached(func: Any) -> Any:
+    """`func` compiled by numba, its machine code cached on disk so that only the first process on a
+    machine compiles it (~5 s for these kernels; a later one loads them in ~0.5 s).
+
+    numba keeps the cache in `__pycache__` beside this file, else in the user's cache folder (or in
+    $NUMBA_CACHE_DIR); where none is writable (a read-only install and home) it refuses to cache,
+    and the kernels are then compiled in every process instead of failing.
+    """
+    import numba
+
+    try:
+        return numba.njit(cache=True, nogil=True)(func)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(func)
+
+
 def _build_kernels() -> SimpleNamespace | None:
     global _PASS_ORDER_RULE
     try:
-        import numba
+        import numba  # noqa: F401
     except ImportError:
         return None
-    jit = numba.njit(cache=True, nogil=True)
-    kernels = SimpleNamespace(vertical=jit(_vertical_loop), horizontal=jit(_horizontal_loop),
-                              coefficients=jit(_coefficients_loop),
-                              reduced_coefficients=jit(_reduced_coefficients_loop))
+    kernels = SimpleNamespace(vertical=jit_cached(_vertical_loop), horizontal=jit_cached(_horizontal_loop),
+                              coefficients=jit_cached(_coefficients_loop),
+                              reduced_coefficients=jit_cached(_reduced_coefficients_loop))
     rng = np.random.default_rng(7)
     probes = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((100, 41), (41, 100), (200, 60), (90, 90))]
     for rule in (_rule_pillow13, _rule_horizontal_first):
@@ -508,12 +586,12 @@ def _build_kernels() -> SimpleNamespace | None:
 # -- the public compute functions ---------------------------------------------------------------------
 def phash_exact(data: bytes) -> int:
     """`int(str(imagehash.phash(Image.open(io.BytesIO(data)))), 16)`, faster. Raises DecodeError."""
-    return hashes_from_thumbnails(thumbnail32(decode_gray(data))[None])[0]
+    return hashes_from_thumbnails(exact_thumbnail(data)[None])[0]
 
 
 def phash_fast(data: bytes) -> int:
     """Reduced-size JPEG decode, block-integrated LANCZOS weights, the same DCT. Raises DecodeError."""
-    return hashes_from_thumbnails(thumbnail32_reduced(*decode_gray_reduced(data))[None])[0]
+    return hashes_from_thumbnails(fast_thumbnail(data)[None])[0]
 
 
 def phash_batch(datas: list[bytes | None], mode: str = "exact") -> tuple[list[int | None], list[str | None]]:
@@ -526,8 +604,7 @@ def phash_batch(datas: list[bytes | None], mode: str = "exact") -> tuple[list[in
             errors[i] = "image bytes could not be read from the lake"
             continue
         try:
-            thumbs.append(thumbnail32_reduced(*decode_gray_reduced(data)) if mode == "fast"
-                          else thumbnail32(decode_gray(data)))
+            thumbs.append(fast_thumbnail(data) if mode == "fast" else exact_thumbnail(data))
             where.append(i)
         except DecodeError as exc:
             errors[i] = str(exc)

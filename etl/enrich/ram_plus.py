@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from etl import schema as S
 from etl.enrich.base import EnrichBatch, Enricher, EnrichFailure, EnrichResult
-from etl.images import open_image
+from etl.images import exception_text, open_image
 
 DEFAULT_TAG_LIST = "ram_tag_list.txt"
 DEFAULT_THRESHOLDS = "ram_tag_list_threshold.txt"
@@ -110,7 +110,7 @@ def decode_for_model(data: bytes | None, size: int):
         with open_image(data) as image:
             return resized_pixels(image, size)
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...
-        raise DecodeFailure("decode_error", f"{type(exc).__name__}: {exc}") from exc
+        raise DecodeFailure("decode_error", exception_text(exc)) from exc
 
 
 @dataclass

@@ -10,12 +10,21 @@ Each group becomes one record, its row being the group's index in the shard:
 - image(s) + caption (`.txt`, `.caption`, else `caption`/`text` of the `.json`) → a sample
   `[{"from": "human", "value": --prompt}, {"from": "gpt", "value": caption}]` (prompt default
   `<image>`; a literal `\\n` in the option is a newline);
-- image(s) only → the images are stored, no sample (image-only shards);
-- caption only → a text-only sample: the prompt without its `<image>` tag (if anything is left),
-  then the caption;
-- neither → an error row listing the members.
+- image(s) + other members but no caption (a classification shard: `.png` + `.cls`) → a sample
+  with the images, no turns (`checks` reports it as `no_turns`) and the members in `meta`
+  (`{"cls": "7"}`): the label is kept, not dropped;
+- image(s) alone → the images are stored, no sample (image-only shards: nothing else to keep);
+- caption without an image → an `orphan_caption` error holding the caption: in a captioning
+  shard that is a sample that lost its image, and turning it into text-only training data would
+  hide the loss;
+- nothing usable → an error row listing the members.
 
 Other members (`.cls`, `.json`, ...) are kept in `meta` under their extension; `orig_id` is the key.
+Hard links (GNU tar writes one for every further name of a hard-linked file) and symbolic links
+are followed inside the shard only: a link whose target is a file member of the same shard gives
+that member's bytes (read again from the shard: a seek in a plain tar, decompression up to it in
+a `.tgz`); a link to anything else (outside the shard, absolute, a missing member, a link loop)
+is an `unresolved_link` error for its group; the file system is never read.
 A truncated or corrupt shard yields the groups read so far, then one `corrupt_shard` error.
 """
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import posixpath
 import re
 import tarfile
 import zlib
@@ -30,16 +40,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from etl.images import exception_text
 from etl.sources import register
 from etl.sources.base import ImageRef, SourceReader, SourceRecord, raw_json
 
 DEFAULT_PROMPT = "<image>"
-IMAGE_TAG = "<image>"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 CAPTION_EXTENSIONS = ("txt", "caption")
 JSON_CAPTION_KEYS = ("caption", "text", "txt")
 MEMBER_NAME = re.compile(r"^((?:.*/)?[^./][^/]*?)\.([^/]*)$")  # (key, extension); hidden files excluded
 MAX_MEMBER_BYTES = 1 << 30  # a member (after gunzip) larger than this is refused, not loaded
+MAX_LINK_HOPS = 8  # a link to a link to ... (a loop) gives up after this many
 
 
 @dataclass
@@ -49,7 +60,7 @@ class Group:
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
     names: list[str] = field(default_factory=list)
-    problem: str | None = None  # a member that could not be read (bad gzip, too large)
+    problem: tuple[str, str] | None = None  # (kind, message): a member that could not be read
 
 
 @register
@@ -67,7 +78,7 @@ class WebDatasetReader(SourceReader):
                 yield group_record(group, name, row, prompt)
                 row += 1
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            message = f"shard unreadable after {row} groups: {type(exc).__name__}: {exc}"
+            message = f"shard unreadable after {row} groups: {exception_text(exc)}"
             yield SourceRecord(name, row, raw=raw_json({"shard": name}), error=("corrupt_shard", message))
 
 
@@ -78,7 +89,7 @@ def prompt_option(value: str | None) -> str:
 def caption_turns(caption: str, prompt: str) -> list[dict[str, str]]:
     """The caption sample every captioning dataset becomes: the prompt asks, the caption answers.
 
-    An empty prompt (a text-only group whose prompt was just `<image>`) leaves the caption alone.
+    An empty prompt (a text-only record) leaves the caption alone.
     """
     asked = [{"from": "human", "value": prompt}] if prompt else []
     return [*asked, {"from": "gpt", "value": caption}]
@@ -93,34 +104,110 @@ def split_member_name(member_name: str) -> tuple[str, str] | None:
 def iter_groups(path: str, start_row: int = 0) -> Iterator[tuple[int, Group]]:
     """(row, group) for each key of the shard in order; groups before `start_row` are not loaded."""
     row, current = -1, None
-    with tarfile.open(path, mode="r|*") as tar:
+    with tarfile.open(path, mode="r|*") as tar, ShardLinks(path) as links:
         for member in tar:
-            parsed = split_member_name(member.name) if member.isfile() else None
+            is_member = member.isfile() or member.issym() or member.islnk()
+            parsed = split_member_name(member.name) if is_member else None
             if parsed is None:
-                continue  # directories, links, devices, extension-less names: not sample members
+                continue  # directories, devices, extension-less names: not sample members
             key, extension = parsed
             if current is None or key != current.key:
                 if current is not None and row >= start_row:
                     yield row, current
                 row, current = row + 1, Group(key)
             if row >= start_row:
-                add_member(current, tar, member, extension)
+                add_member(current, tar, member, extension, links)
         if current is not None and row >= start_row:
             yield row, current
 
 
-def add_member(group: Group, tar: tarfile.TarFile, member: tarfile.TarInfo, extension: str) -> None:
-    """Read one member into the group (gunzipping `.gz`), noting rather than raising on bad members."""
+class ShardLinks:
+    """Follows hard and symbolic link members to the file members they name, inside the shard.
+
+    The shard is streamed, so a target's bytes have gone by (or not come yet) when its link
+    arrives: on the first link, a second, random-access handle on the shard lists its members
+    once (one more pass over the headers: shards without links never pay it), and targets are
+    read through it. Nothing outside the shard is ever read.
+    """
+
+    def __init__(self, path: str):
+        self.path, self.archive, self.members = path, None, None
+
+    def __enter__(self) -> "ShardLinks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.archive is not None:
+            self.archive.close()
+
+    def read(self, member: tarfile.TarInfo) -> bytes:
+        """The bytes of the file member `member` links to; raises LookupError saying why it cannot."""
+        name, link = member.name, member
+        for _ in range(MAX_LINK_HOPS):
+            target = self.find(link_target(link))
+            if target.isfile():
+                if target.size > MAX_MEMBER_BYTES:
+                    raise LookupError(f"{name}: links to {target.name}, over the {MAX_MEMBER_BYTES} byte limit")
+                return self.open().extractfile(target).read()
+            if not (target.issym() or target.islnk()):
+                raise LookupError(f"{name}: links to {target.name}, which is not a file")
+            link = target
+        raise LookupError(f"{name}: more than {MAX_LINK_HOPS} links in a row (a loop?)")
+
+    def find(self, target: tuple[str, str]) -> tarfile.TarInfo:
+        """The member named `target[1]` (a link's target; `target[0]` is the link, for messages)."""
+        link, name = target
+        if self.members is None:
+            self.members = {}
+            for info in self.open().getmembers():
+                self.members.setdefault(posixpath.normpath(info.name), info)
+        try:
+            return self.members[name]
+        except KeyError:
+            raise LookupError(f"{link}: links to {name}, which is not a member of the shard") from None
+
+    def open(self) -> tarfile.TarFile:
+        if self.archive is None:
+            self.archive = tarfile.open(self.path, mode="r:*")
+        return self.archive
+
+
+def link_target(member: tarfile.TarInfo) -> tuple[str, str]:
+    """(link, target): the member name a link names, a hard link's as written, a symlink's relative
+    to its folder.
+
+    Raises LookupError for targets that leave the shard (absolute, or climbing above its top).
+    """
+    link = member.linkname
+    if member.issym():
+        link = posixpath.join(posixpath.dirname(member.name), link)
+    target = posixpath.normpath(link)
+    if posixpath.isabs(member.linkname) or target == ".." or target.startswith("../"):
+        raise LookupError(f"{member.name}: links to {member.linkname}, outside the shard")
+    return member.name, target
+
+
+def add_member(group: Group, tar: tarfile.TarFile, member: tarfile.TarInfo, extension: str,
+               links: ShardLinks) -> None:
+    """Read one member into the group (following links, gunzipping `.gz`), noting rather than
+    raising on bad members."""
     group.names.append(member.name)
     if member.size > MAX_MEMBER_BYTES:
-        group.problem = f"{member.name}: {member.size} bytes is over the {MAX_MEMBER_BYTES} limit"
+        group.problem = ("malformed_record", f"{member.name}: {member.size} bytes is over the {MAX_MEMBER_BYTES} limit")
         return
-    data = tar.extractfile(member).read()
+    if member.isfile():
+        data = tar.extractfile(member).read()
+    else:
+        try:
+            data = links.read(member)
+        except LookupError as exc:
+            group.problem = ("unresolved_link", str(exc))
+            return
     if extension.endswith(".gz") or extension == "gz":
         try:
             data = gunzip_bounded(data)
         except (OSError, EOFError, zlib.error, ValueError) as exc:
-            group.problem = f"{member.name}: bad gzip member: {exc}"
+            group.problem = ("malformed_record", f"{member.name}: bad gzip member: {exception_text(exc)}")
             return
         extension = extension[: -len(".gz")] if extension.endswith(".gz") else ""
     group.members[extension] = data
@@ -136,29 +223,28 @@ def gunzip_bounded(data: bytes) -> bytes:
 
 
 def group_record(group: Group, name: str, row: int, prompt: str) -> SourceRecord:
-    """One group → a caption sample, an image-only record, a text-only sample or an error."""
+    """One group → a caption sample, a labelled image sample, an image-only record or an error."""
     record = SourceRecord(name, row, orig_id=group.key, raw=raw_json({"key": group.key, "members": group.names}))
     if group.problem:
-        record.error = ("malformed_record", group.problem)
+        record.error = group.problem
         return record
     images = [ext for ext in group.members if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS]
     record.images = [ImageRef(data=group.members[ext]) for ext in images]
     try:
         caption, record.meta = caption_and_meta(group, set(images))
     except (UnicodeDecodeError, ValueError) as exc:
-        record.error = ("malformed_record", f"key {group.key}: {exc}")
+        record.error = ("malformed_record", f"key {group.key}: {exception_text(exc)}")
         return record
-    if caption is not None:
-        record.conversations = caption_turns(caption, prompt if images else text_only(prompt))
+    if caption is not None and images:
+        record.conversations = caption_turns(caption, prompt)
+    elif caption is not None:
+        record.raw = raw_json({"key": group.key, "members": group.names, "caption": caption, **record.meta})
+        record.error = ("orphan_caption", f"key {group.key}: a caption without an image among {group.names}")
     elif images:
-        record.images_only = True
+        record.images_only = not record.meta  # image + label (.cls, .json...): a sample that keeps them
     else:
         record.error = ("no_image_or_caption", f"key {group.key}: no image and no caption among {group.names}")
     return record
-
-
-def text_only(prompt: str) -> str:
-    return prompt.replace(IMAGE_TAG, "").strip()
 
 
 def member_value(extension: str, data: bytes) -> Any:

@@ -2,7 +2,8 @@
 
 Every change here is a Lance commit made inside the lake's commit lock (`Lake.committing()`), so it
 is atomic against any other command writing the lake at the same time; each command records itself
-in `runs` (`recorded_run`), which is what `log` and the derived tables' staleness checks read.
+in `runs` (`recorded_run`), which is what `log` reads. Dedup tables see a delete or a rename through
+the input fingerprints they record (etl/derived.py): they are stale afterwards, and say so.
 
 Deleting samples never deletes their images at once: another source may use them, and an ingest
 running at the same time may be about to reference them. Their ids are written to the
@@ -100,8 +101,10 @@ def delete_source(lake: Lake, source: str, file_glob: str | None = None, dry_run
 
 
 def rename_source(lake: Lake, old: str, new: str) -> Counter:
-    """Rename a source: its samples (`source`, and `sample_id` = `source/file#row`), errors and
-    checkpoints; one Lance update per table inside the commit lock."""
+    """Rename a source: its samples (`source`, and `sample_id` = `source/file#row`), errors (and
+    their `error_id`s) and checkpoints, by Lance updates inside the commit lock. The updates are
+    several commits: a rename interrupted midway leaves both names, and a rerun refuses (NEW
+    exists); `delete --source NEW` and the ingest again are the way back then."""
     if not new or "/" in new or new == old:
         raise UpkeepError(f"--rename {old} {new}: the new name must differ and contain no '/'")
     with recorded_run(lake, "rename-source", {"source": old, "new_name": new}) as run, lake.committing():
@@ -239,10 +242,10 @@ def runs(lake: Lake) -> list[RunInfo]:
 def history(lake: Lake, tables: Iterable[str] | None = None) -> Iterator[dict]:
     """Each version of each table with the run that made it (the run whose versions_before <
     version <= versions_after; the narrowest such window when runs overlapped)."""
-    known = runs(lake)
+    known, tagged = runs(lake), tag_versions(lake)
     for table in tables or all_tables(lake):
         tags = {}
-        for name, pins in tag_versions(lake).items():
+        for name, pins in tagged.items():
             if table in pins:
                 tags.setdefault(pins[table], []).append(name)
         for v in lake.dataset(table).versions():

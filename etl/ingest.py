@@ -524,12 +524,13 @@ class Ingestor:
         commits a dangling image id."""
         if not images or not self.lake.foreign_commits_since(S.IMAGES, checked_at):
             return
-        used = [iid for iid in images if iid not in set(self.images_stored_last)]
+        stored_now = set(self.images_stored_last)
+        used = [iid for iid in images if iid not in stored_now]
         gone = set(used) - self.lake.existing_keys(S.IMAGES, used)
         if gone:
-            again = [images[iid] if images[iid].data is not None else load_image(ImageRef(path=images[iid].path), self.image_roots,
-                                                                       Located(images[iid].path))
-                     for iid in sorted(gone)]
+            kept = [images[iid] for iid in sorted(gone)]  # a cached path has no bytes here: read it again
+            again = [img if img.data is not None else load_image(ImageRef(path=img.path), self.image_roots, Located(img.path))
+                     for img in kept]
             if any(img.error or img.info.image_id not in gone for img in again):
                 raise ValueError(f"images {sorted(gone)[:3]} were deleted by a cleanup while this ingest used "
                                  "them and their files changed since: rerun the ingest")

@@ -103,7 +103,8 @@ class TaskWorker:
         samples, errors, images = self.ingestor.resolve(task.file, fresh)
         new = self.ingestor.new_images(images)
         result = TaskResult(new_image_ids=[img.info.image_id for img in new], records=len(records))
-        result.used_image_ids = [iid for iid in images if iid not in set(result.new_image_ids)]
+        new_ids = set(result.new_image_ids)
+        result.used_image_ids = [iid for iid in images if iid not in new_ids]
         result.images = self.write(S.IMAGES, images_table(new) if new else None)
         result.errors = self.write(S.ERRORS, errors_table(errors) if errors else None)
         samples_table = pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA) if samples else None

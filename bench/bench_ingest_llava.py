@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,27 +90,48 @@ def make_images(folder: Path, n: int) -> None:
         crop.save(folder / f"{i:06d}.jpg", quality=90)
 
 
-def make_json(path: Path, n_records: int, n_images: int, image_sizes: list[int]) -> int:
-    """Write the JSON; return the bytes of image files its records reference (with repeats)."""
-    rng = random.Random(1)
-    referenced = 0
+def llava_record(r: int, rng: random.Random) -> dict:
+    """Record r of a LLaVA-1.5-style JSON, without its image: an id and a two-turn conversation."""
+    return {"id": f"{r:09d}", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is happening in this picture? Describe it in detail."},
+        {"from": "gpt", "value": "The picture shows " + " ".join(rng.choice(WORDS) for _ in range(40)) + "."}]}
+
+
+def write_records(path: Path, n_records: int, image_of: Callable[[int, random.Random], str]) -> Counter:
+    """Write a LLaVA-1.5-style JSON array: 2% text-only records (like mix665k), 1% naming a missing
+    image, the others naming `image_of(r, rng)`; returns how many of each kind."""
+    rng, counts = random.Random(1), Counter()
     with open(path, "w") as f:
         f.write("[")
         for r in range(n_records):
-            rec = {"id": f"{r:09d}", "conversations": [
-                {"from": "human", "value": "<image>\nWhat is happening in this picture? Describe it in detail."},
-                {"from": "gpt", "value": "The picture shows " + " ".join(rng.choice(WORDS) for _ in range(40)) + "."}]}
+            rec = llava_record(r, rng)
             u = rng.random()
             if u < 0.02:
                 rec["model"] = ""  # text-only, like mix665k
+                counts["text_only"] += 1
             elif u < 0.03:
                 rec["image"] = f"missing/{r}.jpg"
+                counts["missing"] += 1
             else:
-                k = rng.randrange(n_images)
-                rec["image"] = f"{k:06d}.jpg"
-                referenced += image_sizes[k]
+                rec["image"] = image_of(r, rng)
+                counts["with_image"] += 1
             f.write(("," if r else "") + json.dumps(rec))
         f.write("]")
+    return counts
+
+
+def make_json(path: Path, n_records: int, n_images: int, image_sizes: list[int]) -> int:
+    """Write the JSON over a pool of n_images; return the bytes of image files its records reference
+    (with repeats)."""
+    referenced = 0
+
+    def pick(r: int, rng: random.Random) -> str:
+        nonlocal referenced
+        k = rng.randrange(n_images)
+        referenced += image_sizes[k]
+        return f"{k:06d}.jpg"
+
+    write_records(path, n_records, pick)
     return referenced
 
 

@@ -64,6 +64,20 @@ def photo_pool() -> list[bytes]:
     return pool
 
 
+def onevision_schema():
+    """The Arrow schema of LLaVA-OneVision's parquet shards, with the `datasets` features metadata."""
+    import pyarrow as pa
+
+    image = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+    turn = pa.struct([pa.field("from", pa.string()), pa.field("value", pa.string())])
+    features = {"id": {"dtype": "string", "_type": "Value"}, "image": {"_type": "Image"},
+                "conversations": [{"from": {"dtype": "string", "_type": "Value"},
+                                   "value": {"dtype": "string", "_type": "Value"}}],
+                "data_source": {"dtype": "string", "_type": "Value"}}
+    return pa.schema([("id", pa.string()), ("image", image), ("conversations", pa.list_(turn)),
+                      ("data_source", pa.string())], metadata={"huggingface": json.dumps({"info": {"features": features}})})
+
+
 def generate(folder: Path, total_bytes: int) -> dict:
     """Write OneVision-schema shards until `total_bytes` of parquet exist; reuse them if already there."""
     marker = folder / "dataset.json"
@@ -74,14 +88,7 @@ def generate(folder: Path, total_bytes: int) -> dict:
 
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "data").mkdir(parents=True)
-    image = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
-    turn = pa.struct([pa.field("from", pa.string()), pa.field("value", pa.string())])
-    features = {"id": {"dtype": "string", "_type": "Value"}, "image": {"_type": "Image"},
-                "conversations": [{"from": {"dtype": "string", "_type": "Value"},
-                                   "value": {"dtype": "string", "_type": "Value"}}],
-                "data_source": {"dtype": "string", "_type": "Value"}}
-    schema = pa.schema([("id", pa.string()), ("image", image), ("conversations", pa.list_(turn)),
-                        ("data_source", pa.string())], metadata={"huggingface": json.dumps({"info": {"features": features}})})
+    schema = onevision_schema()
     pool, row, written, shards = photo_pool(), 0, 0, 0
     while written < total_bytes:
         path = folder / "data" / f"train-{shards:05d}-of-99999.parquet"

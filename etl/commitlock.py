@@ -120,15 +120,14 @@ class LeaseLock:
         """Set the lease if nobody changed it since `read_version`: the new version, or None."""
         import lance
         from lance import LanceOperation as Op
+        from lance.commit import CommitConflictError
 
         update = Op.UpdateConfig(config_updates=Op.UpdateMap(
             updates={self.HOLDER: holder, self.EXPIRES: f"{expires:.3f}"}, replace=False))
         try:
             return lance.LanceDataset.commit(self.uri, update, read_version=read_version, max_retries=0).version
-        except (OSError, ValueError, RuntimeError) as exc:
-            if "onflict" in str(exc) or "ncompatible" in str(exc) or "already exists" in str(exc):
-                return None
-            raise
+        except CommitConflictError:  # two UpdateConfig commits of one key: the later one loses
+            return None
 
     # -- the contract ------------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -172,15 +171,20 @@ class LeaseLock:
         self.renewer.start()
 
     def renew_until_released(self) -> None:
-        while not self.stop_renewing.wait(self.ttl / 4):
-            with self.state_lock:
-                if self.version is None:
-                    return
-                version = self.swap(self.version, self.me, time.time() + self.ttl)
-                if version is None:
-                    self.lost = True
-                    return
-                self.version = version
+        while not self.stop_renewing.wait(self.ttl / 4) and self.renew():
+            pass
+
+    def renew(self) -> bool:
+        """Extend the lease; False (and `lost`) when another writer took it since."""
+        with self.state_lock:
+            if self.version is None:
+                return False
+            version = self.swap(self.version, self.me, time.time() + self.ttl)
+            if version is None:
+                self.lost = True
+                return False
+            self.version = version
+            return True
 
 
 def holder_is_dead(holder: str) -> bool:

@@ -46,6 +46,7 @@ import yaml
 from etl import schema as S
 from etl.derived import committed_versions
 from etl.images import EXTENSIONS
+from etl.exporters import EXPORTERS, exporter
 from etl.lake import Lake
 from etl.recipe import (REMOVAL_REASONS, CompiledRecipe, Recipe, check_derived_inputs, compile_recipe, lake_columns,
                         load_recipe)
@@ -54,7 +55,7 @@ from etl.sqlrun import connect, lake_tables, set_variables, sql_literal
 
 IMAGE_MODES = ("copy", "hardlink", "symlink", "none")
 LAYOUTS = ("hashed", "original")
-FORMATS = ("llava", "messages")
+FORMATS = ("llava", "messages", *EXPORTERS)  # the EXPORTERS embed the images in their files
 MANIFEST = "manifest.json"
 IN_PROGRESS = ".mmlake-export-in-progress"  # written first, removed after the manifest
 IMAGES_DIR = "images"
@@ -82,6 +83,7 @@ class ExportOptions:
     image_batch: int = 1000
     memory_limit: str = "2GB"  # DuckDB spills sorts/joins to a temp dir beyond this
     strict: bool = False  # warnings (recipe_warnings) stop the export before DIR is touched
+    shard_size: int = 512 << 20  # webdataset / hf-parquet: bytes per shard (about)
 
 
 @dataclass
@@ -115,11 +117,14 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
         if warnings and opts.strict:
             raise ExportError("--strict: " + "; ".join(warnings))
         out = prepare_out_dir(Path(opts.out), opts.force)
-        files = write_json_files(con, out, recipe, opts)
-        files.update(write_loader_config(out, recipe, opts, files))
-        counts["images"] = write_images(lake, con, out, opts, pins)
-        if opts.images != "none":
-            files[IMAGES_SUMS] = file_entry(out / IMAGES_SUMS)
+        if opts.format in EXPORTERS:
+            files, counts["images"] = exporter(opts.format).write(lake, con, out, recipe, opts, pins)
+        else:
+            files = write_json_files(con, out, recipe, opts)
+            files.update(write_loader_config(out, recipe, opts, files))
+            counts["images"] = write_images(lake, con, out, opts, pins)
+            if opts.images != "none":
+                files[IMAGES_SUMS] = file_entry(out / IMAGES_SUMS)
         manifest = build_manifest(lake, recipe, opts, pins, counts, files)
         manifest["decisions"] = decision_inputs(pins, dedup_inputs)
         manifest["warnings"] = warnings
@@ -150,6 +155,8 @@ def validate_options(opts: ExportOptions) -> None:
                                  ("format", opts.format, FORMATS)):
         if value not in allowed:
             raise ExportError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if opts.format in EXPORTERS:
+        exporter(opts.format).validate(opts)
 
 
 def prepare_out_dir(out: Path, force: bool) -> Path:
@@ -427,6 +434,7 @@ BODY_SQL = {  # the JSON text of a selected sample's turns (`null` for a NULL li
     "llava": f"coalesce(to_json({FIXED_CONVERSATIONS})::varchar, 'null')",
     "messages": f"coalesce(to_json({MESSAGES_SQL})::varchar, 'null')",
 }
+BODY_SQL.update(dict.fromkeys(EXPORTERS, BODY_SQL["llava"]))  # formats with embedded images carry LLaVA turns
 RECORD_END = b",\n"  # after every record from records_sql; JsonArrayFile drops a file's last one
 RECORD_SQL = {
     # three shapes so that text-only records carry no `image` key at all
@@ -727,7 +735,8 @@ def build_manifest(lake: Lake, recipe: Recipe, opts: ExportOptions, pins: dict[s
         "lake": {"root": lake.root, "versions": pins},
         "recipe": {**recipe.as_dict(), "sha256": recipe.sha256, "text": recipe.text},
         "options": {"format": opts.format, "images": opts.images, "layout": opts.layout,
-                    "split_by_source": opts.split_by_source},
+                    "split_by_source": opts.split_by_source,
+                    **({"shard_size": opts.shard_size} if opts.format in EXPORTERS else {})},
         "image_folder": IMAGES_DIR,
         "counts": counts,
         "files": dict(sorted(files.items())),

@@ -6,8 +6,10 @@ Every write is a Lance commit, so a reader (or a crash) only ever sees whole bat
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -154,6 +156,8 @@ class Lake:
         if table.num_rows == 0:
             return []
         fragments = self.write_fragments(name, table)
+        if name == S.IMAGES and not keys:  # remembered, so that this process's race checks see them
+            keys = table[S.KEYS[name]].to_pylist()
         self.commit_fragments(name, fragments, keys)
         return fragments
 
@@ -187,7 +191,7 @@ class Lake:
             present = self.existing_keys(name, table[key].to_pylist())
             if present:
                 table = table.filter(pa.array([k not in present for k in table[key].to_pylist()]))
-            self.append(name, table, table[key].to_pylist() if name == S.IMAGES else ())
+            self.append(name, table)
 
     def overwrite(self, name: str, reader: pa.RecordBatchReader, schema: pa.Schema) -> lance.LanceDataset:
         """Replace table `name` (created if absent) with the rows of `reader`: written as fragments
@@ -324,7 +328,7 @@ class Lake:
         """Merge small fragments left by many small commits (checkpoints, errors, runs)."""
         if len(self.dataset(name).get_fragments()) <= 8:
             return
-        with self.committing():
+        with self.committing(), skipped_on_conflict():
             self.lock.check()
             self.dataset(name).optimize.compact_files()
             self.own.add(name, self.latest_version(name))
@@ -332,7 +336,7 @@ class Lake:
     def ensure_key_index(self, name: str) -> None:
         """(Re)build the BTREE index on the key so existence checks stay fast as the table grows."""
         key = S.KEYS[name]
-        with self.committing():
+        with self.committing(), skipped_on_conflict():
             self.lock.check()
             ds = self.dataset(name)
             if ds.count_rows() == 0:
@@ -373,6 +377,18 @@ class Lake:
         ds.tags.create(tag, version or ds.version)
 
 
+@contextmanager
+def skipped_on_conflict() -> Iterator[None]:
+    """Upkeep (compaction, index refresh) that lost a commit race to a writer outside mmlake's lock
+    is skipped: the table stays correct, and the next run does it."""
+    from lance.commit import CommitConflictError
+
+    try:
+        yield
+    except CommitConflictError:
+        pass
+
+
 def _describe_indices(ds: lance.LanceDataset) -> list[dict]:
     try:
         return [{"fields": list(getattr(i, "fields", []) or getattr(i, "field_names", []))} for i in ds.describe_indices()]
@@ -381,5 +397,26 @@ def _describe_indices(ds: lance.LanceDataset) -> list[dict]:
 
 
 def dumps(obj) -> str:
-    """Canonical JSON: sorted keys, no whitespace, UTF-8 kept (stable across runs for hashing)."""
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    """Canonical strict JSON: sorted keys, no whitespace, UTF-8 kept (stable across runs for hashing).
+
+    NaN and ±Infinity, which JSON cannot hold, are written as the strings "NaN", "Infinity" and
+    "-Infinity" (the protobuf JSON mapping's spelling): DuckDB's `CAST(... AS DOUBLE)` reads them
+    back as the same floats, and every JSON parser reads the text.
+    """
+    try:
+        return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str,
+                          allow_nan=False)
+    except ValueError:  # a non-finite float somewhere (rare): spell them out, then encode
+        return json.dumps(finite_floats(obj), sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                          default=str, allow_nan=False)
+
+
+def finite_floats(obj):
+    """`obj` with each NaN/±Infinity float replaced by its name ("NaN", "Infinity", "-Infinity")."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if obj != obj else "Infinity" if obj > 0 else "-Infinity"
+    if isinstance(obj, dict):
+        return {k: finite_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_floats(v) for v in obj]
+    return obj

@@ -111,8 +111,10 @@ def _check_root(root: str, tables: tuple[str, ...], create: bool) -> str:
         if info.type == pafs.FileType.NotFound or not _foreign_entries(root):
             if create:
                 return "new"
-            raise LakeFormatError(f"no lake at {root} (ingest something to create one, or give --lake)")
-        raise LakeFormatError(f"{root} is not an mmlake lake (it holds other files and none of the tables "
+            what = "does not exist" if info.type == pafs.FileType.NotFound else "is not a lake (it has no tables)"
+            raise LakeFormatError(f"{root} {what}; ingest something into it first, or point --lake "
+                                  "(or $ETL_LAKE) at a lake")
+        raise LakeFormatError(f"{root} is not a lake (it holds other files and none of the tables "
                               f"{', '.join(t + '.lance' for t in tables)}); give --lake the lake folder")
     fmt = fmt or 0
     if fmt > FORMAT:

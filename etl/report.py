@@ -225,10 +225,11 @@ def loss_window_section(lake: Lake, opts: ReportOptions, ctx: dict) -> Section:
                 "What a recipe filter `where: loss between LOW and HIGH` keeps from each source "
                 "(samples without a loss are dropped by such a filter too).")
     window = ctx["window"]
-    if window is None:
-        s.parts.append(not_computed_html(an.NotComputed("sample loss", "python -m etl enrich loss")))
+    effect = an.loss_window_effect(lake, *window) if window is not None \
+        else an.NotComputed("sample loss", "python -m etl enrich loss")
+    if isinstance(effect, an.NotComputed):  # also a --loss-window given before any loss was computed
+        s.parts.append(not_computed_html(effect))
         return s
-    effect = an.loss_window_effect(lake, *window)
     how = "set with --loss-window" if opts.loss_window else "the lake-wide 5th-95th percentile; change with --loss-window"
     s.parts.append(note_html(f"Window [{window[0]:g}, {window[1]:g}] ({how})."))
     s.parts.append(figure_html(an.plot_loss_window(effect, *window), "loss-window", "Effect of the loss window per source"))

@@ -16,6 +16,45 @@ from etl import schema as S
 from etl.lake import Lake, dumps, now_utc
 
 
+# What each counter of a run means, as job summaries say it (`runs.counts` keeps the keys).
+# A `group.member` key (errors.missing_image, removed.exact_duplicate) is shown under its group's label.
+COUNTER_LABELS = {
+    # ingest
+    "files": "files read",
+    "files_already_done": "files already ingested (skipped)",
+    "samples_added": "samples added",
+    "records_already_in_lake": "records already in the lake",
+    "images_added": "images added",
+    "images_already_in_lake": "images already in the lake",
+    "image_bytes_added": "image bytes added",
+    "tasks_redone_for_shared_images": "tasks redone (they shared new images with another)",
+    # enrich
+    "todo": "rows to compute",
+    "computed": "rows computed",
+    "commits": "commits",
+    "samples": "samples scored",
+    "tokens": "tokens",
+    "padded_tokens": "tokens with padding",
+    "answer_tokens": "answer tokens",
+    "forwards": "model forward passes",
+    "split_retries": "batches retried in halves",
+    "sanitized": "samples with special tokens neutralised",
+    "tag_images": "images tagged",
+    "tag_model_seconds": "seconds in the tagging model",
+    "tag_decode_wait_seconds": "seconds waiting for decoded images",
+    # export
+    "samples_written": "samples written",
+    "images_written": "images written",
+    "removed": "samples removed",
+    "errors": "errors",
+}
+
+
+def counter_label(key: str) -> str:
+    """How a summary names counter `key`; a counter without a label is named by its key, spaced."""
+    return COUNTER_LABELS.get(key, key.replace("_", " "))
+
+
 @dataclass
 class Run:
     run_id: str

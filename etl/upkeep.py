@@ -283,8 +283,8 @@ def compact_lake(lake: Lake, target_rows: int = 1 << 20) -> Counter:
                 if lake.dataset(table).describe_indices():
                     lake.dataset(table).optimize.optimize_indices()
                     lake.own.add(table, lake.latest_version(table))
-            run.counts[f"{table}.fragments_before"] = before
-            run.counts[f"{table}.fragments_after"] = len(lake.dataset(table).get_fragments())
+            run.counts[f"{table}_fragments_before"] = before
+            run.counts[f"{table}_fragments_after"] = len(lake.dataset(table).get_fragments())
     return run.counts
 
 
@@ -381,15 +381,3 @@ def _fs_delete(uri: str) -> None:
     fs.delete_file(path)
 
 
-
-# -- --version on read commands -------------------------------------------------------------------
-def add_version_argument(p) -> None:
-    """`--version N|TAG|TABLE=N,...` for a command that reads the lake (sql, stats, checks)."""
-    p.add_argument("--version", metavar="N|TAG|T=N,...",
-                   help="read the lake as it was: samples version N, a tag (`python -m etl tags`), "
-                        "or table=N pairs (default: now; `python -m etl log` lists versions)")
-
-
-def pinned(lake: Lake, spec: str | None) -> dict[str, int] | None:
-    """The versions `--version` names (None: read the latest)."""
-    return None if spec is None else resolve(lake, spec)

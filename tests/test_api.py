@@ -53,7 +53,7 @@ def test_opening_something_that_is_not_a_lake_is_one_clear_error(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(ValueError, match="is a file, not a lake"):
         mm.open_lake(str(tmp_path / "x.txt"))
-    with pytest.raises(ValueError, match="no lake at"):
+    with pytest.raises(ValueError, match="does not exist"):
         mm.open_lake(str(tmp_path / "none"))
 
 

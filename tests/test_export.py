@@ -531,7 +531,7 @@ def test_an_export_killed_mid_images_is_cleared_by_the_rerun_and_by_force(two_so
         written = [p for p in (out / "images").rglob("*") if p.is_file()]
         assert 0 < len(written) < 4
         done = run_cli("export", recipe, "--out", str(out), *rerun, lake=two_source_lake)
-        assert "samples_written" in done.stdout
+        assert "samples written" in done.stdout
         assert len([p for p in (out / "images").rglob("*") if p.is_file()]) == 4
         assert json.loads((out / "manifest.json").read_text())["counts"]["samples"] == 6
         assert not (out / ".mmlake-export-in-progress").exists()

@@ -237,3 +237,15 @@ def test_an_orphan_caption_is_an_error_that_keeps_the_caption(tmp_path):
     assert error["kind"] == "orphan_caption" and error["orig_id"] == "1"
     assert json.loads(error["raw"]) == {"key": "1", "members": ["1.txt", "1.json"], "caption": "its image got lost",
                                         "json": {"url": "http://x/1.jpg"}}
+
+
+def test_a_json_member_holding_a_llava_record_gives_its_turns_id_and_keys(tmp_path):
+    record = {"id": "0007", "conversations": [{"from": "human", "value": "<image>\nWhat?"},
+                                              {"from": "gpt", "value": "A square."}], "source": "web"}
+    shard = write_tar(tmp_path / "llava.tar", [("k1.jpg", png(3)), ("k1.json", json.dumps(record).encode()),
+                                               ("k1.txt", b"a caption too")])
+    lake = Lake.open(str(tmp_path / "lake"))
+    ingest(lake, [str(shard)], IngestOptions(source="wds", format="webdataset", progress=False))
+    (sample,) = lake.dataset(S.SAMPLES).to_table(columns=["orig_id", "conversations", "meta", "image_ids"]).to_pylist()
+    assert sample["orig_id"] == "0007" and sample["conversations"] == record["conversations"]
+    assert json.loads(sample["meta"]) == {"source": "web", "txt": "a caption too"} and len(sample["image_ids"]) == 1

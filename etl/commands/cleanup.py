@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from etl.commands.summary import print_counts
-from etl.lake import Lake
 
 HELP = "Reclaim space: images no sample uses after `delete`, versions superseded long ago, files killed writers left."
 EXAMPLES = """\
@@ -25,9 +24,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etl.commands.lakes import open_lake
     from etl.upkeep import cleanup_lake, parse_age
 
-    counts = cleanup_lake(Lake.open(args.lake, create=False), parse_age(args.older_than),
+    counts = cleanup_lake(open_lake(args), parse_age(args.older_than),
                           orphans=not args.keep_orphans, dry_run=args.dry_run)
     print_counts("cleanup (dry run: nothing deleted)" if args.dry_run else "cleanup", counts)
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from etl.commands.summary import print_counts
-from etl.lake import Lake
 
 HELP = "Merge small fragments of every table (images and their blob files included) into few large ones."
 EXAMPLES = """\
@@ -19,7 +18,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etl.commands.lakes import open_lake
     from etl.upkeep import compact_lake
 
-    print_counts("compact", compact_lake(Lake.open(args.lake, create=False), args.target_rows))
+    print_counts("compact", compact_lake(open_lake(args), args.target_rows))
     return 0

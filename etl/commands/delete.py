@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from etl.commands.summary import print_counts
-from etl.lake import Lake
 
 HELP = "Delete a source's samples, errors and checkpoints (all its files, or those matching --file)."
 EXAMPLES = """\
@@ -24,8 +23,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etl.commands.lakes import open_lake
     from etl.upkeep import delete_source
 
-    counts = delete_source(Lake.open(args.lake, create=False), args.source, args.file, args.dry_run)
+    counts = delete_source(open_lake(args), args.source, args.file, args.dry_run)
     print_counts("delete (dry run: nothing deleted)" if args.dry_run else "delete", counts)
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from etl.commands.tablefmt import FORMATS, show_rows
-from etl.lake import Lake
 
 HELP = "Check the lake (blob hashes, dangling image ids, checkpoints, stale dedup tables, orphan files); --repair the safe ones."
 EXAMPLES = """\
@@ -21,9 +20,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etl.commands.lakes import open_lake
     from etl.doctor import REPAIRABLE, WARNINGS, examine, repair
 
-    lake = Lake.open(args.lake, create=False)
+    lake = open_lake(args)
     findings = examine(lake, blobs=not args.no_blobs)
     if args.repair:
         repair(lake, findings)

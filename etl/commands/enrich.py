@@ -4,9 +4,6 @@ from __future__ import annotations
 import argparse
 
 from etl.commands.summary import print_counts
-from etl.enrich import ENRICHERS, get_enricher
-from etl.enrich.runner import RunOptions, run_enricher
-from etl.lake import Lake
 
 HELP = "Compute enrichment columns (phash, tags, loss) for the rows that do not have them yet."
 EXAMPLES = """\
@@ -18,6 +15,8 @@ Rows that failed are NULL with an `errors` row (stage = enricher name); --retry-
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from etl.enrich import ENRICHERS, get_enricher  # pyarrow and the enricher modules: only for enrich
+
     sub = p.add_subparsers(dest="enricher", metavar="NAME", required=True)
     for name in ENRICHERS:
         sp = sub.add_parser(name, help=f"fill the {name} column(s)")
@@ -39,7 +38,12 @@ def add_runner_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    lake = Lake.open(args.lake)
+    from etl.commands.lakes import open_lake
+    from etl.enrich import get_enricher
+    from etl.enrich.runner import RunOptions, run_enricher
+
+    lake = open_lake(args)
+    lake.ensure_tables()  # a lake written by an older mmlake gains the enrichment columns
     enricher = get_enricher(args.enricher).from_args(args)
     opts = RunOptions(workers=args.workers, batch_size=args.rows_per_task, where=args.where, limit=args.limit,
                       retry_errors=args.retry_errors, progress=False if args.no_progress else None)

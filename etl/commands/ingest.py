@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 
+from etl.commands.failure import FAILED, say
 from etl.commands.summary import print_counts
-from etl.hub import fetch_dataset, ingest_arguments, parse_hub_ref, refuse_outside_roots
-from etl.ingest import IngestOptions, ingest
-from etl.lake import Lake
-from etl.sources import readers
 
 HELP = "Ingest source files (LLaVA JSON/JSONL, HF parquet, webdataset tars, messages JSON) into the lake."
 EXAMPLES = """\
@@ -18,11 +16,17 @@ EXAMPLES = """\
   python -m etl ingest --from-hub lmms-lab/LLaVA-OneVision-Data --include 'CLEVR-Math*/*.parquet'
   python -m etl ingest shards/ --format webdataset --prompt '<image>\\nDescribe the image.'
   python -m etl ingest train.json --source mine --format llava --redo   # wrong flags the first time
+  python -m etl ingest cc3m.parquet --format urls --source cc3m --concurrency 32 --per-host-rate 5
 Rerunning the same command adds nothing; after a crash it continues where it stopped.
 Records whose images are missing or not images go to the `errors` table with the raw record."""
 
+READER_OPTIONS = ("prompt", "concurrency", "timeout", "retries", "max_bytes", "per_host_rate", "url_column",
+                  "caption_column")
+
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from etl.sources import readers  # pyarrow: only when ingesting
+
     p.add_argument("paths", nargs="*", metavar="PATH", help="files, directories or globs")
     p.add_argument("--source", help="dataset name stored with every sample (default: from the file/folder name)")
     p.add_argument("--format", default="auto", choices=["auto", *readers()], help="source format (default: auto)")
@@ -35,15 +39,24 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "with --from-hub)")
     p.add_argument("--prompt", help="human turn for caption-only sources (webdataset), e.g. '<image>\\nDescribe the image.'")
     p.add_argument("--batch-size", type=int, default=1000, help="records per commit (default: 1000)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="processes that read, hash and write in parallel (default: 1); one process commits. "
-                        "Use up to one per core: each holds about 0.5 GB")
+    p.add_argument("--workers", type=workers_argument, default="auto",
+                   help="processes that read, hash and write in parallel, or 'auto' (default): parallel only "
+                        "where it was measured faster than serial (HF parquet from 1 GB on); one process "
+                        "commits. Up to one per core: each holds about 0.5 GB")
     hub = p.add_argument_group("Hugging Face Hub (download resumes; the ingest resumes too)")
     hub.add_argument("--from-hub", metavar="REPO_ID", help="dataset id or hf://datasets/OWNER/NAME[/FOLDER]")
     hub.add_argument("--include", action="append", default=[], metavar="GLOB", help="only these files (repeatable)")
     hub.add_argument("--revision", help="branch, tag or commit of the dataset repo")
     hub.add_argument("--hub-dir", help="download folder (default: ~/.cache/mmlake/hub/OWNER/NAME)")
     hub.add_argument("--hub-mirror", help="a local folder laid out like the Hub (OWNER/NAME/...) to read instead")
+    urls = p.add_argument_group("URL lists (--format urls: parquet/CSV/TSV/JSONL/txt of image URLs, downloaded)")
+    urls.add_argument("--concurrency", type=int, help="downloads in flight (default: 16)")
+    urls.add_argument("--timeout", type=float, help="seconds per attempt, whole body included (default: 30)")
+    urls.add_argument("--retries", type=int, help="retries of 5xx/429/timeouts/resets, backoff doubling (default: 2)")
+    urls.add_argument("--max-image-bytes", type=int, dest="max_bytes", help="larger images are refused (default: 32 MiB)")
+    urls.add_argument("--per-host-rate", type=float, help="requests per second to one host (default: no limit)")
+    urls.add_argument("--url-column", help="the column holding the URL(s) (default: url, image_url, image, ...)")
+    urls.add_argument("--caption-column", help="the caption column (default: caption, txt, text)")
     p.add_argument("--redo", action="store_true",
                    help="re-ingest the named files from scratch: their samples, errors and checkpoints are "
                         "deleted first (e.g. after a wrong --format or --image-root); same result as a first ingest")
@@ -52,6 +65,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def input_paths(args: argparse.Namespace) -> list[str]:
     """The PATH arguments, plus the local copy of a Hub dataset when --from-hub is given."""
+    from etl.hub import fetch_dataset, ingest_arguments, parse_hub_ref, refuse_outside_roots
+
     paths = list(args.paths)
     if args.from_hub:
         refuse_outside_roots(args.allow_outside_roots)
@@ -64,13 +79,83 @@ def input_paths(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etl.commands.lakes import open_lake
+    from etl.ingest import IngestOptions, ingest
+
     paths = input_paths(args)
-    lake = Lake.open(args.lake)
-    reader_options = {"prompt": args.prompt} if args.prompt else {}
+    if args.workers == "auto":
+        args.workers = auto_workers(paths, IngestOptions(source=args.source, format=args.format))
+    lake = open_lake(args, create=True)
+    reader_options = {k: getattr(args, k) for k in READER_OPTIONS if getattr(args, k) is not None}
     opts = IngestOptions(source=args.source, format=args.format, image_roots=args.image_root,
                          allow_outside_roots=args.allow_outside_roots,
                          batch_records=args.batch_size, reader_options=reader_options, workers=args.workers,
                          progress=False if args.no_progress else None, redo=args.redo)
     counts = ingest(lake, paths, opts)
     print_counts("ingest", counts)
+    empty = files_without_samples(lake, paths, opts)
+    if empty:
+        say(f"{len(empty)} file(s) gave no sample: " + "; ".join(empty[:5]) + (" ..." if len(empty) > 5 else ""))
+        return FAILED
     return 0
+
+
+def files_without_samples(lake, paths: list[str], opts) -> list[str]:
+    """What went wrong with each input file that has no sample in the lake (from this run or before):
+    its errors, and the format its content looks like when that is not the one it was read as."""
+    from etl.ingest import expand_inputs
+    from etl.sqlrun import connect, run_file
+
+    files = expand_inputs(paths, opts)
+    con = connect(lake)
+    rows = run_file(con, "ingest_files", {"ingest_sources": [f.source for f in files],
+                                          "ingest_files": [f.name for f in files]}).fetchall()
+    by_key = {(f.source, f.name): f for f in files}
+    return [why_empty(by_key[(source, name)], errors or {}) for source, name, samples, errors in rows if samples == 0]
+
+
+def why_empty(file, errors: dict[str, int]) -> str:
+    from etl.sources import detect_format
+
+    found = ", ".join(f"{kind} {n:,}" for kind, n in errors.items()) if errors else "no records"
+    try:
+        detected = detect_format(file.path)
+    except ValueError:
+        detected = None
+    if detected and detected != file.format:
+        hint = f"its content looks like {detected}: try --format auto (or --format {detected})"
+    elif errors:
+        hint = f"see `python -m etl sql \"select * from errors where file = '{file.name}'\"`"
+    else:
+        hint = "is it the right file and --format?"
+    return f"{file.name} (read as {file.format}: {found}; {hint})"
+
+
+# -- `--workers auto` ----------------------------------------------------------------------------------
+# Measured on 2 cores (issue 19; `bench/bench_commands.py crossover` measures it again): each worker
+# process pays its own start-up (imports, a Lance session) and the committing process runs beside them,
+# so workers win only on inputs they read themselves (HF parquet row groups, `row_ranges`), and only
+# from about 0.75 GB of them on (0.5 GB: serial 10% faster; 5.4 GB: 2 workers 1.5x faster). JSON, tars
+# and messages are parsed by the committing process and shipped to the workers: 2 workers were slower
+# than serial at every size measured (20k records: 0.56x).
+PARALLEL_FROM_BYTES = 1 << 30  # one more worker per GB of worker-readable input, up to one per core
+
+
+def workers_argument(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of processes >= 1, got {value!r}")
+    return int(value)
+
+
+def auto_workers(paths: list[str], opts, from_bytes: int = PARALLEL_FROM_BYTES) -> int:
+    """Serial (1) unless the inputs the workers read themselves hold at least `from_bytes`; then one
+    more worker per `from_bytes` of them, at most one per core this process may use."""
+    from etl.ingest import expand_inputs
+    from etl.sources import readers
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    seekable = sum(os.path.getsize(f.path) for f in expand_inputs(paths, opts)
+                   if hasattr(readers()[f.format], "row_ranges"))
+    return max(1, min(cores, 1 + seekable // from_bytes))

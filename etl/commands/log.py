@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from etl.commands.tablefmt import FORMATS, show_rows
-from etl.lake import Lake
 
 HELP = "Show the lake's history: each version of each table with the run (command, parameters, counts, user) that made it."
 EXAMPLES = """\
@@ -21,9 +20,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etl.commands.lakes import open_lake
     from etl.upkeep import history
 
-    rows = list(history(Lake.open(args.lake, create=False), args.table))
+    rows = list(history(open_lake(args), args.table))
     if args.limit:
         per_table: dict[str, list] = {}
         for row in rows:

@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from etl import schema as S
-from etl.lake import Lake, resolve_lake_uri
-from etl.lakeformat import FORMAT, migrate
-
-HELP = f"Migrate a lake written by an older mmlake to the current lake format ({FORMAT})."
+HELP = "Migrate a lake written by an older mmlake to the current lake format."
 EXAMPLES = """\
   python -m etl --lake /data/lake migrate
 Commands refuse an older lake and name this command; migrating takes the commit lock and is
@@ -19,6 +15,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etl import schema as S
+    from etl.lake import Lake, resolve_lake_uri
+    from etl.lakeformat import FORMAT, migrate
+
     lake = Lake(resolve_lake_uri(args.lake).rstrip("/"))  # not Lake.open: it refuses an older lake
     steps = migrate(lake, S.TABLES)
     print(f"migrate: {lake.root}: " + (", ".join(steps) if steps else f"already at format {FORMAT}"))

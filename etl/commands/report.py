@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import argparse
-
-from etl.lake import Lake
+import sys
 
 HELP = "Write the mixture-analysis report (composition, errors, duplicates, tags, loss, recipes) as one HTML page."
 EXAMPLES = """\
@@ -24,13 +23,24 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etl.commands.lakes import open_lake
     from etl.report import SECTION_IDS, ReportOptions, write_report  # matplotlib: only this command pays for it
 
-    lake = Lake.open(args.lake, create=False)
+    lake = open_lake(args)
     if args.loss_window and args.loss_window[0] > args.loss_window[1]:
         raise ValueError(f"--loss-window LOW HIGH needs LOW <= HIGH, got {args.loss_window}")
     opts = ReportOptions(loss_window=tuple(args.loss_window) if args.loss_window else None,
                          compare=tuple(args.compare) if args.compare else None, top_tags=args.top_tags)
+    if args.loss_window and not loss_computed(lake):
+        print(f"note: --loss-window {args.loss_window[0]:g} {args.loss_window[1]:g} is not applied: no sample "
+              "has a loss yet (run `python -m etl enrich loss`); the report says so", file=sys.stderr)
     path = write_report(lake, args.out, opts)
     print(f"report: {path} ({path.stat().st_size:,} bytes; sections: {', '.join(SECTION_IDS)})")
     return 0
+
+
+def loss_computed(lake) -> bool:
+    from etl import schema as S
+    from etl.analysis import computed_rows
+
+    return computed_rows(lake, S.SAMPLES, "loss") > 0

@@ -10,9 +10,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from etl.lake import Lake
-from etl.sqlrun import shell_init_script
-
 HELP = "Open the DuckDB shell (duckdb CLI + lance extension, offline) with the lake views defined."
 EXAMPLES = """\
   python -m etl shell
@@ -55,7 +52,10 @@ def lance_extension(version: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    lake = Lake.open(args.lake, create=False)
+    from etl.commands.lakes import open_lake
+    from etl.sqlrun import shell_init_script
+
+    lake = open_lake(args)
     exe = duckdb_cli()
     init = shell_init_script(lake, lance_extension(cli_version(exe)))
     if args.print_init:

@@ -5,7 +5,6 @@ import argparse
 
 from etl.commands.summary import print_counts
 from etl.commands.tablefmt import FORMATS, show
-from etl.lake import Lake
 
 HELP = "List the lake's sources (files, samples, errors, first/last ingest), or rename one."
 EXAMPLES = """\
@@ -22,7 +21,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    lake = Lake.open(args.lake, create=False)
+    from etl.commands.lakes import open_lake
+
+    lake = open_lake(args)
     if args.rename:
         from etl.upkeep import rename_source
 

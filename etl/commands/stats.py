@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from etl.lake import Lake
-from etl.upkeep import add_version_argument, pinned
-from etl.sqlrun import connect, run_file
+from etl.commands.output import add_output_arguments, write_result
+from etl.commands.versions import add_version_argument, pinned
 
 HELP = "Show per-source counts: samples, images, bytes, text-only, multi-image, errors by kind."
 EXAMPLES = """\
@@ -16,7 +15,7 @@ The numbers come from sql/stats.sql (open it in `python -m etl shell` to slice t
 
 def configure(p: argparse.ArgumentParser) -> None:
     add_version_argument(p)
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    add_output_arguments(p, max_rows=1000)
 
 
 def lake_totals(con) -> dict[str, int]:
@@ -29,14 +28,12 @@ def lake_totals(con) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    lake = Lake.open(args.lake, create=False)
+    from etl.commands.lakes import open_lake
+    from etl.sqlrun import connect, run_file
+
+    lake = open_lake(args)
     con = connect(lake, version=pinned(lake, args.version))
-    rel = run_file(con, "stats")
-    if args.format == "table":
-        rel.show(max_rows=1000, max_width=250)
-        totals = lake_totals(con)
-        print("lake: " + ", ".join(f"{k} {v:,}" for k, v in totals.items()))
-    else:
-        fmt = "csv, header true" if args.format == "csv" else "json, array true"
-        con.execute(f"copy ({rel.sql_query()}) to '/dev/stdout' (format {fmt})")
+    write_result(con, run_file(con, "stats"), args)
+    if args.format == "table" and not args.output:
+        print("lake: " + ", ".join(f"{k} {v:,}" for k, v in lake_totals(con).items()))
     return 0

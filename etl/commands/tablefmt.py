@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import sys
 
-import duckdb
-import pyarrow as pa
-
 FORMATS = ["table", "csv", "json"]
 
 
-def show(rel: duckdb.DuckDBPyRelation, fmt: str = "table", max_rows: int = 1000) -> None:
+def show(rel, fmt: str = "table", max_rows: int = 1000) -> None:
+    """A DuckDB relation as a table, CSV or JSON on stdout."""
     if fmt == "table":
         rel.show(max_rows=max_rows, max_width=250)
         return
@@ -18,10 +16,14 @@ def show(rel: duckdb.DuckDBPyRelation, fmt: str = "table", max_rows: int = 1000)
 
 
 def show_rows(rows: list[dict], fmt: str = "table", max_rows: int = 1000) -> None:
+    """Rows (dicts) as a table, CSV or JSON on stdout."""
     if fmt == "table":
         if not rows:
             print("(none)")
             return
+        import duckdb
+        import pyarrow as pa
+
         show(duckdb.from_arrow(pa.Table.from_pylist(rows)), fmt, max_rows)
     elif fmt == "json":
         import json

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from etl.lake import Lake
 
 HELP = "Tag every table of the lake at its current version (or --version), or delete a tag."
 EXAMPLES = """\
@@ -22,9 +21,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etl.commands.lakes import open_lake
     from etl.upkeep import create_tag, delete_tag
 
-    lake = Lake.open(args.lake, create=False)
+    lake = open_lake(args)
     if args.delete:
         print(f"tag {args.name} deleted from {', '.join(delete_tag(lake, args.name))}")
         return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 
 from etl.commands.tablefmt import FORMATS, show_rows
-from etl.lake import Lake
 
 HELP = "List the lake's tags with the version of each table they name."
 EXAMPLES = """\
@@ -18,9 +17,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from etl.commands.lakes import open_lake
     from etl.upkeep import tag_versions
 
-    tags = tag_versions(Lake.open(args.lake, create=False))
+    tags = tag_versions(open_lake(args))
     show_rows([{"tag": name, **{f"{t}": v for t, v in sorted(pins.items())}} for name, pins in sorted(tags.items())],
               args.format)
     return 0

@@ -18,6 +18,7 @@ _READER_MODULES = [
     "etl.sources.vila",  # JSON whose first key is test_cases
     "etl.sources.messages",  # JSON/JSONL whose first record has `messages`
     "etl.sources.data_juicer",  # JSON/JSONL whose first record has `text` (+ `images`)
+    "etl.sources.urls",  # URL lists to download: only with --format urls
     "etl.sources.llava",  # any other JSON/JSONL: must stay last
 ]
 

@@ -16,10 +16,13 @@ Which column plays which role is decided once per file from its Arrow schema:
   converted like the messages reader, system turns to `meta["system"]`), or a caption column
   (`text`, `caption`, `txt`) that becomes `[human: --prompt, gpt: caption]`; data-juicer's
   `<__dj__image>` tags and `[[human]]:`/`[[gpt]]:` markers are honoured.
-- `id` becomes `orig_id`; every other column (`data_source`, ...) is kept in `meta`.
+- `id` becomes `orig_id`; every other column (`data_source`, ...) is kept in `meta`. A file written
+  by `export --format hf-parquet` names (schema metadata `mmlake.meta_column`) the column holding
+  each sample's meta as JSON text: its keys become the meta again.
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -357,6 +360,7 @@ class ColumnLayout:
     dialogue: str | None = None
     dialogue_kind: str | None = None  # conversations | messages | caption
     consumed: set[str] = field(default_factory=set)  # columns turned into id/images/turns; the rest is meta
+    meta_json: str | None = None  # a column of meta as JSON text (mmlake's own hf-parquet export)
 
     @classmethod
     def of(cls, schema: pa.Schema) -> "ColumnLayout":
@@ -373,9 +377,29 @@ class ColumnLayout:
             found = next((c for c in names if c in schema.names), None)
             if found and not layout.dialogue:
                 layout.dialogue, layout.dialogue_kind = found, kind
-        layout.consumed = {c for c in (layout.id_column, layout.dialogue, *layout.embedded, *layout.paths) if c}
+        layout.meta_json = mmlake_meta_column(schema)
+        layout.consumed = {c for c in (layout.id_column, layout.dialogue, layout.meta_json, *layout.embedded,
+                                       *layout.paths) if c}
         return layout
 
+
+
+def mmlake_meta_column(schema: pa.Schema) -> str | None:
+    """The meta column named by the `mmlake` schema metadata of an mmlake export, if it is a string column."""
+    try:
+        column = json.loads((schema.metadata or {}).get(b"mmlake", b"{}")).get("meta_column")
+    except (ValueError, AttributeError):
+        return None
+    return column if column in schema.names and is_string(schema.field(column).type) else None
+
+
+def meta_of_json(text: str | None, column: str) -> dict[str, Any]:
+    """The meta a JSON-object text holds; anything else stays, as written, under its column's name."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else {column: text}
 
 
 class RowConverter:
@@ -389,6 +413,8 @@ class RowConverter:
         orig_id = as_text_id(row.get(layout.id_column)) if layout.id_column else None
         record = SourceRecord(self.name, index, orig_id=orig_id)
         record.meta = {k: v for k, v in row.items() if k not in layout.consumed}
+        if layout.meta_json:
+            record.meta = meta_of_json(row.get(layout.meta_json), layout.meta_json) | record.meta
         # the row without its bytes: what the errors table keeps if this row or its image fails
         # (serialised only then: JSON of every good row costs more than reading it)
         record.raw = partial(raw_row_json, row, layout.embedded)

@@ -1,6 +1,6 @@
 """LLaVA JSON / JSONL reader: LLaVA-1.5 665k, LCS-558K, ShareGPT4V, ALLaVA, LLaVA-Bench, recap dumps.
 
-Streams a JSON array (ijson), JSONL (line by line) or a single JSON object wrapping a list of records
+Streams a JSON array, JSONL (line by line) or a single JSON object wrapping a list of records
 (e.g. LLaVA-NeXT recaption dumps: `{"annotations": [...]}`), and turns each record into the lake's
 sample shape without changing a character of the text:
 

@@ -13,7 +13,6 @@ else to the JSON's folder; an `--image-root` is tried first.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from typing import Any
 
 from etl.sources import register
 from etl.sources.base import ImageRef, SourceReader, SourceRecord, raw_json
+from etl.sources.jsonfiles import iter_json_records
+from etl.sources.jsonstream import BadStretch
 
 FIRST_KEY = re.compile(rb'^(?:\xef\xbb\xbf)?\s*\{\s*"test_cases"\s*:')
 IMAGE_FOLDER = "test_data"
@@ -46,16 +47,13 @@ class VilaReader(SourceReader):
     def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
         folder = os.path.dirname(os.path.abspath(path))
         base_dir = os.path.join(folder, IMAGE_FOLDER) if os.path.isdir(os.path.join(folder, IMAGE_FOLDER)) else folder
-        with open(path, encoding="utf-8") as f:
-            document = json.load(f)  # a test suite: small by nature (≈50 QAs upstream)
-        cases = document.get("test_cases") if isinstance(document, dict) else None
-        if not isinstance(cases, list):
-            yield SourceRecord(name, start_row, raw=raw_json(document)[:10000],
-                               error=("malformed_record", "`test_cases` is not a list"))
-            return
         row = 0
-        for case_index, case in enumerate(cases):
-            for record in case_records(case, case_index, name, row, base_dir):
+        for case_index, case in iter_json_records(path):  # the cases of `test_cases`, streamed
+            if isinstance(case, BadStretch):
+                records = [SourceRecord(name, row, raw=case.raw, error=(case.kind, f"case {case_index}: {case.message}"))]
+            else:
+                records = case_records(case, case_index, name, row, base_dir)
+            for record in records:
                 if record.source_row >= start_row:
                     yield record
                 row += 1

@@ -18,6 +18,8 @@ Each group becomes one record, its row being the group's index in the shard:
   shard that is a sample that lost its image, and turning it into text-only training data would
   hide the loss;
 - nothing usable → an error row listing the members.
+- a `.json` holding a LLaVA record (`conversations`, as `export --format webdataset` writes) → that
+  record's turns, its `id` as `orig_id` and its other keys as `meta`, with the group's image(s).
 
 Other members (`.cls`, `.json`, ...) are kept in `meta` under their extension; `orig_id` is the key.
 Hard links (GNU tar writes one for every further name of a hard-linked file) and symbolic links
@@ -42,7 +44,8 @@ from typing import Any
 
 from etl.images import exception_text
 from etl.sources import register
-from etl.sources.base import ImageRef, SourceReader, SourceRecord, raw_json
+from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
+from etl.sources.llava import conversations_and_meta
 
 DEFAULT_PROMPT = "<image>"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -232,6 +235,8 @@ def group_record(group: Group, name: str, row: int, prompt: str) -> SourceRecord
     record.images = [ImageRef(data=group.members[ext]) for ext in images]
     try:
         caption, record.meta = caption_and_meta(group, set(images))
+        if is_llava_record(record.meta.get("json")):
+            return llava_group_record(record, group, set(images))
     except (UnicodeDecodeError, ValueError) as exc:
         record.error = ("malformed_record", f"key {group.key}: {exception_text(exc)}")
         return record
@@ -244,6 +249,21 @@ def group_record(group: Group, name: str, row: int, prompt: str) -> SourceRecord
         record.images_only = not record.meta  # image + label (.cls, .json...): a sample that keeps them
     else:
         record.error = ("no_image_or_caption", f"key {group.key}: no image and no caption among {group.names}")
+    return record
+
+
+def is_llava_record(value: Any) -> bool:
+    return isinstance(value, dict) and "conversations" in value
+
+
+def llava_group_record(record: SourceRecord, group: Group, image_extensions: set[str]) -> SourceRecord:
+    """A group whose `.json` is a LLaVA record: its turns, id and keys; other members (a `.txt`
+    too: the record's turns are the dialogue) join its meta under their extension."""
+    item = record.meta["json"]
+    record.conversations, record.meta = conversations_and_meta(item)
+    record.meta.update({ext: member_value(ext, data) for ext, data in group.members.items()
+                        if ext not in image_extensions and ext != "json" and ext not in record.meta})
+    record.orig_id = as_text_id(item["id"]) if item.get("id") is not None else record.orig_id
     return record
 
 

@@ -1,0 +1,234 @@
+"""URL-list reader (`--format urls`): image URLs + captions or conversations → downloaded samples.
+
+Lists come as parquet (LAION/CC3M/CC12M/img2dataset `url` + `caption`/`txt`), CSV/TSV with a header
+row, JSON/JSONL records (LLaVA records whose `image` is an http(s) URL, or any object with a URL
+key), or a `.txt` of one URL per line. Records are streamed; each one's images are fetched by
+`etl.download.Downloader` while the records after it are read, at most `window` records ahead, and
+yielded in file order with the downloaded bytes in `ImageRef.data` (and the URL in `ImageRef.path`,
+so the lake keeps it in `samples.image_paths`). Ingest then sniffs, hashes and stores the bytes
+content-addressed, like any embedded image.
+
+Columns (matched case-insensitively; `--url-column`/`--caption-column` override):
+- the URL: `url`, `image_url`, `img_url`, `imageurl`, `image`, `images`, `image_urls` (a string or a
+  list of strings);
+- the dialogue: `conversations` (LLaVA turns), `messages` (LLaMA-Factory / OpenAI), else a caption
+  (`caption`, `txt`, `text`) asked for by `--prompt` (default `<image>`); with none, the images are
+  stored without a sample (image-only lists);
+- `id`, `key`, `sample_id` or `uid` → `orig_id`; a `sha256` / `sha256hash` column is checked against
+  the downloaded bytes (a mismatch is a `sha256_mismatch` error); every other column goes to `meta`.
+
+A record whose download fails becomes one `errors` row naming the URL and the HTTP status or the
+reason (see etl/download.py). A rerun resumes from the file's checkpoint, so only the records past
+the last committed batch are fetched again.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.parquet as pq
+
+from etl.sources import register
+from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
+from etl.sources.hf_parquet import iter_row_batches
+from etl.sources.jsonfiles import iter_json_records
+from etl.sources.jsonstream import BadStretch
+from etl.sources.llava import MalformedRecord, llava_turns
+from etl.sources.messages import MalformedMessages, messages_to_turns
+from etl.sources.webdataset import caption_turns, prompt_option
+
+if TYPE_CHECKING:  # etl.download imports httpx (0.5 s): only when a list is read, not at CLI start-up
+    from etl.download import Download, DownloadOptions, Downloader
+
+URL_KEYS = ("url", "image_url", "img_url", "imageurl", "image", "images", "image_urls")
+CAPTION_KEYS = ("caption", "txt", "text")
+ID_KEYS = ("id", "key", "sample_id", "uid")
+SHA256_KEYS = ("sha256", "sha256hash")
+WINDOW_PER_THREAD = 4  # records read ahead per download thread: keeps every thread busy, memory bounded
+
+
+@dataclass
+class Pending:
+    """A record whose downloads are under way, with the hashes its bytes must have (if given)."""
+
+    record: SourceRecord
+    downloads: list[Future] = field(default_factory=list)
+    sha256: list[str | None] = field(default_factory=list)
+
+
+@register
+class UrlListReader(SourceReader):
+    """Reads URL lists (parquet, CSV/TSV, JSON/JSONL, txt) and downloads their images, in file order."""
+
+    format_name = "urls"
+    extensions = (".parquet", ".csv", ".tsv", ".json", ".jsonl", ".txt")
+
+    @classmethod
+    def sniff(cls, path: str) -> bool:
+        """Never auto-detected: downloading is asked for explicitly with `--format urls`."""
+        return False
+
+    def download_options(self) -> DownloadOptions:
+        from etl.download import DownloadOptions
+
+        names = {f.name for f in fields(DownloadOptions)}
+        return DownloadOptions(**{k: v for k, v in self.options.items() if k in names and v is not None})
+
+    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
+        from etl.download import Downloader
+
+        opts = self.download_options()
+        window = max(1, opts.concurrency * WINDOW_PER_THREAD)
+        with Downloader(opts) as downloader:
+            fetch = RecentFetches(downloader, capacity=window)
+            pending: deque[Pending] = deque()
+            for row, item in iter_rows(path, start_row):
+                pending.append(self.start(item, name, row, fetch))
+                if len(pending) >= window:
+                    yield finish(pending.popleft())
+            while pending:
+                yield finish(pending.popleft())
+
+    def start(self, item: Any, name: str, row: int, fetch: "RecentFetches") -> Pending:
+        """The record of one list row, its downloads started."""
+        if isinstance(item, BadStretch):
+            return Pending(SourceRecord(name, row, raw=item.raw, error=(item.kind, item.message)))
+        record = SourceRecord(name, row, raw=raw_json(item))
+        try:
+            urls, sha256 = self.fill(record, item)
+        except (MalformedRecord, MalformedMessages) as exc:
+            record.error = ("malformed_record", str(exc))
+            return Pending(record)
+        record.images = [ImageRef(path=url) for url in urls]
+        return Pending(record, [fetch(url) for url in urls], sha256)
+
+    def fill(self, record: SourceRecord, item: Any) -> tuple[list[str], list[str | None]]:
+        """Set the record's id, turns and meta from a row; return its URLs and their expected sha256."""
+        if not isinstance(item, dict):
+            raise MalformedRecord(f"record is a {type(item).__name__}, not an object")
+        keys = {k.lower(): k for k in item}
+        url_key = self.options.get("url_column") or first_key(keys, URL_KEYS)
+        urls = [u.strip() for u in as_list(item.get(url_key)) if isinstance(u, str) and u.strip()]
+        if url_key and len(urls) != len(as_list(item.get(url_key))):
+            raise MalformedRecord(f"`{url_key}` must be a URL or a list of URLs, got {item.get(url_key)!r:.200}")
+        id_key, sha_key = first_key(keys, ID_KEYS), first_key(keys, SHA256_KEYS)
+        record.orig_id = as_text_id(item.get(id_key)) if id_key else None
+        dialogue_key = self.dialogue(record, item, keys)
+        if not urls and dialogue_key not in ("conversations", "messages"):  # only dialogues may be text-only
+            raise MalformedRecord(f"no URL (looked for {self.options.get('url_column') or URL_KEYS})")
+        record.images_only = bool(urls) and dialogue_key is None
+        kept = {k: v for k, v in item.items() if k not in (url_key, id_key, dialogue_key)}
+        record.meta = kept | record.meta  # + what the dialogue set aside (turn extras, system prompt)
+        return urls, expected_hashes(item.get(sha_key) if sha_key else None, len(urls))
+
+    def dialogue(self, record: SourceRecord, item: dict, keys: dict[str, str]) -> str | None:
+        """Set the record's turns from conversations, messages or a caption; the key used (or None)."""
+        if "conversations" in item:
+            record.conversations, extras = llava_turns(item["conversations"])
+            if extras:
+                record.meta["turn_extras"] = extras
+            return "conversations"
+        if "messages" in item:
+            dialogue = messages_to_turns(item["messages"])
+            record.conversations = dialogue.turns
+            if dialogue.system:
+                record.meta["system"] = dialogue.system[0] if len(dialogue.system) == 1 else dialogue.system
+            return "messages"
+        caption_key = self.options.get("caption_column") or first_key(keys, CAPTION_KEYS)
+        caption = item.get(caption_key) if caption_key else None
+        if isinstance(caption, str) and caption.strip():
+            record.conversations = caption_turns(caption.strip(), prompt_option(self.options.get("prompt")))
+            return caption_key
+        return None
+
+
+def finish(pending: Pending) -> SourceRecord:
+    """Wait for a record's downloads; put the bytes in its images, or the failures in its error."""
+    record = pending.record
+    if record.error:
+        return record
+    downloads: list[Download] = [f.result().verified(sha) for f, sha in zip(pending.downloads, pending.sha256)]
+    failed = [d.error for d in downloads if d.error]
+    if failed:
+        record.error = (failed[0][0], "; ".join(message for _, message in failed))
+        return record
+    for ref, download in zip(record.images, downloads):
+        ref.data = download.data
+    return record
+
+
+class RecentFetches:
+    """Starts a download per URL, sharing the one still in the window when a URL repeats (lists often
+    name one image on consecutive rows); holds at most `capacity` futures."""
+
+    def __init__(self, downloader: Downloader, capacity: int):
+        self.downloader, self.capacity, self.recent = downloader, capacity, OrderedDict()
+
+    def __call__(self, url: str) -> Future:
+        future = self.recent.get(url)
+        if future is None:
+            future = self.recent[url] = self.downloader.submit(url)
+            if len(self.recent) > self.capacity:
+                self.recent.popitem(last=False)
+        return future
+
+
+# -- rows of a list file ------------------------------------------------------------------------------
+def iter_rows(path: str, start_row: int) -> Iterator[tuple[int, Any]]:
+    """(row, record) of a list file from `start_row` on, streamed whatever its size."""
+    lower = path.lower()
+    if lower.endswith((".parquet", ".pq")):
+        yield from iter_parquet_rows(path, start_row)
+    elif lower.endswith((".csv", ".tsv")):
+        yield from iter_csv_rows(path, start_row, "\t" if lower.endswith(".tsv") else ",")
+    elif lower.endswith(".txt"):
+        yield from iter_txt_rows(path, start_row)
+    else:
+        yield from iter_json_records(path, start_row)
+
+
+def iter_parquet_rows(path: str, start_row: int) -> Iterator[tuple[int, dict]]:
+    for first, batch in iter_row_batches(path, pq.read_metadata(path), start_row):
+        yield from enumerate(batch.to_pylist(), start=first)
+
+
+def iter_csv_rows(path: str, start_row: int, delimiter: str) -> Iterator[tuple[int, dict]]:
+    """Rows after the header, 0-based; empty cells are absent values (None)."""
+    csv.field_size_limit(sys.maxsize)
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        for row, values in enumerate(csv.DictReader(f, delimiter=delimiter)):
+            if row >= start_row:
+                yield row, {k: (v if v != "" else None) for k, v in values.items() if k is not None}
+
+
+def iter_txt_rows(path: str, start_row: int) -> Iterator[tuple[int, dict]]:
+    """One URL per line (img2dataset's `txt` input); rows are 0-based line numbers, blank lines skipped."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        for row, line in enumerate(f):
+            if row >= start_row and line.strip():
+                yield row, {"url": line.strip()}
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+def first_key(keys: dict[str, str], candidates: tuple[str, ...]) -> str | None:
+    """The record's own spelling of the first candidate it has (`keys`: lower-case → as written)."""
+    return next((keys[c] for c in candidates if c in keys), None)
+
+
+def as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def expected_hashes(value: Any, n: int) -> list[str | None]:
+    """One expected sha256 per URL: a string for a one-URL record, or a list as long as the URLs."""
+    values = as_list(value)
+    if len(values) == n and all(v is None or isinstance(v, str) for v in values):
+        return values
+    return [None] * n

@@ -1,0 +1,211 @@
+"""`ingest --format urls`: image URL lists downloaded into the lake, every failure an errors row.
+
+Each test runs inside a private network namespace (loopback only) against `ImageServer`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl import schema as S
+from etl.ingest import IngestOptions, ingest
+from etl.lake import Lake
+from etl.sqlrun import connect
+
+from conftest import REPO, errors_of, needs_realdata, run_cli, samples_of
+from http_fixtures import ImageServer, in_private_network, jpeg
+
+FAST = {"timeout": 1.0, "retries": 1, "backoff": 0.1, "max_bytes": 1 << 20}
+
+
+def ingest_urls(lake: Lake, path, source: str = "web", **options) -> dict:
+    opts = IngestOptions(source=source, format="urls", reader_options={**FAST, **options}, progress=False)
+    return ingest(lake, [str(path)], opts)
+
+
+def write_jsonl(path, records: list[dict]):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@in_private_network
+def test_every_kind_of_answer_ends_as_a_sample_or_an_errors_row(tmp_path, lake):
+    files = {"a.jpg": jpeg(1), "b.jpg": jpeg(2), "c.jpg": jpeg(3)}
+    with ImageServer(files, slow_seconds=3) as srv:
+        rows = [("ok", srv.url("a.jpg")), ("not_found", srv.url("missing")), ("flaky", srv.url("flaky/b.jpg")),
+                ("slow", srv.url("slow/a.jpg")), ("redirect", srv.url("redirect/c.jpg")), ("html", srv.url("html")),
+                ("truncated", srv.url("truncated")), ("huge", srv.url("huge")), ("again", srv.url("a.jpg")),
+                ("ftp", "ftp://127.0.0.1/a.jpg"), ("endless", srv.url("endless")), ("gzip", srv.url("badgzip"))]
+        path = write_jsonl(tmp_path / "list.jsonl", [{"key": k, "url": u, "caption": f"a {k} photo"} for k, u in rows])
+        counts = ingest_urls(lake, path)
+        assert srv.count("/flaky/b.jpg") == 2  # the 500 was retried
+        assert srv.count("/huge") == 1  # refused from its Content-Length, not retried
+    samples = {s["orig_id"]: s for s in samples_of(lake, "web")}
+    assert sorted(samples) == ["again", "flaky", "ok", "redirect"]
+    assert samples["ok"]["conversations"] == [{"from": "human", "value": "<image>"},
+                                               {"from": "gpt", "value": "a ok photo"}]
+    assert samples["ok"]["image_paths"] == [srv.url("a.jpg")] and samples["ok"]["image_ids"] == samples["again"]["image_ids"]
+    errors = {e["orig_id"]: e for e in errors_of(lake, "web")}
+    assert {k: e["kind"] for k, e in errors.items()} == {
+        "not_found": "http_404", "slow": "timeout", "html": "not_an_image", "truncated": "protocol_error",
+        "huge": "too_large", "ftp": "bad_url", "endless": "too_large", "gzip": "bad_encoding"}
+    assert "HTTP 404 Not Found" in errors["not_found"]["message"] and srv.url("missing") in errors["not_found"]["message"]
+    assert "received 100 bytes, expected 1000" in errors["truncated"]["message"]
+    assert json.loads(errors["html"]["raw"])["url"] == srv.url("html")
+    assert counts["images_added"] == 3 and counts["samples_added"] == 4
+
+
+@in_private_network
+def test_rerunning_a_finished_url_ingest_downloads_nothing(tmp_path, lake):
+    files = {f"{k}.jpg": jpeg(k) for k in range(20)}
+    with ImageServer(files) as srv:
+        path = write_jsonl(tmp_path / "list.jsonl", [{"url": srv.url(f"{k}.jpg")} for k in range(20)])
+        ingest_urls(lake, path, source="imgs")
+        first = sum(srv.hits.values())
+        again = ingest_urls(lake, path, source="imgs")
+        assert sum(srv.hits.values()) == first == 20
+    assert again["files_already_done"] == 1
+    assert lake.dataset(S.IMAGES).count_rows() == 20
+    assert lake.dataset(S.SAMPLES).count_rows() == 0  # a list with no caption stores images only
+
+
+@in_private_network
+def test_kill_9_mid_download_then_rerun_gives_the_same_lake_and_refetches_only_what_is_missing(tmp_path):
+    n = 40
+    files = {f"{k}.jpg": jpeg(k) for k in range(n)}
+    with ImageServer(files) as srv:
+        records = [{"id": str(k), "url": srv.url(f"{k}.jpg") + "?delay=0.2", "caption": f"photo {k}"}
+                   for k in range(n)]
+        records[7]["url"] = srv.url("missing")
+        path = write_jsonl(tmp_path / "list.jsonl", records)
+
+        def command(root) -> list[str]:
+            return [sys.executable, "-m", "etl", "--lake", str(root), "ingest", str(path), "--format", "urls",
+                    "--source", "web", "--batch-size", "5", "--concurrency", "2", "--no-progress"]
+
+        subprocess.run(command(tmp_path / "reference"), check=True, cwd=REPO, capture_output=True)
+        before_crash = sum(srv.hits.values())
+        srv.hits.clear()
+        crashed = subprocess.Popen(command(tmp_path / "lake"), cwd=REPO, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        upto = wait_for_checkpoint(tmp_path / "lake", at_least=15, proc=crashed)
+        crashed.send_signal(signal.SIGKILL)
+        crashed.wait()
+        fetched_before_kill = dict(srv.hits)
+        srv.hits.clear()
+        subprocess.run(command(tmp_path / "lake"), check=True, cwd=REPO, capture_output=True)
+        refetched = {p for p in srv.hits}
+    assert before_crash == n
+    assert upto < n, "the run finished before it could be killed"
+    assert not refetched & {f"/{k}.jpg" for k in range(upto)}  # rows below the checkpoint are not fetched again
+    assert sum(fetched_before_kill.values()) + sum(srv.hits.values()) < 2 * n
+    assert lake_content(tmp_path / "lake") == lake_content(tmp_path / "reference")
+
+
+def wait_for_checkpoint(root, at_least: int, proc: subprocess.Popen) -> int:
+    """The row the ingest's checkpoint says is done, once it is at least `at_least`."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            upto = max(r["upto_row"] for r in Lake.open(str(root), create=False).dataset(S.CHECKPOINTS)
+                       .to_table(columns=["upto_row"]).to_pylist())
+        except Exception:  # the lake is being created, or has no checkpoint yet
+            upto = -1
+        if upto >= at_least:
+            return upto
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared before the run ended")
+
+
+def lake_content(root) -> dict:
+    con = connect(Lake.open(str(root), create=False))
+    return {
+        "samples": con.execute("select sample_id, orig_id, image_ids, image_paths, conversations, meta "
+                               "from samples order by sample_id").fetchall(),
+        "images": con.execute("select image_id, nbytes from images order by image_id").fetchall(),
+        "errors": con.execute("select error_id, kind, row, message from errors order by error_id").fetchall(),
+    }
+
+
+@in_private_network
+def test_img2dataset_list_checks_sha256_and_records_the_corrupted_hash(tmp_path, lake, realdata):
+    listed = realdata / "img2dataset/tests/test_files/sample_image.parquet"
+    image = realdata / "img2dataset/tests/blur_test_files/original.png"
+    needs_realdata(listed)
+    table = pq.read_table(listed)
+    real_url = table.column("url")[0].as_py()
+    url_path = real_url.split("://", 1)[1].split("/", 1)[1]  # the same path, served from loopback
+    with ImageServer({url_path: image.read_bytes()}) as srv:
+        local = table.set_column(0, "url", pa.array([srv.url(url_path)] * table.num_rows))
+        pq.write_table(local, tmp_path / "sample_image.parquet")  # derived: only the host of the URL changed
+        ingest_urls(lake, tmp_path / "sample_image.parquet", source="i2d")
+        assert srv.count("/" + url_path) == 1  # the same URL on two rows is fetched once
+    (sample,) = samples_of(lake, "i2d")
+    assert sample["conversations"][1] == {"from": "gpt", "value": "Lorem Ipsum"}
+    assert sample["image_ids"] == [json.loads((realdata / "img2dataset/tests/test_files/hashes.json").read_text())["sha256"]]
+    assert json.loads(sample["meta"])["sha256hash"] == sample["image_ids"][0]
+    (error,) = errors_of(lake, "i2d")
+    assert error["row"] == 1 and error["kind"] == "sha256_mismatch"
+    assert "fec7030" in error["message"]
+
+
+@in_private_network
+def test_csv_tsv_and_llava_lists_with_url_images_and_conversations(tmp_path, lake):
+    files = {"a.jpg": jpeg(10), "b.jpg": jpeg(11)}
+    with ImageServer(files) as srv:
+        with open(tmp_path / "laion.tsv", "w", newline="") as f:
+            w = csv.writer(f, delimiter="\t")
+            w.writerow(["URL", "TEXT", "WIDTH"])
+            w.writerow([srv.url("a.jpg"), "a red square", "32"])
+            w.writerow(["", "no url here", "0"])
+        llava = write_jsonl(tmp_path / "llava.jsonl", [
+            {"id": "0001", "image": [srv.url("a.jpg"), srv.url("b.jpg")], "source": "web",
+             "conversations": [{"from": "human", "value": "<image>\n<image>\nSame?"}, {"from": "gpt", "value": "No."}]},
+            {"id": "0002", "image": "b.jpg", "conversations": [{"from": "human", "value": "<image>"}]},
+        ])
+        ingest_urls(lake, tmp_path / "laion.tsv", source="laion")
+        ingest_urls(lake, llava, source="llava")
+    (laion,) = samples_of(lake, "laion")
+    assert laion["conversations"][1]["value"] == "a red square" and json.loads(laion["meta"]) == {"WIDTH": "32"}
+    (no_url,) = errors_of(lake, "laion")
+    assert no_url["kind"] == "malformed_record" and no_url["row"] == 1
+    (pair,) = samples_of(lake, "llava")
+    assert pair["orig_id"] == "0001" and len(pair["image_ids"]) == 2 and json.loads(pair["meta"]) == {"source": "web"}
+    (relative,) = errors_of(lake, "llava")
+    assert relative["kind"] == "bad_url" and "b.jpg" in relative["message"]
+
+
+@in_private_network
+def test_per_host_rate_spaces_the_requests_to_one_host(tmp_path, lake):
+    files = {f"{k}.jpg": jpeg(k) for k in range(8)}
+    with ImageServer(files) as srv:
+        path = write_jsonl(tmp_path / "list.jsonl", [{"url": srv.url(f"{k}.jpg")} for k in range(8)])
+        ingest_urls(lake, path, per_host_rate=20.0, concurrency=8)
+        times = sorted(t for _, t in srv.times)
+    # 20/s: slots 50 ms apart whatever the concurrency, so 8 requests span at least 350 ms (less the
+    # scheduling jitter of the first); unpaced, 8 threads would send them all within a few ms
+    assert len(times) == 8 and times[-1] - times[0] >= 0.3
+
+
+@in_private_network
+def test_cli_ingest_format_urls_reports_counts_and_keeps_going(tmp_path, lake):
+    with ImageServer({"a.jpg": jpeg(5)}) as srv:
+        path = write_jsonl(tmp_path / "list.jsonl", [{"url": srv.url("a.jpg"), "txt": "hi"}, {"url": srv.url("gone")}])
+        proc = run_cli("ingest", str(path), "--format", "urls", "--source", "cli", "--retries", "0",
+                       "--timeout", "2", "--no-progress", lake=lake)
+    assert "samples added" in proc.stdout and "http_404" in proc.stdout
+    assert [e["kind"] for e in errors_of(lake, "cli")] == ["http_404"]
+
+
+def test_cli_start_up_does_not_load_the_http_client():
+    """httpx costs about half a second to import: only `ingest --format urls` pays it, when it reads a list."""
+    probe = "import sys; from etl.cli import build_parser; build_parser(); print('httpx' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    assert proc.stdout.strip() == "False"

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Sequence
 
 from etl.commands.failure import DEBUG_ENV, EXIT_CODES, ctrl_c_remembered, ended_by
 
-COMMANDS = ["ingest", "enrich", "dedup", "checks", "export", "sql", "shell", "stats", "report", "demo"]
+COMMANDS = ["ingest", "enrich", "dedup", "checks", "export", "sql", "shell", "stats", "report", "demo",
+            "sources", "delete", "log", "tag", "tags", "compact", "cleanup", "doctor", "migrate"]
 # etl.lake holds these too; it imports lance (~0.2 s), which `--help` should not pay for
 DEFAULT_LAKE, ENV_LAKE = "lake", "ETL_LAKE"
 

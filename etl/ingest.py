@@ -58,6 +58,7 @@ class IngestOptions:
     engine: EngineSpec = field(default_factory=EngineSpec)  # who runs those workers (etl/engine/)
     reader_options: dict = field(default_factory=dict)
     progress: bool | None = None  # None: a bar only on a terminal
+    redo: bool = False  # forget what the lake holds of these files first (a first ingest again)
 
 
 @dataclass(frozen=True)
@@ -413,6 +414,7 @@ class Ingestor:
         new, fragments, checked_at = self.write_new_images(prepared.images)
         with self.lake.committing():
             self.commit_images(new, fragments, checked_at)
+            self.store_again_if_deleted(prepared.images, checked_at)
             crash_point("after_images")
             samples, errors = self.not_added_by_others(prepared)
             self.lake.append(S.ERRORS, errors_table(errors))
@@ -518,6 +520,25 @@ class Ingestor:
             self.drop_images_behind(fragments)
             self.key_index.committed()
 
+    def store_again_if_deleted(self, images: dict[str, LoadedImage], checked_at: int) -> None:
+        """Under the commit lock: images the batch found in the lake but that a `cleanup` deleted
+        since `checked_at` (it deletes images no sample used) are stored again, so no sample
+        commits a dangling image id."""
+        if not images or not self.lake.foreign_commits_since(S.IMAGES, checked_at):
+            return
+        stored_now = set(self.images_stored_last)
+        used = [iid for iid in images if iid not in stored_now]
+        gone = set(used) - self.lake.existing_keys(S.IMAGES, used)
+        if gone:
+            kept = [images[iid] for iid in sorted(gone)]  # a cached path has no bytes here: read it again
+            again = [img if img.data is not None else load_image(ImageRef(path=img.path), self.image_roots, Located(img.path))
+                     for img in kept]
+            if any(img.error or img.info.image_id not in gone for img in again):
+                raise ValueError(f"images {sorted(gone)[:3]} were deleted by a cleanup while this ingest used "
+                                 "them and their files changed since: rerun the ingest")
+            self.lake.append(S.IMAGES, images_table(again), sorted(gone))
+            self.run.counts["images_stored_again_after_cleanup"] += len(again)
+
     def new_images(self, images: dict[str, LoadedImage]) -> list[LoadedImage]:
         """The images whose bytes the lake does not hold yet (those loaded without bytes are stored)."""
         carried = [iid for iid, img in images.items() if img.data is not None]
@@ -594,7 +615,11 @@ def ingest(lake: Lake, paths: list[str], opts: IngestOptions) -> Counter:
     params = {"paths": [os.path.abspath(p) for p in paths], "source": opts.source, "format": opts.format,
               "image_roots": opts.image_roots, "allow_outside_roots": opts.allow_outside_roots,
               "files": [f.name for f in files], "workers": opts.workers}
+    if opts.redo:
+        params["redo"] = True
     with recorded_run(lake, "ingest", params) as run, gc_passes_lowered():
+        if opts.redo:
+            forget_for_redo(lake, files, run.counts)
         with tqdm(desc="ingest", unit=" rec", disable=PROGRESS_DISABLE[opts.progress]) as bar:
             if opts.workers > 1 or opts.engine.distributed:
                 from etl.engine.ingest_parallel import ingest_files_parallel  # it builds on this module
@@ -607,6 +632,21 @@ def ingest(lake: Lake, paths: list[str], opts: IngestOptions) -> Counter:
         if run.counts["images_added"]:
             lake.ensure_key_index(S.IMAGES)
     return run.counts
+
+
+def forget_for_redo(lake: Lake, files: list[InputFile], counts: Counter) -> None:
+    """`--redo`: delete the samples, errors and checkpoints the lake holds of `files` (under the
+    names the lake knows them by, see `known_as`) inside the commit lock; the ingest that follows
+    is then a first ingest of them."""
+    from etl.upkeep import FileRows, forget_rows
+
+    inputs = {(f.source, f.name) for f in files}
+    names: dict[str, list[str]] = {}
+    for f in files:
+        known, _ = known_as(lake, f, file_fingerprint(f.path), inputs)
+        names.setdefault(f.source, []).append(known.name)
+    for source, files_of_source in names.items():
+        forget_rows(lake, FileRows(source, tuple(files_of_source)), counts)
 
 
 def fewer_gc_passes(first_generation: int = 50_000) -> tuple[int, int, int]:

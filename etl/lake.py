@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 
 from etl import schema as S
 from etl.commitlock import CommitLock, commit_lock
+from etl.lakeformat import check_root, read_format, write_format
 
 DEFAULT_LAKE = "lake"
 UNKNOWN_COMMIT_RETRIES = 3  # "commit result unknown" from the object store: look, then commit again
@@ -93,7 +94,11 @@ class Lake:
 
     @classmethod
     def open(cls, uri: str | None = None, create: bool = True) -> "Lake":
-        lake = cls(resolve_lake_uri(uri).rstrip("/"))
+        """The lake at `uri` (see `resolve_lake_uri`); `create`: make a missing one. A file, a folder
+        that is not a lake, or a lake of another format version is a LakeFormatError (one line)."""
+        root = resolve_lake_uri(uri).rstrip("/")
+        check_root(root, S.TABLES, create)
+        lake = cls(root)
         if create:
             lake.ensure_tables()
         return lake
@@ -117,6 +122,8 @@ class Lake:
         if all(self.exists(name) and not self.missing_columns(name) for name in S.SCHEMAS):
             return
         with self.committing():
+            if read_format(self.root) is None and not any(self.exists(name) for name in S.SCHEMAS):
+                write_format(self.root)  # first: another command opening it meanwhile sees a lake
             for name, schema in S.SCHEMAS.items():
                 if not self.exists(name):
                     lance.write_dataset(
@@ -309,15 +316,15 @@ class Lake:
         )
         return [payload for _, payload in blobs]
 
-    def image_bytes_by_id(self, image_ids: Sequence[str]) -> dict[str, bytes]:
+    def image_bytes_by_id(self, image_ids: Sequence[str], version: int | str | None = None) -> dict[str, bytes]:
         """Bytes of the given images keyed by image_id (missing ids are absent from the result)."""
         out: dict[str, bytes] = {}
         for start in range(0, len(image_ids), 1000):
             chunk = list(image_ids[start : start + 1000])
-            tbl = self.dataset(S.IMAGES).to_table(
+            tbl = self.dataset(S.IMAGES, version).to_table(
                 columns=["image_id"], filter=f"image_id IN ({sql_string_list(chunk)})", with_row_id=True
             )
-            payloads = self.read_image_bytes(tbl["_rowid"].to_pylist())
+            payloads = self.read_image_bytes(tbl["_rowid"].to_pylist(), version)
             out.update(zip(tbl["image_id"].to_pylist(), payloads))
         return out
 
@@ -365,6 +372,31 @@ class Lake:
             else:
                 ds.create_scalar_index(key, "BTREE")
             self.own.add(name, self.latest_version(name))
+
+    def delete_rows(self, name: str, where: str) -> None:
+        """Delete the rows matching `where` (a Lance deletion file per fragment: no data rewritten)."""
+        with self.committing():
+            self.lock.check()
+            before = self.latest_version(name)
+            self.dataset(name).delete(where)
+            if self.latest_version(name) != before:
+                self.own.add(name, self.latest_version(name))
+
+    def update_rows(self, name: str, values: dict[str, str], where: str) -> None:
+        """Set columns to SQL expressions for the rows matching `where` (rewrites those rows)."""
+        with self.committing():
+            self.lock.check()
+            before = self.latest_version(name)
+            self.dataset(name).update(values, where=where)
+            if self.latest_version(name) != before:
+                self.own.add(name, self.latest_version(name))
+
+    def append_table(self, name: str, table: pa.Table) -> None:
+        """Append to a table outside the contract (e.g. `released_images`), creating it on first use."""
+        with self.committing():
+            self.lock.check()
+            mode = "append" if self.exists(name) else "create"
+            self.own.add(name, lance.write_dataset(table, self.uri(name), mode=mode, data_storage_version="2.2").version)
 
     def tag(self, name: str, tag: str, version: int | None = None) -> None:
         ds = self.dataset(name)

@@ -1,6 +1,9 @@
 """The `runs` table: one row per command run, with parameters, counts and lake versions."""
 from __future__ import annotations
 
+import getpass
+import os
+import socket
 import uuid
 from collections import Counter
 from contextlib import contextmanager
@@ -81,5 +84,15 @@ def recorded_run(lake: Lake, command: str, params: dict[str, Any]) -> Iterator[R
             "run_id": run.run_id, "command": command, "params": dumps(params),
             "counts": dumps(dict(run.counts)), "status": status, "started_at": started,
             "ended_at": now_utc(), "versions_before": dumps(before), "versions_after": dumps(lake.versions()),
+            "user": run_user(),
         }
         lake.append(S.RUNS, pa.Table.from_pylist([row], schema=S.RUNS_SCHEMA))
+
+
+def run_user() -> str:
+    """login@host of whoever runs the command (recorded in `runs.user`)."""
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):
+        login = str(os.getuid())
+    return f"{login}@{socket.gethostname()}"

@@ -84,6 +84,7 @@ RUNS_SCHEMA = pa.schema(
         pa.field("ended_at", pa.timestamp("us", tz="UTC")),
         pa.field("versions_before", pa.string()),  # JSON {table: version}
         pa.field("versions_after", pa.string()),
+        pa.field("user", pa.string()),  # who ran it (login name@host)
     ]
 )
 
@@ -162,3 +163,14 @@ DERIVED_SCHEMAS: dict[str, pa.Schema] = {
     DUP_NEAR: DUP_NEAR_SCHEMA,
     IMAGE_CLUSTERS: IMAGE_CLUSTERS_SCHEMA,
 }
+
+
+# -- maintenance tables (etl/upkeep.py) ------------------------------------------------------------
+# Image ids whose samples `delete` removed: `cleanup` deletes those no sample references any more.
+RELEASED_IMAGES = "released_images"
+RELEASED_IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("released_at", pa.timestamp("us", tz="UTC")),
+    ]
+)

@@ -18,6 +18,7 @@ def execute(path, monkeypatch, **env):
     """Run every cell in a fresh kernel started in notebooks/ (as a user would); a cell error raises."""
     for key, value in env.items():
         monkeypatch.setenv(key, str(value))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the kernel imports `etl` from this checkout, not the installed one
     nb = nbformat.read(path, as_version=4)
     nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from etl.commands.output import add_output_arguments, write_result
+from etl.commands.versions import add_version_argument, pinned
 
 HELP = "Check samples (image tags vs images, roles, turns, empty text, missing/undecodable images, length)."
 EXAMPLES = """\
@@ -15,6 +16,7 @@ Reasons are defined in sql/checked_samples.sql; `fixes` are repaired by export (
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    add_version_argument(p)
     p.add_argument("--source", help="only this source")
     p.add_argument("--list", action="store_true", help="list the samples with problems instead of the summary")
     p.add_argument("--summary", action="store_true", help="problems per source and reason (the default)")
@@ -27,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from etl.commands.lakes import open_lake
     from etl.sqlrun import connect
 
-    con = connect(open_lake(args))
+    lake = open_lake(args)
+    con = connect(lake, version=pinned(lake, args.version))
     rel = checks_relation(con, args.source, args.max_text_chars) if args.list \
         else problem_summary(con, args.source, args.max_text_chars)
     write_result(con, rel, args)

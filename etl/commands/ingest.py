@@ -16,6 +16,7 @@ EXAMPLES = """\
   python -m etl ingest lmms-lab/LLaVA-OneVision-Data/ --workers 2       # one source per config folder
   python -m etl ingest --from-hub lmms-lab/LLaVA-OneVision-Data --include 'CLEVR-Math*/*.parquet'
   python -m etl ingest shards/ --format webdataset --prompt '<image>\\nDescribe the image.'
+  python -m etl ingest train.json --source mine --format llava --redo   # wrong flags the first time
   python -m etl ingest cc3m.parquet --format urls --source cc3m --concurrency 32 --per-host-rate 5
 Rerunning the same command adds nothing; after a crash it continues where it stopped.
 Records whose images are missing or not images go to the `errors` table with the raw record."""
@@ -57,6 +58,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     urls.add_argument("--per-host-rate", type=float, help="requests per second to one host (default: no limit)")
     urls.add_argument("--url-column", help="the column holding the URL(s) (default: url, image_url, image, ...)")
     urls.add_argument("--caption-column", help="the caption column (default: caption, txt, text)")
+    p.add_argument("--redo", action="store_true",
+                   help="re-ingest the named files from scratch: their samples, errors and checkpoints are "
+                        "deleted first (e.g. after a wrong --format or --image-root); same result as a first ingest")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                          allow_outside_roots=args.allow_outside_roots,
                          batch_records=args.batch_size, reader_options=reader_options, workers=args.workers,
                          engine=engine,
-                         progress=False if args.no_progress else None)
+                         progress=False if args.no_progress else None, redo=args.redo)
     counts = ingest(lake, paths, opts)
     print_counts("ingest", counts)
     empty = files_without_samples(lake, paths, opts)

@@ -15,10 +15,8 @@ def open_lake(args: argparse.Namespace, create: bool = False):
     local = "://" not in root
     if local and os.path.exists(root) and not os.path.isdir(root):
         raise ValueError(f"--lake {root} is a file, not a lake folder")
-    lake = Lake.open(root, create=False)
-    if create:
-        lake.ensure_tables()
-    elif not lake.exists(S.SAMPLES):
+    lake = Lake.open(root, create=create)  # checks the lake format too (etl/lakeformat.py)
+    if not create and not lake.exists(S.SAMPLES):
         what = "does not exist" if local and not os.path.exists(root) else "is not a lake (it has no samples table)"
         raise ValueError(f"--lake {root} {what}; ingest something into it first, or point --lake "
                          "(or $ETL_LAKE) at a lake")

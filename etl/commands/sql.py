@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from etl.commands.output import add_output_arguments, write_result
+from etl.commands.versions import add_version_argument, pinned
 
 HELP = "Run a DuckDB query (or a sql/*.sql file) over the lake views images, samples, errors, runs."
 EXAMPLES = """\
@@ -15,6 +16,7 @@ Views never expose the image bytes; `images` has every column but the blob."""
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    add_version_argument(p)
     p.add_argument("query", nargs="?", help="a SQL query (or use --file)")
     p.add_argument("--file", help="run this .sql file (a name in sql/ or a path); its last statement is the result")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.query) == bool(args.file):
         raise ValueError("give a query or --file, not both or neither")
-    con = connect(open_lake(args), params=parse_assignments(args.set))
+    lake = open_lake(args)
+    con = connect(lake, version=pinned(lake, args.version), params=parse_assignments(args.set))
     rel = run_file(con, str(sql_path(args.file))) if args.file else con.sql(args.query)
     if rel is not None:
         write_result(con, rel, args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from etl.commands.output import add_output_arguments, write_result
+from etl.commands.versions import add_version_argument, pinned
 
 HELP = "Show per-source counts: samples, images, bytes, text-only, multi-image, errors by kind."
 EXAMPLES = """\
@@ -13,6 +14,7 @@ The numbers come from sql/stats.sql (open it in `python -m etl shell` to slice t
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    add_version_argument(p)
     add_output_arguments(p, max_rows=1000)
 
 
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from etl.commands.lakes import open_lake
     from etl.sqlrun import connect, run_file
 
-    con = connect(open_lake(args))
+    lake = open_lake(args)
+    con = connect(lake, version=pinned(lake, args.version))
     write_result(con, run_file(con, "stats"), args)
     if args.format == "table" and not args.output:
         print("lake: " + ", ".join(f"{k} {v:,}" for k, v in lake_totals(con).items()))

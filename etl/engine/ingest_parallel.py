@@ -75,6 +75,7 @@ class TaskResult:
     errors: list = field(default_factory=list)
     samples: list = field(default_factory=list)
     new_image_ids: list[str] = field(default_factory=list)
+    used_image_ids: list[str] = field(default_factory=list)  # found in the lake (a cleanup may delete them)
     counts: Counter = field(default_factory=Counter)
     records: int = 0
     next_row: int = 0
@@ -95,6 +96,8 @@ class TaskWorker:
         samples, errors, images = self.ingestor.resolve(task.file, fresh)
         new = self.ingestor.new_images(images)
         result = TaskResult(new_image_ids=[img.info.image_id for img in new], records=len(records))
+        new_ids = set(result.new_image_ids)
+        result.used_image_ids = [iid for iid in images if iid not in new_ids]
         result.images = self.write(S.IMAGES, images_table(new) if new else None)
         result.errors = self.write(S.ERRORS, errors_table(errors) if errors else None)
         samples_table = pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA) if samples else None
@@ -210,10 +213,14 @@ class Committer:
             self.run.counts["files"] += 1
 
     def raced(self, task: Task, result: TaskResult) -> bool:
-        """Whether one of the images the worker found new has been stored since it looked, or
-        another command committed some of the task's rows (the same file ingested twice at once)."""
+        """Whether one of the images the worker found new has been stored since it looked, one it
+        found stored has been deleted since (by `cleanup`), or another command committed some of
+        the task's rows (the same file ingested twice at once)."""
         if self.lake.keys_added_since(S.IMAGES, task.images_version, result.new_image_ids):
             return True
+        if result.used_image_ids and self.lake.foreign_commits_since(S.IMAGES, task.images_version) and \
+                set(result.used_image_ids) - self.lake.existing_keys(S.IMAGES, result.used_image_ids):
+            return True  # a cleanup deleted images the task found in the lake: the redo stores them again
         if not result.rows:
             return False
         return bool(self.ingestor.rows.added_by_others(task.file, *result.rows))

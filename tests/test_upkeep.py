@@ -167,6 +167,21 @@ def test_log_shows_each_version_with_the_run_that_made_it_and_tags_lists_tags(la
     assert proc.returncode == 2 and "exists already" in proc.stderr
 
 
+def test_report_and_the_duckdb_shell_read_a_tagged_version_while_the_lake_moved_on(lake, tmp_path):
+    """The shell's lance extension cannot time-travel: it reads shallow clones at the tag."""
+    ingest(lake, [str(CHAT)], IngestOptions(source="chat", progress=False))
+    create_tag(lake, "v1")
+    correct_ingest(lake)
+    shell = run_cli("shell", "--version", "v1", "-c", "select count(*) as n from samples", lake=lake).stdout
+    assert "500" in shell and "700" not in shell
+    now = run_cli("shell", "-c", "select count(*) as n from samples", lake=lake).stdout
+    assert "700" in now
+    run_cli("report", "--version", "v1", "--out", str(tmp_path / "v1.html"), lake=lake)
+    page = (tmp_path / "v1.html").read_text()
+    assert "chat" in page and "lcs" not in page
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("mmlake-version-*"))  # clones removed
+
+
 # -- compaction -----------------------------------------------------------------------------------------
 RECIPE = """name: mix
 defaults:

@@ -10,11 +10,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from etl.commands.versions import add_version_argument, pinned
+
 HELP = "Open the DuckDB shell (duckdb CLI + lance extension, offline) with the lake views defined."
 EXAMPLES = """\
   python -m etl shell
   python -m etl shell -c "select source, count(*) from samples group by all"
   python -m etl shell --print-init > init.sql   # then: duckdb -unsigned -init init.sql
+  python -m etl shell --version v1.0 -c "select count(*) from samples"   # the lake as it was at a tag
 Needs the `duckdb` CLI 1.5.5 and the lance extension built for it (both from PyPI, no network at run time):
   pip install 'mmlake[shell]' && pip install --no-deps duckdb-extension-lance==1.5.5"""
 
@@ -24,6 +27,7 @@ INSTALL_HINT = "pip install 'duckdb-cli==1.5.5' && pip install --no-deps 'duckdb
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--command", dest="sql", help="run this SQL and exit instead of opening the prompt")
     p.add_argument("--print-init", action="store_true", help="print the init script (views) and exit")
+    add_version_argument(p)
 
 
 def duckdb_cli() -> str:
@@ -53,11 +57,22 @@ def lance_extension(version: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from etl.commands.lakes import open_lake
-    from etl.sqlrun import shell_init_script
 
     lake = open_lake(args)
     exe = duckdb_cli()
-    init = shell_init_script(lake, lance_extension(cli_version(exe)))
+    extension = lance_extension(cli_version(exe))
+    if args.version is None:
+        return open_shell(exe, lake, extension, args)
+    from etl.snapshot import lake_at
+
+    with lake_at(lake, pinned(lake, args.version)) as then:  # the extension has no time travel
+        return open_shell(exe, then, extension, args)
+
+
+def open_shell(exe: str, lake, extension: str, args: argparse.Namespace) -> int:
+    from etl.sqlrun import shell_init_script
+
+    init = shell_init_script(lake, extension)
     if args.print_init:
         print(init, end="")
         return 0

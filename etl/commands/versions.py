@@ -1,4 +1,4 @@
-"""`--version N|TAG|TABLE=N,...` for the commands that read the lake (sql, stats, checks)."""
+"""`--version N|TAG|TABLE=N,...` for the commands that read the lake (sql, stats, checks, report, shell)."""
 from __future__ import annotations
 
 import argparse

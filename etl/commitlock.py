@@ -235,7 +235,7 @@ _LOCKS_GUARD = threading.Lock()
 def commit_lock(root: str) -> CommitLock:
     """The process-wide lock of the lake at `root` (every `Lake` object of that root shares it)."""
     backend = os.environ.get(ENV_BACKEND) or ("file" if is_local(root) else "lease")
-    key = f"{backend}:{os.path.abspath(root) if is_local(root) and '://' not in root else root}"
+    key = f"{backend}:{os.path.abspath(root) if '://' not in root else root}"
     with _LOCKS_GUARD:
         if key not in _LOCKS:
             _LOCKS[key] = CommitLock(FileLock(root) if backend == "file" else LeaseLock(root))

@@ -259,7 +259,10 @@ class Lake:
 
     def foreign_commits_since(self, name: str, version: int) -> bool:
         """Whether anybody but this process committed to `name` after `version`."""
-        return any(self.own.get(name, v) is None for v in range(version + 1, self.latest_version(name) + 1))
+        return self.foreign_among(name, range(version + 1, self.latest_version(name) + 1))
+
+    def foreign_among(self, name: str, versions: range) -> bool:
+        return any(self.own.get(name, v) is None for v in versions)
 
     def keys_added_since(self, name: str, version: int, keys: Sequence[str]) -> set[str]:
         """Which of `keys` were added to `name` after `version` (by this process or another one):
@@ -267,7 +270,7 @@ class Lake:
         if not keys:
             return set()
         since = range(version + 1, self.latest_version(name) + 1)
-        if any(self.own.get(name, v) is None for v in since):
+        if self.foreign_among(name, since):
             key = S.KEYS[name]
             return {k for b in self.scan_since(name, version, [key], pc.field(key).isin(list(keys)))
                     for k in b.column(0).to_pylist()}

@@ -47,7 +47,9 @@ def build_lake(root: Path, use_realdata: bool = True) -> Lake:
                IngestOptions(source="llava_instruct", **quiet))
         ingest(lake, [str(REALDATA / "fastchat/data/dummy_conversation.json")], IngestOptions(source="fastchat", **quiet))
     generated = write_generated_source(root / "generated")
-    ingest(lake, [str(generated)], IngestOptions(source="generated", image_roots=[str(generated.parent / "images")], **quiet))
+    # by glob: the file is named relative to its folder, so sample ids do not depend on the temp path
+    ingest(lake, [str(generated.parent / "*.json")],
+           IngestOptions(source="generated", image_roots=[str(generated.parent / "images")], **quiet))
     return lake
 
 

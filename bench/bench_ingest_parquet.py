@@ -153,7 +153,7 @@ MMLAKE = """
 import sys
 from etl.ingest import IngestOptions, ingest
 from etl.lake import Lake
-opts = IngestOptions(source="bench", progress=False, workers=int(sys.argv[4]))  # > 1: etl/engine/ingest_parallel.py
+opts = IngestOptions(source="bench", progress=False, workers=int(sys.argv[4]))  # > 1: etl/ingest/parallel.py
 counts = ingest(Lake.open(sys.argv[2]), [sys.argv[1]], opts)
 assert counts["samples_added"] == int(sys.argv[3]), dict(counts)
 """

@@ -27,7 +27,7 @@ from etl import schema as S
 from etl.lake import Lake, now_utc, sql_string_list
 from etl.runlog import Run, recorded_run
 
-INGEST_JOB = "ingest:"  # checkpoints of ingest are job "ingest:<source>" (etl/ingest.py FileStart.job)
+INGEST_JOB = "ingest:"  # checkpoints of ingest are job "ingest:<source>" (etl/ingest/resume.py FileStart.job)
 ORPHAN_MIN_AGE = timedelta(hours=1)  # a live writer commits the fragments it writes well within this
 
 

@@ -329,7 +329,7 @@ def test_parallel_ingest_killed_mid_commit_resumes_to_the_same_lake(tmp_path, po
 
 
 def test_a_task_whose_new_image_another_task_stored_first_is_redone_without_duplicating_it(tmp_path):
-    from etl.engine.ingest_parallel import Committer, Task, TaskWorker
+    from etl.ingest.parallel import Committer, Task, TaskWorker
     from etl.ingest import expand_inputs
     from etl.runlog import Run
 
@@ -354,7 +354,7 @@ def test_a_task_whose_new_image_another_task_stored_first_is_redone_without_dupl
 
 
 def test_tasks_of_one_run_racing_for_the_same_new_images_are_caught_from_memory(tmp_path, monkeypatch):
-    from etl.engine.ingest_parallel import Committer, Task, TaskWorker
+    from etl.ingest.parallel import Committer, Task, TaskWorker
     from etl.ingest import expand_inputs
     from etl.runlog import Run
 
@@ -392,7 +392,7 @@ def tqdm_off():
 
 
 def test_tasks_that_finish_together_commit_as_one_group_and_a_shared_image_still_stores_once(tmp_path):
-    from etl.engine.ingest_parallel import Committer, Task, TaskWorker
+    from etl.ingest.parallel import Committer, Task, TaskWorker
     from etl.ingest import expand_inputs
     from etl.runlog import Run
 

@@ -334,7 +334,7 @@ def test_a_cleanup_between_an_ingests_image_check_and_its_commit_leaves_no_dangl
 
 
 def test_with_parallel_workers_a_racing_cleanup_leaves_no_dangling_image_either(lake, monkeypatch):
-    from etl.engine.ingest_parallel import Committer
+    from etl.ingest.parallel import Committer
 
     correct_ingest(lake)
     delete_source(lake, "lcs")

@@ -161,5 +161,5 @@ def auto_workers(paths: list[str], opts, from_bytes: int = PARALLEL_FROM_BYTES) 
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     seekable = sum(os.path.getsize(f.path) for f in expand_inputs(paths, opts)
-                   if hasattr(readers()[f.format], "row_ranges"))
+                   if readers()[f.format].splittable)
     return max(1, min(cores, 1 + seekable // from_bytes))

@@ -65,11 +65,15 @@ class SourceReader(ABC):
     """Base class of all format readers.
 
     Subclasses set `format_name`, implement `read_file`, and may implement `sniff` (auto-detect)
-    and `list_files` (which files of a directory belong to the format).
+    and `list_files` (which files of a directory belong to the format). A reader that can seek
+    (`splittable`) also cuts a file into row ranges that parallel ingest's workers read on their
+    own (`row_ranges`, then `read_file(..., end_row=)`); the others' records are parsed by the
+    committing process and handed to the workers.
     """
 
     format_name: ClassVar[str]
     extensions: ClassVar[tuple[str, ...]] = ()
+    splittable: ClassVar[bool] = False
 
     def __init__(self, image_roots: list[str] | None = None, **options: Any):
         self.image_roots = list(image_roots or [])
@@ -81,8 +85,17 @@ class SourceReader(ABC):
         return path.lower().endswith(cls.extensions)
 
     @abstractmethod
-    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
-        """Yield the records of `path` from `start_row` on; `name` is the stable file name to record."""
+    def read_file(self, path: str, name: str, start_row: int = 0, end_row: int | None = None) -> Iterator[SourceRecord]:
+        """Yield the records of `path` from `start_row` on; `name` is the stable file name to record.
+
+        `end_row` comes only from a splittable reader's own `row_ranges`: it reads up to there (it
+        may read on to the end of the unit holding it; the caller stops at `end_row`)."""
+
+    @classmethod
+    def row_ranges(cls, path: str, start_row: int, target_bytes: int) -> list[tuple[int, int]] | None:
+        """[first, end) row ranges of `path` from `start_row` on, about `target_bytes` each, for
+        workers to read with `read_file(..., first, end)`; None: read the file as a whole."""
+        return None
 
     @classmethod
     def source_name_for(cls, path: str, root: str) -> str | None:

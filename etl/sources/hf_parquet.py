@@ -66,6 +66,7 @@ class HFParquetReader(SourceReader):
 
     format_name = "hf-parquet"
     extensions = (".parquet", ".pq")
+    splittable = True  # by row groups
 
     @classmethod
     def sniff(cls, path: str) -> bool:

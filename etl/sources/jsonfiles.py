@@ -39,7 +39,7 @@ class JsonRecordsReader(SourceReader):
     def sniff(cls, path: str) -> bool:
         return path.lower().endswith(cls.extensions) and cls.accepts(first_record(path))
 
-    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
+    def read_file(self, path: str, name: str, start_row: int = 0, end_row: int | None = None) -> Iterator[SourceRecord]:
         base_dir = os.path.dirname(os.path.abspath(path))
         for row, item in iter_json_records(path, start_row, self.max_record_bytes()):
             if isinstance(item, BadStretch):

@@ -79,7 +79,7 @@ class UrlListReader(SourceReader):
         names = {f.name for f in fields(DownloadOptions)}
         return DownloadOptions(**{k: v for k, v in self.options.items() if k in names and v is not None})
 
-    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
+    def read_file(self, path: str, name: str, start_row: int = 0, end_row: int | None = None) -> Iterator[SourceRecord]:
         from etl.download import Downloader
 
         opts = self.download_options()

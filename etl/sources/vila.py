@@ -44,7 +44,7 @@ class VilaReader(SourceReader):
         with open(path, "rb") as f:
             return FIRST_KEY.match(f.read(4096)) is not None
 
-    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
+    def read_file(self, path: str, name: str, start_row: int = 0, end_row: int | None = None) -> Iterator[SourceRecord]:
         folder = os.path.dirname(os.path.abspath(path))
         base_dir = os.path.join(folder, IMAGE_FOLDER) if os.path.isdir(os.path.join(folder, IMAGE_FOLDER)) else folder
         row = 0

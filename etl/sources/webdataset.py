@@ -73,7 +73,7 @@ class WebDatasetReader(SourceReader):
     format_name = "webdataset"
     extensions = (".tar", ".tgz", ".tar.gz")
 
-    def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
+    def read_file(self, path: str, name: str, start_row: int = 0, end_row: int | None = None) -> Iterator[SourceRecord]:
         prompt = prompt_option(self.options.get("prompt"))
         row = start_row
         try:

@@ -35,13 +35,15 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from etl import schema as S
-from etl.errors import errors_table
 from etl.engine.base import IN_FLIGHT_PER_WORKER
+from etl.errors import errors_table
 from etl.faults import crash_point
-from etl.ingest import (
-    STAGE, Batch, FileStart, IngestOptions, Ingestor, InputFile, fewer_gc_passes, images_table, start_file,
-    uncommitted,
-)
+from etl.ingest import fewer_gc_passes
+from etl.ingest.batches import Batch, batches, uncommitted
+from etl.ingest.images import images_table
+from etl.ingest.inputs import STAGE, IngestOptions, InputFile
+from etl.ingest.resume import FileStart, start_file
+from etl.ingest.serial import Ingestor
 from etl.lake import Lake
 from etl.runlog import Run
 from etl.sources import readers
@@ -121,8 +123,7 @@ class TaskWorker:
 
 def read_range(task: Task, opts: IngestOptions) -> Iterator[SourceRecord]:
     reader = readers()[task.file.format](opts.image_roots, **opts.reader_options)
-    bounded = {"end_row": task.end} if task.end is not None else {}  # only row-range readers make such tasks
-    records = reader.read_file(task.file.path, task.file.name, task.start, **bounded)
+    records = reader.read_file(task.file.path, task.file.name, task.start, task.end)
     for record in records:
         if task.end is not None and record.source_row >= task.end:
             records.close()
@@ -253,19 +254,14 @@ def plan_tasks(committer: Committer, files: list[InputFile], opts: IngestOptions
 def file_tasks(file: InputFile, start: int, opts: IngestOptions) -> Iterator[Task]:
     """Row-group ranges read by the workers, else batches of records parsed here."""
     reader_cls, task_bytes = readers()[file.format], min(TASK_BYTES, opts.batch_bytes)
-    ranges = reader_cls.row_ranges(file.path, start, task_bytes) if hasattr(reader_cls, "row_ranges") else None
+    ranges = reader_cls.row_ranges(file.path, start, task_bytes) if reader_cls.splittable else None
     if ranges is not None:
         yield from (Task(file, first, end) for first, end in ranges)
         return
-    batch = Batch(file)
-    for record in reader_cls(opts.image_roots, **opts.reader_options).read_file(file.path, file.name, start):
-        batch.records.append(record)
-        batch.nbytes += sum(len(r.data) for r in record.images if r.data is not None)
-        if len(batch.records) >= opts.batch_records or batch.nbytes >= task_bytes:
+    records = reader_cls(opts.image_roots, **opts.reader_options).read_file(file.path, file.name, start)
+    for batch in batches(file, records, start, opts.batch_records, task_bytes):
+        if batch.records:
             yield Task(file, batch.records[0].source_row, None, records=batch.records)
-            batch = Batch(file)
-    if batch.records:
-        yield Task(file, batch.records[0].source_row, None, records=batch.records)
 
 
 def ingest_files_parallel(lake: Lake, files: list[InputFile], opts: IngestOptions, run: Run, bar: tqdm) -> None:

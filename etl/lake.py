@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -108,11 +108,17 @@ class Lake:
         return f"{self.root}/{name}.lance"
 
     def exists(self, name: str) -> bool:
+        return self.dataset_or_none(name) is not None
+
+    def dataset_or_none(self, name: str) -> lance.LanceDataset | None:
         try:
-            lance.dataset(self.uri(name))
-            return True
+            return lance.dataset(self.uri(name))
         except (ValueError, FileNotFoundError, OSError):
-            return False
+            return None
+
+    def latest_version_or_none(self, name: str) -> int | None:
+        ds = self.dataset_or_none(name)
+        return None if ds is None else ds.version
 
     def ensure_tables(self) -> None:
         """Create missing tables and add contract columns that an older lake lacks (metadata-only).
@@ -164,38 +170,49 @@ class Lake:
 
     def commit_fragments(self, name: str, fragments: list, keys: Iterable[str] = ()) -> int:
         """Commit fragments written by `write_fragments` as new rows of `name`; the new version.
-        `keys`: the keys they add, remembered so that this process's later checks need not ask.
+        `keys`: the keys they add, remembered so that this process's later checks need not ask."""
+        files = {f.path for fragment in fragments for f in fragment.files}
+
+        def append(read_version: int | None) -> int:
+            return lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Append(fragments),
+                                             read_version=read_version).version
+
+        return self.commit_once(name, append, keys, holds=lambda ds: files <= fragment_files(ds))
+
+    def commit_once(self, name: str, commit: Callable[[int | None], object], keys: Iterable[str] = (),
+                    holds: Callable[[lance.LanceDataset], bool] = lambda ds: True) -> int:
+        """Make one commit to table `name` inside the commit lock: `commit(read_version)` commits
+        (returning the new version as an int, or anything else to have it read); the new version.
 
         An object store can leave the outcome of a commit unknown (a timeout after the request was
         sent): Lance then says "Commit result for version N is unknown". Inside the commit lock
-        nobody else commits, so the table itself tells: if its latest version holds these
-        fragments' files, the commit happened; else it is made again."""
+        nobody else commits, so the table itself tells: a version after the one read (that `holds`
+        what was committed) is this commit; without one, the commit is made again."""
         with self.committing():
-            unknown = 0
-            while True:
+            for attempt in range(UNKNOWN_COMMIT_RETRIES + 1):
                 self.lock.check()
-                read_version = self.dataset(name).version
+                read_version = self.latest_version_or_none(name)
                 try:
-                    version = lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Append(fragments),
-                                                        read_version=read_version).version
+                    version = commit(read_version)
                 except (OSError, RuntimeError, ValueError) as exc:
-                    unknown += 1
-                    if "is unknown" not in str(exc) or unknown > UNKNOWN_COMMIT_RETRIES:
+                    if "is unknown" not in str(exc) or attempt == UNKNOWN_COMMIT_RETRIES:
                         raise
-                    version = self.committed_version(name, read_version, fragments)
+                    version = self.committed_since(name, read_version, holds)
                     if version is None:
                         continue
-                self.own.add(name, version, frozenset(keys))
+                version = version if isinstance(version, int) else self.latest_version(name)
+                if version != read_version:  # an update that matched no row commits nothing
+                    self.own.add(name, version, frozenset(keys))
                 return version
+            raise AssertionError("unreachable: the last attempt raises")
 
-    def committed_version(self, name: str, read_version: int, fragments: list) -> int | None:
-        """The version after `read_version` whose fragments include these files, if it exists."""
-        files = {f.path for fragment in fragments for f in fragment.files}
-        latest = self.dataset(name)
-        if latest.version == read_version:
+    def committed_since(self, name: str, read_version: int | None,
+                        holds: Callable[[lance.LanceDataset], bool]) -> int | None:
+        """The version after `read_version` if there is one and it `holds` the commit (else None)."""
+        latest = self.dataset_or_none(name)
+        if latest is None or latest.version == read_version:
             return None
-        present = {f.path for fragment in latest.get_fragments() for f in fragment.metadata.files}
-        return latest.version if files <= present else None
+        return latest.version if holds(latest) else None
 
     def write_fragments(self, name: str, table: pa.Table) -> list:
         """Write `table` as fragments of `name` without committing them (FragmentMetadata)."""
@@ -223,12 +240,13 @@ class Lake:
         """Replace table `name` (created if absent) with the rows of `reader`: written as fragments
         first, then committed as one `Overwrite` inside the commit lock (older versions stay readable)."""
         fragments = lance.fragment.write_fragments(reader, self.uri(name), schema=schema, data_storage_version="2.2")
-        with self.committing():
-            self.lock.check()
-            ds = lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Overwrite(schema, fragments),
-                                           read_version=self.dataset(name).version if self.exists(name) else None)
-            self.own.add(name, ds.version)
-            return ds
+        files = {f.path for fragment in fragments for f in fragment.files}
+
+        def replace(read_version: int | None) -> int:
+            return lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Overwrite(schema, fragments),
+                                             read_version=read_version).version
+
+        return self.dataset(name, self.commit_once(name, replace, holds=lambda ds: fragment_files(ds) == files))
 
     def fill_columns(self, name: str, table: pa.Table) -> None:
         """Set the columns in `table` for the rows whose key matches, rewriting only those columns.
@@ -242,16 +260,19 @@ class Lake:
         target = S.SCHEMAS[name]
         arrays = [table[c].cast(target.field(c).type) if c in target.names else table[c] for c in table.column_names]
         table = pa.Table.from_arrays(arrays, names=table.column_names)
+
+        def add_new_columns(_) -> None:
+            self.dataset(name).add_columns(added)
+
+        def rewrite_columns(_) -> None:
+            self.dataset(name).merge_insert(key).when_matched_update_all().write_mode("rewrite_columns").execute(table)
+
         with self.committing():
-            self.lock.check()
-            ds = self.dataset(name)
-            new_fields = [table.schema.field(c) for c in table.column_names if c not in ds.schema.names]
-            if new_fields:  # optional columns (e.g. tag_all_scores) appear on first use, metadata-only
-                ds.add_columns([pa.field(f.name, f.type) for f in new_fields])
-                self.own.add(name, self.dataset(name).version)
-                ds = self.dataset(name)
-            ds.merge_insert(key).when_matched_update_all().write_mode("rewrite_columns").execute(table)
-            self.own.add(name, self.dataset(name).version)
+            added = [pa.field(c, table.schema.field(c).type) for c in table.column_names
+                     if c not in self.dataset(name).schema.names]
+            if added:  # optional columns (e.g. tag_all_scores) appear on first use, metadata-only
+                self.commit_once(name, add_new_columns, holds=lambda ds: all(f.name in ds.schema.names for f in added))
+            self.commit_once(name, rewrite_columns)
 
     # -- other writers ----------------------------------------------------------------------------
     def latest_version(self, name: str) -> int:
@@ -378,28 +399,19 @@ class Lake:
 
     def delete_rows(self, name: str, where: str) -> None:
         """Delete the rows matching `where` (a Lance deletion file per fragment: no data rewritten)."""
-        with self.committing():
-            self.lock.check()
-            before = self.latest_version(name)
-            self.dataset(name).delete(where)
-            if self.latest_version(name) != before:
-                self.own.add(name, self.latest_version(name))
+        self.commit_once(name, lambda _: self.dataset(name).delete(where))
 
     def update_rows(self, name: str, values: dict[str, str], where: str) -> None:
         """Set columns to SQL expressions for the rows matching `where` (rewrites those rows)."""
-        with self.committing():
-            self.lock.check()
-            before = self.latest_version(name)
-            self.dataset(name).update(values, where=where)
-            if self.latest_version(name) != before:
-                self.own.add(name, self.latest_version(name))
+        self.commit_once(name, lambda _: self.dataset(name).update(values, where=where))
 
     def append_table(self, name: str, table: pa.Table) -> None:
         """Append to a table outside the contract (e.g. `released_images`), creating it on first use."""
-        with self.committing():
-            self.lock.check()
-            mode = "append" if self.exists(name) else "create"
-            self.own.add(name, lance.write_dataset(table, self.uri(name), mode=mode, data_storage_version="2.2").version)
+        def write(read_version: int | None) -> int:
+            mode = "append" if read_version is not None else "create"
+            return lance.write_dataset(table, self.uri(name), mode=mode, data_storage_version="2.2").version
+
+        self.commit_once(name, write)
 
     def tag(self, name: str, tag: str, version: int | None = None) -> None:
         ds = self.dataset(name)
@@ -416,6 +428,11 @@ def skipped_on_conflict() -> Iterator[None]:
         yield
     except CommitConflictError:
         pass
+
+
+def fragment_files(ds: lance.LanceDataset) -> set[str]:
+    """The data files of a version of a table."""
+    return {f.path for fragment in ds.get_fragments() for f in fragment.metadata.files}
 
 
 def _describe_indices(ds: lance.LanceDataset) -> list[dict]:

@@ -62,9 +62,11 @@ def lake(tmp_path) -> Lake:
 
 
 def run_cli(*args: str, lake: Lake | None = None, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    """Run `python -m etl ...` as a user would, in a real subprocess."""
+    """Run `python -m etl ...` as a user would, in a real subprocess (from the repo, or `cwd`)."""
     cmd = [sys.executable, "-m", "etl", *(["--lake", lake.root] if lake else []), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, **kw)
+    if "cwd" in kw:  # this checkout's etl, whatever is installed
+        kw["env"] = {**kw.get("env", os.environ), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, **{"cwd": REPO, **kw})
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc

@@ -17,7 +17,7 @@ from etl import schema as S
 from etl.ingest import IngestOptions, ingest
 from etl.lake import Lake
 
-from conftest import samples_of
+from conftest import run_cli, samples_of
 from test_ingest_parquet import onevision_rows, write_onevision
 
 
@@ -70,6 +70,14 @@ def test_a_rerun_from_another_folder_or_on_a_copy_with_a_new_mtime_ingests_nothi
     os.utime(tmp_path / "data" / "train.json", (1, 1))  # touched or copied: same bytes
     counts = ingest(lake, ["train.json"], opts(source="s"))
     assert counts["files_already_done"] == 1 and counts["samples_added"] == 0
+
+
+def test_the_cli_rerun_from_another_folder_exits_0_and_does_not_call_the_file_empty(lake, tmp_path):
+    llava_file(tmp_path / "data" / "train.json", "x")
+    run_cli("ingest", "data/train.json", "--source", "s", lake=lake, cwd=tmp_path)
+    again = run_cli("ingest", "train.json", "--source", "s", lake=lake, cwd=tmp_path / "data")
+    assert "gave no sample" not in again.stdout + again.stderr
+    assert len(samples_of(lake, "s")) == 5
 
 
 def test_a_file_whose_content_changed_under_the_same_name_is_read_again_and_counted(lake, tmp_path, monkeypatch):

@@ -107,10 +107,13 @@ def run(args: argparse.Namespace) -> int:
 def files_without_samples(lake, paths: list[str], opts) -> list[str]:
     """What went wrong with each input file that has no sample in the lake (from this run or before):
     its errors, and the format its content looks like when that is not the one it was read as."""
-    from etl.ingest import expand_inputs
+    from etl.ingest import expand_inputs, known_as
+    from etl.sources.base import file_fingerprint
     from etl.sqlrun import connect, run_file
 
-    files = expand_inputs(paths, opts)
+    named = expand_inputs(paths, opts)
+    inputs = {(f.source, f.name) for f in named}  # a file reached by another path keeps its earlier name
+    files = [known_as(lake, f, file_fingerprint(f.path), inputs)[0] for f in named]
     con = connect(lake)
     rows = run_file(con, "ingest_files", {"ingest_sources": [f.source for f in files],
                                           "ingest_files": [f.name for f in files]}).fetchall()

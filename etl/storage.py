@@ -23,6 +23,8 @@ import io
 import os
 import posixpath
 import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import BinaryIO
@@ -30,6 +32,7 @@ from typing import BinaryIO
 URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.S)
 TRUE_VALUES = ("1", "true", "yes", "on")
 READ_BLOCK = 4 << 20  # bytes per ranged read behind `open_input` (one request each)
+RANGES_AT_ONCE = 8  # ranged reads of `read_ranges` in flight together
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")
 
 
@@ -108,6 +111,17 @@ def _wrapped(fs, scheme: str) -> Remote:
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     return Remote(scheme, PyFileSystem(FSSpecHandler(fs)), fs)
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What a store's client raises when it cannot be reached or refuses: OSError (pyarrow, fsspec),
+    and the errors of the HTTP clients the Hub client uses (httpx, httpx2, requests) when loaded."""
+    found: list[type[BaseException]] = [OSError]
+    for module, name in (("httpx", "HTTPError"), ("httpx2", "HTTPError"), ("requests", "RequestException")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(getattr(loaded, name, None), type):
+            found.append(getattr(loaded, name))
+    return tuple(found)
 
 
 # -- paths ----------------------------------------------------------------------------------------------
@@ -267,5 +281,5 @@ def read_ranges(path: str, ranges: list[tuple[int, int]]) -> list[bytes]:
                 f.seek(offset)
                 out.append(f.read(length))
             return out
-    with open_arrow(path) as f:
-        return [f.read_at(length, offset) for offset, length in ranges]
+    with open_arrow(path) as f, ThreadPoolExecutor(max_workers=RANGES_AT_ONCE) as pool:  # latency-bound: at once
+        return list(pool.map(lambda r: f.read_at(r[1], r[0]), ranges))

@@ -100,10 +100,10 @@ def _remote_files_of(url: str) -> list[tuple[str, str | None]]:
         found = storage.kind(url)
         if found == "directory":
             return [(f, storage.normalize(url)) for f in storage.files_under(url)]
-    except FileNotFoundError:
-        raise
-    except OSError as exc:  # the store refused or could not be reached: one line naming the URL
-        raise OSError(f"{url}: cannot list it: {exc}") from None
+    except storage.store_errors() as exc:  # the store refused or could not be reached: one line naming the URL
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise OSError(f"{url}: cannot list it: {type(exc).__name__}: {exc}") from None
     if found == "file":
         return [(url, None)]
     raise FileNotFoundError(f"{url}: no such file or directory")

@@ -190,31 +190,42 @@ def iter_row_batches(path: str, metadata: pq.FileMetaData, start_row: int,
     fault per 4 KB). The kernel is asked to read the next window of about WINDOW_BYTES of row
     groups while this one is decoded, and to drop each window from the page cache once read, so a
     one-pass read of 100 GB recycles the same pages instead of evicting everything else (and
-    never-touched pages are slow on a VM).
+    never-touched pages are slow on a VM). A URL (`etl.storage`) is read by ranged requests; the
+    row groups of a window are then read together (memory: one window, WINDOW_BYTES).
     """
     firsts = {g: first for g, first, end in row_group_rows(metadata)
               if end > start_row and (end_row is None or first < end_row)}
     groups = list(firsts)
-    remote = storage.is_remote(path)  # read by ranged requests: one per column chunk (or per READ_BUFFER)
+    remote, buffer_size = storage.is_remote(path), read_buffer(metadata, groups)
+    # a remote file's small column chunks: each window's row groups pre-buffered at once (pyarrow merges
+    # them into a few large ranged reads, made concurrently), not one request per column chunk
+    by_window = remote and buffer_size == 0
     with storage.open_arrow(path) if remote else open(path, "rb") as raw:
-        parquet = pq.ParquetFile(raw if remote else path, metadata=metadata, pre_buffer=False,
-                                 buffer_size=read_buffer(metadata, groups))
+        parquet = pq.ParquetFile(raw if remote else path, metadata=metadata, pre_buffer=by_window,
+                                 buffer_size=buffer_size)
         fd = None if remote else raw.fileno()  # no page cache to steer for a remote file
         planned = list(windows(groups, metadata))
         advise(fd, metadata, planned[0] if planned else [], WILLNEED)
         for number, window in enumerate(planned):
             if number + 1 < len(planned):
                 advise(fd, metadata, planned[number + 1], WILLNEED)  # read while this one is decoded
-            for group in window:
-                meta = metadata.row_group(group)
-                batch_rows = max(1, BATCH_BYTES * meta.num_rows // max(meta.total_byte_size, 1))
-                row = firsts[group]
-                for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group]):
-                    skip = min(max(start_row - row, 0), batch.num_rows)
-                    if skip < batch.num_rows:
-                        yield row + skip, batch.slice(skip)
-                    row += batch.num_rows
+            for part in [window] if by_window else [[group] for group in window]:
+                yield from part_batches(parquet, part, firsts[part[0]], start_row)
             advise(fd, metadata, window, DONTNEED)  # read once: free its page cache
+
+
+def part_batches(parquet: pq.ParquetFile, groups: list[int], first_row: int,
+                 start_row: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(first row number, batch) of consecutive row `groups` (starting at row `first_row`) from
+    `start_row` on, in batches of about BATCH_BYTES decoded bytes."""
+    metas = [parquet.metadata.row_group(group) for group in groups]
+    rows, size = sum(m.num_rows for m in metas), sum(m.total_byte_size for m in metas)
+    row = first_row
+    for batch in parquet.iter_batches(batch_size=max(1, BATCH_BYTES * rows // max(size, 1)), row_groups=groups):
+        skip = min(max(start_row - row, 0), batch.num_rows)
+        if skip < batch.num_rows:
+            yield row + skip, batch.slice(skip)
+        row += batch.num_rows
 
 
 def parquet_source(path: str) -> ContextManager[str | pa.NativeFile]:

@@ -64,7 +64,7 @@ def filesystem_for(url: str) -> tuple[Remote, str]:
     """The file system holding `url` and the path inside it."""
     scheme, rest = URL.match(url).groups()
     scheme = scheme.lower()
-    if scheme in ("s3", "s3a"):
+    if scheme == "s3":
         return _s3(*s3_settings()), rest
     fs, inner = _fsspec_for(url)
     return _wrapped(fs, scheme), inner

@@ -32,8 +32,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
-
 from etl import storage
 from etl.sources import register
 from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json

@@ -172,12 +172,12 @@ def basename(path: str) -> str:
 # -- listing --------------------------------------------------------------------------------------------
 def is_file(path: str) -> bool:
     """Whether a (regular) file is at `path`; False too when the store cannot be asked."""
-    if not is_remote(path):
-        return os.path.isfile(path)
-    try:
-        return kind(path) == "file"
-    except (OSError, ValueError):
-        return False
+    return os.path.isfile(path) if not is_remote(path) else kind_or_none(path) == "file"
+
+
+def is_dir(path: str) -> bool:
+    """Whether a folder (a local directory, or a prefix holding objects) is at `path`."""
+    return os.path.isdir(path) if not is_remote(path) else kind_or_none(path) == "directory"
 
 
 def kind(url: str) -> str | None:
@@ -189,14 +189,12 @@ def kind(url: str) -> str | None:
     return {FileType.File: "file", FileType.Directory: "directory"}.get(info.type)
 
 
-def is_dir(path: str) -> bool:
-    """Whether a folder (a local directory, or a prefix holding objects) is at `path`."""
-    if not is_remote(path):
-        return os.path.isdir(path)
+def kind_or_none(url: str) -> str | None:
+    """`kind`, or None when the store cannot be asked (an invalid or unreachable URL)."""
     try:
-        return kind(path) == "directory"
+        return kind(url)
     except (OSError, ValueError):
-        return False
+        return None
 
 
 def files_under(url: str) -> list[str]:

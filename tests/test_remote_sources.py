@@ -20,11 +20,9 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +37,8 @@ from etl.lake import Lake
 
 from conftest import REPO
 from test_concurrency import content
-from test_ingest_parquet import jpeg, onevision_rows, write_onevision
+from test_ingest_parquet import onevision_rows, write_onevision
+from test_scale_out import free_port, wait_for_port
 
 IN_NAMESPACE = os.environ.get("MMLAKE_REMOTE_NETNS") == "1"
 MISSING = [m for m in ("moto", "boto3") if importlib.util.find_spec(m) is None]
@@ -64,24 +63,6 @@ def test_the_object_storage_stories_run_in_a_private_network_namespace():
 
 
 # -- the S3 server ------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited {proc.returncode}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
 class Bucket:
     """The test bucket: `upload` copies a local folder under a fresh prefix and returns its URL."""
 

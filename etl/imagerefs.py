@@ -86,7 +86,7 @@ class ImageRoots:
             real = self.real_path(candidate)
             if storage.is_remote(real):
                 if self.allow_outside or within(real, self.allowed(ref)):
-                    if storage.is_file(real):
+                    if storage.kind(real) == "file":  # a store that does not answer stops the run
                         return Located(real)
                 elif escaped is None:
                     escaped = real
@@ -180,6 +180,7 @@ def read_regular_file(path: str) -> bytes:
         try:
             return storage.read_bytes(path)
         except OSError as exc:
+            storage.raise_if_unreachable(path, exc)
             raise UnreadableImage("unreadable_image", f"{path}: {exc}") from None
     try:
         fd = os.open(path, OPEN_FLAGS)

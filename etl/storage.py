@@ -16,6 +16,11 @@ parquet, a pyarrow file so pyarrow reads the footer and column chunks it needs b
 Local paths never come here: every function keeps the plain `open`/`os` path for them, so a local
 ingest reads exactly as before. Object stores have no symlinks or special files; a URL's `..` is
 collapsed lexically (`normalize`), which is what containment of image paths is checked on.
+
+A store that fails to answer (unreachable, refusing, the object gone) is not the data's fault: it
+raises `StoreError` naming the URL, which stops the run with one line, and a rerun continues from
+the last checkpoint. Readers that record unparsable content as an error row first ask
+`raise_if_unreachable` whether the store still answers for the file.
 """
 from __future__ import annotations
 
@@ -24,7 +29,9 @@ import os
 import posixpath
 import re
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import BinaryIO
@@ -113,6 +120,35 @@ def _wrapped(fs, scheme: str) -> Remote:
     return Remote(scheme, PyFileSystem(FSSpecHandler(fs)), fs)
 
 
+class StoreError(OSError):
+    """The store holding a URL did not answer for it (unreachable, refused, gone)."""
+
+
+@contextmanager
+def asking(url: str) -> Iterator[None]:
+    """The store client's errors while asking about `url` raised as StoreError naming it (a missing
+    file stays FileNotFoundError)."""
+    try:
+        yield
+    except (FileNotFoundError, StoreError):
+        raise
+    except store_errors() as exc:
+        raise StoreError(f"{url}: {type(exc).__name__}: {exc}") from None
+
+
+def raise_if_unreachable(path: str, exc: BaseException) -> None:
+    """After reading `path` failed with `exc`: raise StoreError when it is a URL the store no longer
+    answers for (the failure was the store's: the run stops, a rerun continues); return otherwise
+    (the content is at fault, and the caller records it as for a local file)."""
+    if not is_remote(path):
+        return
+    try:
+        stamp(path)
+    except OSError as gone:
+        raise StoreError(f"{path}: reading it failed ({type(exc).__name__}: {exc}) and the store does not "
+                         f"answer for it now ({gone}); rerun when it does, to continue where this stopped") from None
+
+
 def store_errors() -> tuple[type[BaseException], ...]:
     """What a store's client raises when it cannot be reached or refuses: OSError (pyarrow, fsspec),
     and the errors of the HTTP clients the Hub client uses (httpx, httpx2, requests) when loaded."""
@@ -181,11 +217,16 @@ def is_dir(path: str) -> bool:
 
 
 def kind(url: str) -> str | None:
-    """"file", "directory" or None (nothing there) for a URL."""
+    """"file", "directory" or None (nothing there, or a URL no file can have) for a URL; StoreError
+    when the store does not answer."""
     from pyarrow.fs import FileType
 
-    remote, inner = filesystem_for(url)
-    info = remote.arrow.get_file_info(inner)
+    try:
+        remote, inner = filesystem_for(url)
+        with asking(url):
+            info = remote.arrow.get_file_info(inner)
+    except ValueError:  # an unknown scheme, a path pyarrow refuses (ArrowInvalid)
+        return None
     return {FileType.File: "file", FileType.Directory: "directory"}.get(info.type)
 
 
@@ -202,7 +243,8 @@ def files_under(url: str) -> list[str]:
     below such folders, e.g. a download's `.cache/`) are left out, as for a local folder."""
     remote, inner = filesystem_for(url)
     root = inner.rstrip("/")
-    found = remote.fsspec.find(root, detail=True)
+    with asking(url):
+        found = remote.fsspec.find(root, detail=True)
     return sorted(remote.url(p) for p, info in found.items()
                   if info.get("type") == "file" and not hidden(p[len(root):]))
 
@@ -214,7 +256,8 @@ def glob_files(pattern: str) -> list[str]:
     remote, inner = filesystem_for(pattern)
     parts = inner.split("/")
     fixed = "/".join(parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))])
-    found = remote.fsspec.glob(inner, detail=True)
+    with asking(pattern):
+        found = remote.fsspec.glob(inner, detail=True)
     return sorted(remote.url(p) for p, info in found.items()
                   if info.get("type") == "file" and not hidden(p[len(fixed):]))
 
@@ -235,7 +278,8 @@ def open_input(path: str) -> BinaryIO:
 def open_arrow(url: str):
     """A pyarrow random-access file on the object at `url` (FileNotFoundError when there is none)."""
     remote, inner = filesystem_for(url)
-    return remote.arrow.open_input_file(inner)
+    with asking(url):
+        return remote.arrow.open_input_file(inner)
 
 
 def stamp(path: str) -> tuple[int, int]:
@@ -246,7 +290,8 @@ def stamp(path: str) -> tuple[int, int]:
     from pyarrow.fs import FileType
 
     remote, inner = filesystem_for(path)
-    info = remote.arrow.get_file_info(inner)
+    with asking(path):
+        info = remote.arrow.get_file_info(inner)
     if info.type != FileType.File:
         raise FileNotFoundError(2, "no such file", path)
     return info.size, int(info.mtime.timestamp()) if info.mtime else 0
@@ -257,7 +302,7 @@ def read_head(path: str, nbytes: int) -> bytes:
     if not is_remote(path):
         with open(local_path(path), "rb") as f:
             return f.read(nbytes)
-    with open_arrow(path) as f:
+    with open_arrow(path) as f, asking(path):
         return f.read(nbytes)
 
 
@@ -266,7 +311,7 @@ def read_bytes(path: str) -> bytes:
     if not is_remote(path):
         with open(local_path(path), "rb") as f:
             return f.read()
-    with open_arrow(path) as f:
+    with open_arrow(path) as f, asking(path):
         return f.read()
 
 
@@ -279,5 +324,5 @@ def read_ranges(path: str, ranges: list[tuple[int, int]]) -> list[bytes]:
                 f.seek(offset)
                 out.append(f.read(length))
             return out
-    with open_arrow(path) as f, ThreadPoolExecutor(max_workers=RANGES_AT_ONCE) as pool:  # latency-bound: at once
+    with open_arrow(path) as f, asking(path), ThreadPoolExecutor(max_workers=RANGES_AT_ONCE) as pool:  # at once
         return list(pool.map(lambda r: f.read_at(r[1], r[0]), ranges))

@@ -108,19 +108,53 @@ def s3():
 # -- the Hub as a local folder --------------------------------------------------------------------------
 class LocalHub(DirFileSystem):
     """A folder laid out like the Hub (`datasets/ORG/NAME/...`) served under the `hf` protocol;
-    remembers the files opened through it."""
+    remembers the files opened through it. `down_after_reads`: the Hub goes away (every request
+    fails like a dropped connection) after that many reads."""
 
     protocol = "hf"
     cachable = False
     root: str = ""
     opened: list[str] = []
+    reads = 0
+    down_after_reads: int | None = None
 
     def __init__(self, **kwargs):
         super().__init__(path=self.root, fs=LocalFileSystem(), **kwargs)
 
+    @classmethod
+    def answer(cls) -> None:
+        if cls.down_after_reads is not None and cls.reads >= cls.down_after_reads:
+            raise ConnectionResetError("the Hub went away")
+
     def open(self, path, *args, **kwargs):
+        self.answer()
         LocalHub.opened.append(path)
-        return super().open(path, *args, **kwargs)
+        return HubFile(super().open(path, *args, **kwargs))
+
+    def info(self, path, **kwargs):
+        self.answer()
+        return super().info(path, **kwargs)
+
+
+class HubFile:
+    """A file read from the LocalHub: each read counts, and fails once the Hub is down."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def read(self, *args):
+        LocalHub.answer()
+        LocalHub.reads += 1
+        return self.f.read(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
 
 
 @pytest.fixture
@@ -132,7 +166,7 @@ def hub(tmp_path):
     root = tmp_path / "hub"
     root.mkdir()
     saved = _registry.get("hf")
-    LocalHub.root, LocalHub.opened = str(root), []
+    LocalHub.root, LocalHub.opened, LocalHub.reads, LocalHub.down_after_reads = str(root), [], 0, None
     fsspec.register_implementation("hf", LocalHub, clobber=True)
     try:
         yield root
@@ -421,6 +455,43 @@ def test_a_hub_dataset_folder_reads_the_same_content_twice_as_one_ingest(hub, tm
     assert "files already ingested (skipped)   2" in capsys.readouterr().out and content(lake) == first
     assert {row[2] for row in first["samples"]} == {"data/train-00000-of-00002.parquet",
                                                    "data/train-00001-of-00002.parquet"}
+
+
+@outside
+@pytest.mark.parametrize("down_after", [0.1, 0.5, 0.9], ids=["early", "halfway", "late"])
+def test_the_hub_going_away_mid_ingest_stops_it_with_one_line_and_the_rerun_completes_it(hub, tmp_path, capsys,
+                                                                                         down_after):
+    hub_dataset(hub)
+    reference, lake = str(tmp_path / "reference"), str(tmp_path / "lake")
+    arguments = ["ingest", "hf://datasets/org/recap/data/", "--batch-size", "4", "--no-progress"]
+    assert etl(reference, *arguments) == 0
+    capsys.readouterr()
+    LocalHub.reads, LocalHub.down_after_reads = 0, int(LocalHub.reads * down_after)
+
+    assert etl(lake, *arguments) == 2
+
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "the Hub went away" in err and "hf://datasets/org/recap/" in err
+    Lake.open(lake)  # (gone early: no lake yet)
+    assert set(content(lake)["errors"]) <= set(content(reference)["errors"])  # the Hub's failure: no error row
+    LocalHub.down_after_reads = None
+    assert etl(lake, *arguments) == 0
+    assert content(lake) == content(reference)
+
+
+@outside
+def test_a_shard_the_hub_stops_serving_mid_read_stops_the_reader_instead_of_passing_for_a_corrupt_file(
+        hub, monkeypatch):
+    from etl.sources import hf_parquet
+
+    hub_dataset(hub)
+    monkeypatch.setattr(hf_parquet, "WINDOW_BYTES", 1)  # one row group per read
+    records = hf_parquet.HFParquetReader().read_file("hf://datasets/org/recap/data/train-00000-of-00002.parquet", "x")
+    assert next(records).source_row == 0
+    LocalHub.down_after_reads = LocalHub.reads
+
+    with pytest.raises(storage.StoreError, match="the Hub went away"):
+        list(records)
 
 
 @outside

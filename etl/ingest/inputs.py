@@ -93,6 +93,7 @@ def _files_of(arg: str) -> Iterator[tuple[str, str | None]]:
 def _remote_files_of(url: str) -> list[tuple[str, str | None]]:
     """A URL's files, as for a local argument: a folder (`s3://bucket/prefix/`) lists the files
     below it, a glob (`hf://datasets/org/name/data/*.parquet`) matches, an object is itself."""
+    storage.filesystem_for(url)  # a scheme this machine cannot read: said before anything else
     try:
         if glob.has_magic(url):
             root = storage.normalize(_glob_root(url, "/"))
@@ -100,10 +101,8 @@ def _remote_files_of(url: str) -> list[tuple[str, str | None]]:
         found = storage.kind(url)
         if found == "directory":
             return [(f, storage.normalize(url)) for f in storage.files_under(url)]
-    except storage.store_errors() as exc:  # the store refused or could not be reached: one line naming the URL
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise OSError(f"{url}: cannot list it: {type(exc).__name__}: {exc}") from None
+    except storage.StoreError as exc:  # the store refused or could not be reached: one line naming the URL
+        raise storage.StoreError(f"cannot list {exc}") from None
     if found == "file":
         return [(url, None)]
     raise FileNotFoundError(f"{url}: no such file or directory")

@@ -131,7 +131,8 @@ class HFParquetReader(SourceReader):
                 for row, values in enumerate(batch_rows(batch, layout.embedded), first_row):
                     yield converter.record(values, row)
                 row = first_row + batch.num_rows
-        except (pa.ArrowException, OSError) as exc:  # truncated download, bad page: the rest is unreadable
+        except (pa.ArrowException, *storage.store_errors()) as exc:  # a cut download, a bad page: the rest is lost
+            storage.raise_if_unreachable(path, exc)  # unless the store, not the file, failed
             message = f"parquet unreadable from row {row} on: {type(exc).__name__}: {exc}"
             raw = raw_json({"file": name, "from_row": row})
             yield SourceRecord(name, row, raw=raw, error=("corrupt_file", message))

@@ -82,7 +82,8 @@ class WebDatasetReader(SourceReader):
             for row, group in iter_groups(path, start_row):
                 yield group_record(group, name, row, prompt)
                 row += 1
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        except (tarfile.TarError, EOFError, zlib.error, *storage.store_errors()) as exc:
+            storage.raise_if_unreachable(path, exc)  # unless the store, not the shard, failed
             message = f"shard unreadable after {row} groups: {exception_text(exc)}"
             yield SourceRecord(name, row, raw=raw_json({"shard": name}), error=("corrupt_shard", message))
 

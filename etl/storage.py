@@ -13,7 +13,7 @@ parquet, a pyarrow file so pyarrow reads the footer and column chunks it needs b
   huggingface_hub's `HfFileSystem` (`HF_TOKEN`, `HF_ENDPOINT` as usual), and `gs://`, `az://`, ...
   work when their fsspec package is installed. pyarrow reads them through `FSSpecHandler`.
 
-Local paths never come here: every function keeps the plain `open`/`os` path for them, so a local
+Local paths keep their own way: every function here uses plain `open`/`os` for them, so a local
 ingest reads exactly as before. Object stores have no symlinks or special files; a URL's `..` is
 collapsed lexically (`normalize`), which is what containment of image paths is checked on.
 
@@ -44,14 +44,8 @@ ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")
 
 
 def is_remote(path: str) -> bool:
-    """Whether `path` is a URL (`scheme://...`) rather than a local path (`file://` is local)."""
-    match = URL.match(path)
-    return match is not None and match.group(1).lower() != "file"
-
-
-def local_path(path: str) -> str:
-    """A `file://` URL as a plain path; anything else unchanged."""
-    return path[len("file://"):] if path.lower().startswith("file://") else path
+    """Whether `path` is a URL (`scheme://...`; `file://` too, read through fsspec) rather than a path."""
+    return URL.match(path) is not None
 
 
 @dataclass(frozen=True)
@@ -64,7 +58,7 @@ class Remote:
     fsspec: object  # fsspec.AbstractFileSystem
 
     def url(self, inner: str) -> str:
-        return f"{self.scheme}://{inner.lstrip('/')}"
+        return f"{self.scheme}://{inner}"
 
 
 def filesystem_for(url: str) -> tuple[Remote, str]:
@@ -271,7 +265,7 @@ def open_input(path: str) -> BinaryIO:
     """A binary, seekable file object: `open(path, "rb")` for a local path; for a URL, a buffered
     reader whose reads are ranged requests of READ_BLOCK bytes."""
     if not is_remote(path):
-        return open(local_path(path), "rb")
+        return open(path, "rb")
     return io.BufferedReader(open_arrow(path), READ_BLOCK)
 
 
@@ -285,7 +279,7 @@ def open_arrow(url: str):
 def stamp(path: str) -> tuple[int, int]:
     """(size in bytes, modification time in whole seconds; 0 when the store gives none)."""
     if not is_remote(path):
-        st = os.stat(local_path(path))
+        st = os.stat(path)
         return st.st_size, int(st.st_mtime)
     from pyarrow.fs import FileType
 
@@ -300,7 +294,7 @@ def stamp(path: str) -> tuple[int, int]:
 def read_head(path: str, nbytes: int) -> bytes:
     """The first `nbytes` of the file (one ranged request for a URL): what format sniffing looks at."""
     if not is_remote(path):
-        with open(local_path(path), "rb") as f:
+        with open(path, "rb") as f:
             return f.read(nbytes)
     with open_arrow(path) as f, asking(path):
         return f.read(nbytes)
@@ -309,7 +303,7 @@ def read_head(path: str, nbytes: int) -> bytes:
 def read_bytes(path: str) -> bytes:
     """The whole content of the file at `path` (one request for a URL)."""
     if not is_remote(path):
-        with open(local_path(path), "rb") as f:
+        with open(path, "rb") as f:
             return f.read()
     with open_arrow(path) as f, asking(path):
         return f.read()
@@ -318,7 +312,7 @@ def read_bytes(path: str) -> bytes:
 def read_ranges(path: str, ranges: list[tuple[int, int]]) -> list[bytes]:
     """The bytes of each (offset, length) of the file (a ranged request each for a URL)."""
     if not is_remote(path):
-        with open(local_path(path), "rb") as f:
+        with open(path, "rb") as f:
             out = []
             for offset, length in ranges:
                 f.seek(offset)

@@ -22,6 +22,12 @@ opened without following a last-component symlink (the checked real path is what
 never under the kernel's /proc or /sys (whose files look regular). A symlink swapped between the
 check and the open is not defended against beyond that: the threat is a hostile source file, not
 a hostile file system.
+
+Roots may be URLs (`s3://bucket/images`, `hf://datasets/org/name`; see `etl.storage`): a source on
+object storage names its images relative to its own folder there, or by URL. The same rules hold,
+with `..` collapsed lexically (object stores have no symlinks or special files). A URL outside every
+root is refused without asking its server anything (a hostile source cannot make ingest probe other
+hosts), so it is `image_outside_roots` whether or not it exists.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from etl import storage
 from etl.sources.base import ImageRef
 
 OUTSIDE_ROOTS = "image_outside_roots"
@@ -77,6 +84,13 @@ class ImageRoots:
         escaped = special = None
         for candidate in self.candidates(ref):
             real = self.real_path(candidate)
+            if storage.is_remote(real):
+                if self.allow_outside or within(real, self.allowed(ref)):
+                    if storage.kind(real) == "file":  # a store that does not answer stops the run
+                        return Located(real)
+                elif escaped is None:
+                    escaped = real
+                continue
             if within(real, KERNEL_TREES):
                 return Located(error=(OUTSIDE_ROOTS, f"image path {ref.path} resolves to {real}: kernel files are never read"))
             if self.allow_outside or within(real, self.allowed(ref)):
@@ -93,7 +107,7 @@ class ImageRoots:
             return Located(error=(OUTSIDE_ROOTS, f"image path {ref.path} resolves to {escaped}, outside the allowed "
                                                  f"roots {self.named_roots(ref)}; add its folder with --image-root "
                                                  "to allow it"))
-        looked = [*self.image_roots, ref.base_dir] if not os.path.isabs(ref.path) else []
+        looked = [*self.image_roots, ref.base_dir] if not is_absolute(ref.path) else []
         return Located(error=("missing_image", f"image file not found: {ref.path} (looked in {looked})"))
 
     def named_roots(self, ref: ImageRef) -> list[str]:
@@ -102,16 +116,19 @@ class ImageRoots:
         return list(dict.fromkeys(r for r in named if r))
 
     def candidates(self, ref: ImageRef) -> list[str]:
-        """Lookup order: an absolute path as is; a relative one under each image root, then base_dir."""
-        if os.path.isabs(ref.path):
+        """Lookup order: an absolute path (or a URL) as is; a relative one under each image root, then base_dir."""
+        if is_absolute(ref.path):
             return [ref.path]
-        return [os.path.join(root, ref.path) for root in [*self.image_roots, ref.base_dir] if root]
+        return [storage.join(root, ref.path) for root in [*self.image_roots, ref.base_dir] if root]
 
     def allowed(self, ref: ImageRef) -> list[str]:
         return [*self.fixed_roots, self.real_dir(ref.base_dir)] if ref.base_dir else self.fixed_roots
 
     def real_path(self, path: str) -> str:
-        """os.path.realpath(path), with the folder's real path cached (one lstat per file, not per part)."""
+        """os.path.realpath(path), with the folder's real path cached (one lstat per file, not per part);
+        a URL with its `..` collapsed."""
+        if storage.is_remote(path):
+            return storage.normalize(path)
         head, tail = os.path.split(path)
         if tail in ("", ".", ".."):
             return os.path.realpath(path)
@@ -119,12 +136,18 @@ class ImageRoots:
         return os.path.realpath(joined) if os.path.islink(joined) else joined
 
     def real_dir(self, folder: str) -> str:
+        if storage.is_remote(folder):
+            return storage.normalize(folder)
         real = self.real_dirs.get(folder)
         if real is None:
             if len(self.real_dirs) >= DIR_CACHE_SIZE:
                 self.real_dirs.clear()
             real = self.real_dirs[folder] = os.path.realpath(folder)
         return real
+
+
+def is_absolute(path: str) -> bool:
+    return os.path.isabs(path) or storage.is_remote(path)
 
 
 def file_mode(path: str) -> int | None:
@@ -141,6 +164,9 @@ def within(path: str, roots: list[str] | tuple[str, ...]) -> bool:
 
 def argument_root(path: str, name: str) -> str:
     """The folder the file at `path` was found under: `path` minus its recorded `name`, else its folder."""
+    if storage.is_remote(path):
+        url = storage.normalize(path)
+        return url[: -len(name) - 1] if url.endswith("/" + name) else storage.parent(url)
     path = os.path.abspath(path)
     suffix = os.sep + name.replace("/", os.sep)
     return path[: -len(suffix)] or os.sep if path.endswith(suffix) else os.path.dirname(path)
@@ -148,7 +174,14 @@ def argument_root(path: str, name: str) -> str:
 
 def read_regular_file(path: str) -> bytes:
     """The bytes of the regular file at `path` (a located real path); FIFOs, devices, directories and
-    a last-component symlink (swapped in since the check) are refused without reading."""
+    a last-component symlink (swapped in since the check) are refused without reading. A URL is
+    read whole by one request."""
+    if storage.is_remote(path):
+        try:
+            return storage.read_bytes(path)
+        except OSError as exc:
+            storage.raise_if_unreachable(path, exc)
+            raise UnreadableImage("unreadable_image", f"{path}: {exc}") from None
     try:
         fd = os.open(path, OPEN_FLAGS)
     except OSError as exc:

@@ -18,6 +18,8 @@ EXAMPLES = """\
   python -m etl ingest shards/ --format webdataset --prompt '<image>\\nDescribe the image.'
   python -m etl ingest train.json --source mine --format llava --redo   # wrong flags the first time
   python -m etl ingest cc3m.parquet --format urls --source cc3m --concurrency 32 --per-host-rate 5
+  python -m etl ingest s3://bucket/llava/mix665k.json --image-root s3://bucket/llava/images   # read in place
+  python -m etl ingest 'hf://datasets/lmms-lab/LLaVA-ReCap-558K/data/*.parquet'             # streamed, no download
 Rerunning the same command adds nothing; after a crash it continues where it stopped.
 Records whose images are missing or not images go to the `errors` table with the raw record."""
 
@@ -28,11 +30,13 @@ READER_OPTIONS = ("prompt", "concurrency", "timeout", "retries", "max_bytes", "p
 def configure(p: argparse.ArgumentParser) -> None:
     from etl.sources import readers  # pyarrow: only when ingesting
 
-    p.add_argument("paths", nargs="*", metavar="PATH", help="files, directories or globs")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="files, directories or globs; local, or URLs read in place (s3://bucket/prefix/, "
+                        "hf://datasets/OWNER/NAME/...; see docs/cluster.md)")
     p.add_argument("--source", help="dataset name stored with every sample (default: from the file/folder name)")
     p.add_argument("--format", default="auto", choices=["auto", *readers()], help="source format (default: auto)")
     p.add_argument("--image-root", action="append", default=[], metavar="DIR",
-                   help="folder relative image paths are resolved against (repeatable; "
+                   help="folder relative image paths are resolved against, or a URL (repeatable; "
                         "the annotation file's own folder is tried last)")
     p.add_argument("--allow-outside-roots", action="store_true",
                    help="follow image paths (absolute, ../, symlinks) to files outside the image roots, the "
@@ -69,6 +73,9 @@ def input_paths(args: argparse.Namespace) -> list[str]:
     from etl.hub import fetch_dataset, ingest_arguments, parse_hub_ref, refuse_outside_roots
 
     paths = list(args.paths)
+    if args.allow_outside_roots and any(p.startswith("hf://") for p in paths):  # no more trusted than --from-hub
+        raise ValueError("--allow-outside-roots cannot be used with hf:// sources: a Hub dataset's image paths are "
+                         "only followed inside the dataset and the --image-root folders")
     if args.from_hub:
         refuse_outside_roots(args.allow_outside_roots)
         ref = parse_hub_ref(args.from_hub, args.include)
@@ -161,8 +168,9 @@ def auto_workers(paths: list[str], opts, from_bytes: int = PARALLEL_FROM_BYTES) 
     more worker per `from_bytes` of them, at most one per core this process may use."""
     from etl.ingest import expand_inputs
     from etl.sources import readers
+    from etl.storage import stamp
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    seekable = sum(os.path.getsize(f.path) for f in expand_inputs(paths, opts)
+    seekable = sum(stamp(f.path)[0] for f in expand_inputs(paths, opts)
                    if readers()[f.format].splittable)
     return max(1, min(cores, 1 + seekable // from_bytes))

@@ -7,7 +7,6 @@ resolves and commits) and `parallel` (engine workers read, resolve and write; th
 from __future__ import annotations
 
 import gc
-import os
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from etl.ingest.resume import CommittedRows, FileStart, forget_for_redo, known_a
 from etl.ingest.serial import Ingestor, KeyIndexUpkeep, ingest_files_serially
 from etl.lake import Lake
 from etl.runlog import recorded_run
+from etl.storage import absolute
 
 PROGRESS_DISABLE = {True: False, False: True, None: None}  # tqdm: None = only on a terminal
 
@@ -35,7 +35,7 @@ __all__ = [
 def ingest(lake: Lake, paths: list[str], opts: IngestOptions) -> Counter:
     """Ingest every file named by `paths`; returns the run's counts (also stored in `runs`)."""
     files = expand_inputs(paths, opts)
-    params = {"paths": [os.path.abspath(p) for p in paths], "source": opts.source, "format": opts.format,
+    params = {"paths": [absolute(p) for p in paths], "source": opts.source, "format": opts.format,
               "image_roots": opts.image_roots, "allow_outside_roots": opts.allow_outside_roots,
               "files": [f.name for f in files], "workers": opts.workers}
     if opts.redo:

@@ -13,6 +13,7 @@ from etl import schema as S
 from etl.imagerefs import ImageRoots, Located, UnreadableImage, read_regular_file
 from etl.images import ImageInfo, NotAnImage, sniff
 from etl.sources.base import ImageRef
+from etl.storage import is_remote
 
 
 @dataclass
@@ -28,13 +29,16 @@ class StoredPaths:
     """Image files this run already stored, by path (bounded LRU).
 
     COCO-style sources reference the same file from many records: a re-referenced file whose size
-    and mtime are unchanged is not read and hashed again.
+    and mtime are unchanged is not read and hashed again. Files on object storage are not kept
+    (asking for their size costs a request, as reading them does).
     """
 
     def __init__(self, capacity: int = 500_000):
         self.capacity, self.entries, self.lock = capacity, OrderedDict(), threading.Lock()
 
     def get(self, path: str) -> ImageInfo | None:
+        if is_remote(path):
+            return None
         st = os.stat(path)
         with self.lock:
             entry = self.entries.get(path)
@@ -44,6 +48,8 @@ class StoredPaths:
             return entry[1]
 
     def put(self, path: str, info: ImageInfo) -> None:
+        if is_remote(path):
+            return
         st = os.stat(path)
         with self.lock:
             self.entries[path] = ((st.st_size, st.st_mtime_ns), info)

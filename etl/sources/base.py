@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pyarrow as pa
+
+from etl.storage import read_bytes, read_ranges, stamp
 
 
 @dataclass
@@ -123,18 +124,17 @@ FINGERPRINT_WINDOWS, FINGERPRINT_WINDOW = 16, 256 << 10  # larger ones: 16 evenl
 def file_fingerprint(path: str) -> str:
     """`size:mtime:content`, where content is a sha256 of the file (of 16 windows of 256 KB spread
     over it when it is larger than 8 MB: 4 MB read, not a second pass over a 1 GB shard): a
-    checkpoint knows the content it covered, not only a name."""
-    st = os.stat(path)
+    checkpoint knows the content it covered, not only a name. A file on object storage or the Hub
+    (`etl.storage`) is read by ranged requests: 16 of them, or one for a small file."""
+    size, mtime = stamp(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        if st.st_size <= FINGERPRINT_WHOLE_BYTES:
-            digest.update(f.read())
-        else:
-            step = (st.st_size - FINGERPRINT_WINDOW) // (FINGERPRINT_WINDOWS - 1)
-            for i in range(FINGERPRINT_WINDOWS):
-                f.seek(i * step)
-                digest.update(f.read(FINGERPRINT_WINDOW))
-    return f"{st.st_size}:{int(st.st_mtime)}:{digest.hexdigest()[:32]}"
+    if size <= FINGERPRINT_WHOLE_BYTES:
+        digest.update(read_bytes(path))
+    else:
+        step = (size - FINGERPRINT_WINDOW) // (FINGERPRINT_WINDOWS - 1)
+        for window in read_ranges(path, [(i * step, FINGERPRINT_WINDOW) for i in range(FINGERPRINT_WINDOWS)]):
+            digest.update(window)
+    return f"{size}:{mtime}:{digest.hexdigest()[:32]}"
 
 
 def same_content(recorded: str, current: str) -> bool:

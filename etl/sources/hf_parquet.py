@@ -28,14 +28,16 @@ import queue
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, ContextManager, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from etl import storage
 from etl.sources import register
 from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
 from etl.sources.llava import MalformedRecord, llava_turns
@@ -73,8 +75,7 @@ class HFParquetReader(SourceReader):
         """A `.parquet`/`.pq` file (or an extensionless file) that starts with the parquet magic."""
         if not path.lower().endswith(cls.extensions) and os.path.splitext(path)[1]:
             return False
-        with open(path, "rb") as f:
-            return f.read(4) == PARQUET_MAGIC
+        return storage.read_head(path, 4) == PARQUET_MAGIC
 
     @classmethod
     def source_name_for(cls, path: str, root: str) -> str | None:
@@ -83,15 +84,15 @@ class HFParquetReader(SourceReader):
         A shard named on its own (`.../LLaVA-ReCap-558K/data/train-00000-of-00010.parquet`) takes
         the name of its dataset folder.
         """
-        parts = os.path.relpath(path, root).replace(os.sep, "/").split("/")
+        parts = storage.relative_to(path, root).split("/")
         folders = [p for p in parts[:-1] if p not in NON_CONFIG_DIRS]
         if folders:
             return folders[0]
         if SHARD_NAME.match(parts[-1]):  # a shard named alone (or by a glob): its dataset folder names it
-            folder = os.path.dirname(os.path.abspath(path))
-            while os.path.basename(folder) in NON_CONFIG_DIRS:
-                folder = os.path.dirname(folder)
-            return os.path.basename(folder) or None
+            folder = storage.parent(path)
+            while storage.basename(folder) in NON_CONFIG_DIRS:
+                folder = storage.parent(folder)
+            return storage.basename(folder) or None
         return None
 
     @classmethod
@@ -102,7 +103,7 @@ class HFParquetReader(SourceReader):
         (the file is then read whole, and ends in a `corrupt_file` error).
         """
         try:
-            metadata = pq.ParquetFile(path).metadata
+            metadata = parquet_metadata(path)
         except (pa.ArrowException, OSError):
             return None
         ranges, first, size, row = [], start_row, 0, 0
@@ -122,14 +123,16 @@ class HFParquetReader(SourceReader):
         ingest's task ranges); a file that stops parsing ends with one `corrupt_file` error."""
         row = start_row
         try:
-            parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
-            layout = ColumnLayout.of(parquet.schema_arrow)
+            with parquet_source(path) as source:
+                parquet = pq.ParquetFile(source, pre_buffer=False, buffer_size=READ_BUFFER)
+                layout, metadata = ColumnLayout.of(parquet.schema_arrow), parquet.metadata
             converter = RowConverter(layout, name, dataset_root(path, name), prompt_option(self.options.get("prompt")))
-            for first_row, batch in read_ahead(iter_row_batches(path, parquet.metadata, start_row, end_row)):
+            for first_row, batch in read_ahead(iter_row_batches(path, metadata, start_row, end_row)):
                 for row, values in enumerate(batch_rows(batch, layout.embedded), first_row):
                     yield converter.record(values, row)
                 row = first_row + batch.num_rows
-        except (pa.ArrowException, OSError) as exc:  # truncated download, bad page: the rest is unreadable
+        except (pa.ArrowException, *storage.store_errors()) as exc:  # a cut download, a bad page: the rest is lost
+            storage.raise_if_unreachable(path, exc)  # unless the store, not the file, failed
             message = f"parquet unreadable from row {row} on: {type(exc).__name__}: {exc}"
             raw = raw_json({"file": name, "from_row": row})
             yield SourceRecord(name, row, raw=raw, error=("corrupt_file", message))
@@ -188,28 +191,53 @@ def iter_row_batches(path: str, metadata: pq.FileMetaData, start_row: int,
     fault per 4 KB). The kernel is asked to read the next window of about WINDOW_BYTES of row
     groups while this one is decoded, and to drop each window from the page cache once read, so a
     one-pass read of 100 GB recycles the same pages instead of evicting everything else (and
-    never-touched pages are slow on a VM).
+    never-touched pages are slow on a VM). A URL (`etl.storage`) is read by ranged requests; the
+    row groups of a window are then read together (memory: one window, WINDOW_BYTES).
     """
     firsts = {g: first for g, first, end in row_group_rows(metadata)
               if end > start_row and (end_row is None or first < end_row)}
     groups = list(firsts)
-    with open(path, "rb") as raw:
-        parquet = pq.ParquetFile(path, metadata=metadata, pre_buffer=False, buffer_size=read_buffer(metadata, groups))
+    remote, buffer_size = storage.is_remote(path), read_buffer(metadata, groups)
+    # a remote file's small column chunks: each window's row groups pre-buffered at once (pyarrow merges
+    # them into a few large ranged reads, made concurrently), not one request per column chunk
+    by_window = remote and buffer_size == 0
+    with storage.open_arrow(path) if remote else open(path, "rb") as raw:
+        parquet = pq.ParquetFile(raw if remote else path, metadata=metadata, pre_buffer=by_window,
+                                 buffer_size=buffer_size)
+        fd = None if remote else raw.fileno()  # no page cache to steer for a remote file
         planned = list(windows(groups, metadata))
-        advise(raw.fileno(), metadata, planned[0] if planned else [], WILLNEED)
+        advise(fd, metadata, planned[0] if planned else [], WILLNEED)
         for number, window in enumerate(planned):
             if number + 1 < len(planned):
-                advise(raw.fileno(), metadata, planned[number + 1], WILLNEED)  # read while this one is decoded
-            for group in window:
-                meta = metadata.row_group(group)
-                batch_rows = max(1, BATCH_BYTES * meta.num_rows // max(meta.total_byte_size, 1))
-                row = firsts[group]
-                for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group]):
-                    skip = min(max(start_row - row, 0), batch.num_rows)
-                    if skip < batch.num_rows:
-                        yield row + skip, batch.slice(skip)
-                    row += batch.num_rows
-            advise(raw.fileno(), metadata, window, DONTNEED)  # read once: free its page cache
+                advise(fd, metadata, planned[number + 1], WILLNEED)  # read while this one is decoded
+            for part in [window] if by_window else [[group] for group in window]:
+                yield from part_batches(parquet, part, firsts[part[0]], start_row)
+            advise(fd, metadata, window, DONTNEED)  # read once: free its page cache
+
+
+def part_batches(parquet: pq.ParquetFile, groups: list[int], first_row: int,
+                 start_row: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(first row number, batch) of consecutive row `groups` (starting at row `first_row`) from
+    `start_row` on, in batches of about BATCH_BYTES decoded bytes."""
+    metas = [parquet.metadata.row_group(group) for group in groups]
+    rows, size = sum(m.num_rows for m in metas), sum(m.total_byte_size for m in metas)
+    row = first_row
+    for batch in parquet.iter_batches(batch_size=max(1, BATCH_BYTES * rows // max(size, 1)), row_groups=groups):
+        skip = min(max(start_row - row, 0), batch.num_rows)
+        if skip < batch.num_rows:
+            yield row + skip, batch.slice(skip)
+        row += batch.num_rows
+
+
+def parquet_source(path: str) -> ContextManager[str | pa.NativeFile]:
+    """What pyarrow opens: the local path itself, or a random-access file on the URL (ranged reads)."""
+    return storage.open_arrow(path) if storage.is_remote(path) else nullcontext(path)
+
+
+def parquet_metadata(path: str) -> pq.FileMetaData:
+    """The footer of the parquet file at `path` (a local path, or a URL)."""
+    with parquet_source(path) as source:
+        return pq.read_metadata(source)
 
 
 def read_buffer(metadata: pq.FileMetaData, groups: list[int]) -> int:
@@ -243,11 +271,11 @@ def windows(groups: list[int], metadata: pq.FileMetaData) -> Iterator[list[int]]
         yield window
 
 
-def advise(fd: int, metadata: pq.FileMetaData, groups: list[int], advice: int | None) -> None:
+def advise(fd: int | None, metadata: pq.FileMetaData, groups: list[int], advice: int | None) -> None:
     """posix_fadvise `advice` for the bytes of `groups` (WILLNEED: start reading them now and return;
     DONTNEED: drop them from the page cache, so a one-pass read of 100 GB recycles the same pages
     instead of evicting everything else)."""
-    if advice is None:
+    if advice is None or fd is None:
         return
     for group in groups:
         meta = metadata.row_group(group)
@@ -261,14 +289,14 @@ def dataset_root(path: str, name: str) -> str:
     """The folder path-only images are relative to: the folder ingest was given (HF: the repo root).
 
     For a single file named on the command line, the nearest ancestor (up to two levels) holding
-    the dataset card `README.md`, else the file's own folder.
+    the dataset card `README.md`, else the file's own folder. A URL's folder is a URL.
     """
-    path = os.path.abspath(path)
+    path = storage.absolute(path)
     if "/" in name and path.replace(os.sep, "/").endswith("/" + name):
         return path[: -len(name) - 1]
-    folder = os.path.dirname(path)
-    for candidate in (folder, os.path.dirname(folder), os.path.dirname(os.path.dirname(folder))):
-        if os.path.isfile(os.path.join(candidate, "README.md")):
+    folder = storage.parent(path)
+    for candidate in (folder, storage.parent(folder), storage.parent(storage.parent(folder))):
+        if storage.is_file(storage.join(candidate, "README.md")):
             return candidate
     return folder
 

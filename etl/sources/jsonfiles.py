@@ -7,11 +7,11 @@ the records to the reader.
 """
 from __future__ import annotations
 
-import os
 from abc import abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
+from etl import storage
 from etl.sources.base import SourceReader, SourceRecord
 from etl.sources.jsonstream import CHUNK, MAX_RECORD_BYTES, BadStretch, RecordSplitter, TextWindow, jsonl_items
 
@@ -40,7 +40,7 @@ class JsonRecordsReader(SourceReader):
         return path.lower().endswith(cls.extensions) and cls.accepts(first_record(path))
 
     def read_file(self, path: str, name: str, start_row: int = 0, end_row: int | None = None) -> Iterator[SourceRecord]:
-        base_dir = os.path.dirname(os.path.abspath(path))
+        base_dir = storage.parent(path)
         for row, item in iter_json_records(path, start_row, self.max_record_bytes()):
             if isinstance(item, BadStretch):
                 yield SourceRecord(name, row, raw=item.raw, error=(item.kind, item.message))
@@ -62,7 +62,7 @@ def iter_json_records(path: str, start_row: int = 0, max_record_bytes: int = MAX
     """(row, record or BadStretch) of a JSON array, a wrapped JSON object or JSONL, from `start_row` on
     (`chunk`: bytes read at a time; the rows do not depend on it)."""
     layout = json_layout(path)
-    with open(path, "rb") as f:
+    with storage.open_input(path) as f:
         if layout == "jsonl":
             yield from jsonl_items(f, start_row, max_record_bytes)
             return
@@ -79,7 +79,7 @@ def json_layout(path: str) -> str:
     (or when the first line ends with `}` and more follows); a single line is JSONL only in a
     `.jsonl` file (`{"annotations": [...]}` minified on one line is one wrapped object).
     """
-    with open(path, "rb") as f:
+    with storage.open_input(path) as f:
         head = f.read(4096)
         lead = len(head) - len(head.lstrip(LEADING))
         first = head[lead:lead + 1]

@@ -24,6 +24,7 @@ the last committed batch are fetched again.
 from __future__ import annotations
 
 import csv
+import io
 import sys
 from collections import OrderedDict, deque
 from collections.abc import Iterator
@@ -31,11 +32,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
-
+from etl import storage
 from etl.sources import register
 from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
-from etl.sources.hf_parquet import iter_row_batches
+from etl.sources.hf_parquet import iter_row_batches, parquet_metadata
 from etl.sources.jsonfiles import iter_json_records
 from etl.sources.jsonstream import BadStretch
 from etl.sources.llava import MalformedRecord, llava_turns
@@ -193,14 +193,14 @@ def iter_rows(path: str, start_row: int) -> Iterator[tuple[int, Any]]:
 
 
 def iter_parquet_rows(path: str, start_row: int) -> Iterator[tuple[int, dict]]:
-    for first, batch in iter_row_batches(path, pq.read_metadata(path), start_row):
+    for first, batch in iter_row_batches(path, parquet_metadata(path), start_row):
         yield from enumerate(batch.to_pylist(), start=first)
 
 
 def iter_csv_rows(path: str, start_row: int, delimiter: str) -> Iterator[tuple[int, dict]]:
     """Rows after the header, 0-based; empty cells are absent values (None)."""
     csv.field_size_limit(sys.maxsize)
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+    with text_input(path, newline="", encoding="utf-8-sig") as f:
         for row, values in enumerate(csv.DictReader(f, delimiter=delimiter)):
             if row >= start_row:
                 yield row, {k: (v if v != "" else None) for k, v in values.items() if k is not None}
@@ -208,10 +208,15 @@ def iter_csv_rows(path: str, start_row: int, delimiter: str) -> Iterator[tuple[i
 
 def iter_txt_rows(path: str, start_row: int) -> Iterator[tuple[int, dict]]:
     """One URL per line (img2dataset's `txt` input); rows are 0-based line numbers, blank lines skipped."""
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+    with text_input(path, encoding="utf-8") as f:
         for row, line in enumerate(f):
             if row >= start_row and line.strip():
                 yield row, {"url": line.strip()}
+
+
+def text_input(path: str, encoding: str, newline: str | None = None) -> io.TextIOWrapper:
+    """The file as text, undecodable bytes kept as surrogate escapes (a local path or a URL)."""
+    return io.TextIOWrapper(storage.open_input(path), encoding=encoding, errors="surrogateescape", newline=newline)
 
 
 # -- helpers ------------------------------------------------------------------------------------------

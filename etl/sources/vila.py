@@ -13,11 +13,11 @@ else to the JSON's folder; an `--image-root` is tried first.
 """
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from typing import Any
 
+from etl import storage
 from etl.sources import register
 from etl.sources.base import ImageRef, SourceReader, SourceRecord, raw_json
 from etl.sources.jsonfiles import iter_json_records
@@ -41,12 +41,11 @@ class VilaReader(SourceReader):
         """A .json object whose first key is `test_cases`."""
         if not path.lower().endswith(cls.extensions):
             return False
-        with open(path, "rb") as f:
-            return FIRST_KEY.match(f.read(4096)) is not None
+        return FIRST_KEY.match(storage.read_head(path, 4096)) is not None
 
     def read_file(self, path: str, name: str, start_row: int = 0, end_row: int | None = None) -> Iterator[SourceRecord]:
-        folder = os.path.dirname(os.path.abspath(path))
-        base_dir = os.path.join(folder, IMAGE_FOLDER) if os.path.isdir(os.path.join(folder, IMAGE_FOLDER)) else folder
+        folder = storage.parent(path)
+        base_dir = storage.join(folder, IMAGE_FOLDER) if storage.is_dir(storage.join(folder, IMAGE_FOLDER)) else folder
         row = 0
         for case_index, case in iter_json_records(path):  # the cases of `test_cases`, streamed
             if isinstance(case, BadStretch):

@@ -39,9 +39,11 @@ import re
 import tarfile
 import zlib
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from etl import storage
 from etl.images import exception_text
 from etl.sources import register
 from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
@@ -80,7 +82,8 @@ class WebDatasetReader(SourceReader):
             for row, group in iter_groups(path, start_row):
                 yield group_record(group, name, row, prompt)
                 row += 1
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        except (tarfile.TarError, EOFError, zlib.error, *storage.store_errors()) as exc:
+            storage.raise_if_unreachable(path, exc)  # unless the store, not the shard, failed
             message = f"shard unreadable after {row} groups: {exception_text(exc)}"
             yield SourceRecord(name, row, raw=raw_json({"shard": name}), error=("corrupt_shard", message))
 
@@ -107,7 +110,7 @@ def split_member_name(member_name: str) -> tuple[str, str] | None:
 def iter_groups(path: str, start_row: int = 0) -> Iterator[tuple[int, Group]]:
     """(row, group) for each key of the shard in order; groups before `start_row` are not loaded."""
     row, current = -1, None
-    with tarfile.open(path, mode="r|*") as tar, ShardLinks(path) as links:
+    with open_tar(path, "r|*") as tar, ShardLinks(path) as links:
         for member in tar:
             is_member = member.isfile() or member.issym() or member.islnk()
             parsed = split_member_name(member.name) if is_member else None
@@ -135,13 +138,13 @@ class ShardLinks:
 
     def __init__(self, path: str):
         self.path, self.archive, self.members = path, None, None
+        self.opened = ExitStack()
 
     def __enter__(self) -> "ShardLinks":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.archive is not None:
-            self.archive.close()
+        self.opened.close()
 
     def read(self, member: tarfile.TarInfo) -> bytes:
         """The bytes of the file member `member` links to; raises LookupError saying why it cannot."""
@@ -171,8 +174,20 @@ class ShardLinks:
 
     def open(self) -> tarfile.TarFile:
         if self.archive is None:
-            self.archive = tarfile.open(self.path, mode="r:*")
+            self.archive = self.opened.enter_context(open_tar(self.path, "r:*"))
         return self.archive
+
+
+@contextmanager
+def open_tar(path: str, mode: str) -> Iterator[tarfile.TarFile]:
+    """`tarfile.open(path, mode)`; a URL (`etl.storage`) is read through a buffered file object
+    (a stream mode reads it front to back; `r:*` seeks by ranged reads)."""
+    if not storage.is_remote(path):
+        with tarfile.open(path, mode=mode) as tar:
+            yield tar
+        return
+    with storage.open_input(path) as f, tarfile.open(fileobj=f, mode=mode) as tar:
+        yield tar
 
 
 def link_target(member: tarfile.TarInfo) -> tuple[str, str]:

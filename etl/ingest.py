@@ -59,6 +59,7 @@ class IngestOptions:
     reader_options: dict = field(default_factory=dict)
     progress: bool | None = None  # None: a bar only on a terminal
     redo: bool = False  # forget what the lake holds of these files first (a first ingest again)
+    retry_failed: bool = False  # URL lists: refetch failed downloads of every kind, not only transient ones
 
 
 @dataclass(frozen=True)
@@ -252,10 +253,14 @@ class CommittedRows:
 
     def at_start(self, file: InputFile, start: int) -> set[str]:
         """Samples/errors of `file` at or past its checkpoint: at most the batch a crash cut."""
-        for table, *_ in self.tables:  # first: a commit racing the scan below is looked at again
+        self.watch(file)  # first: a commit racing the scan below is looked at again
+        return {key for table, *cols in self.tables for key, _ in self.rows(table, file, start, None, *cols)}
+
+    def watch(self, file: InputFile) -> None:
+        """From now on, `added_by_others` tells what other commands commit of `file`."""
+        for table, *_ in self.tables:
             self.seen[file, table] = self.lake.latest_version(table)
         self.known[file] = {}
-        return {key for table, *cols in self.tables for key, _ in self.rows(table, file, start, None, *cols)}
 
     def added_by_others(self, file: InputFile, first: int, last: int) -> set[str]:
         """Under the commit lock: keys of rows [first, last] of `file` that another command
@@ -417,10 +422,7 @@ class Ingestor:
             self.store_again_if_deleted(prepared.images, checked_at)
             crash_point("after_images")
             samples, errors = self.not_added_by_others(prepared)
-            self.lake.append(S.ERRORS, errors_table(errors))
-            crash_point("after_errors")
-            self.lake.append(S.SAMPLES, pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA))
-            crash_point("after_samples")
+            self.commit_rows(prepared, samples, errors)
             next_row = prepared.batch.records[-1].source_row + 1
             if checkpoint is not None:
                 checkpoint(next_row)
@@ -430,6 +432,13 @@ class Ingestor:
         bar.set_postfix(samples=self.run.counts["samples_added"], images=self.run.counts["images_added"],
                         errors=sum(v for k, v in self.run.counts.items() if k.startswith("errors.")))
         return next_row
+
+    def commit_rows(self, prepared: Prepared, samples: list[dict], errors: list[ErrorRow]) -> None:
+        """Under the commit lock: the batch's errors, then its samples."""
+        self.lake.append(S.ERRORS, errors_table(errors))
+        crash_point("after_errors")
+        self.lake.append(S.SAMPLES, pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA))
+        crash_point("after_samples")
 
     def not_added_by_others(self, prepared: Prepared) -> tuple[list[dict], list[ErrorRow]]:
         """The batch's samples and errors but those another command committed meanwhile (the same
@@ -615,12 +624,16 @@ def ingest(lake: Lake, paths: list[str], opts: IngestOptions) -> Counter:
     params = {"paths": [os.path.abspath(p) for p in paths], "source": opts.source, "format": opts.format,
               "image_roots": opts.image_roots, "allow_outside_roots": opts.allow_outside_roots,
               "files": [f.name for f in files], "workers": opts.workers}
-    if opts.redo:
-        params["redo"] = True
+    for flag in ("redo", "retry_failed"):
+        if getattr(opts, flag):
+            params[flag] = True
     with recorded_run(lake, "ingest", params) as run, gc_passes_lowered():
         if opts.redo:
             forget_for_redo(lake, files, run.counts)
         with tqdm(desc="ingest", unit=" rec", disable=PROGRESS_DISABLE[opts.progress]) as bar:
+            from etl.ingest_refetch import refetch_failed  # it builds on this module
+
+            refetch_failed(lake, files, opts, run, bar)
             if opts.workers > 1 or opts.engine.distributed:
                 from etl.engine.ingest_parallel import ingest_files_parallel  # it builds on this module
 

@@ -394,6 +394,18 @@ class Lake:
             if self.latest_version(name) != before:
                 self.own.add(name, self.latest_version(name))
 
+    def upsert_rows(self, name: str, table: pa.Table) -> None:
+        """Replace the rows whose key is in `table` by its rows, add the others: one commit
+        (`merge_insert(key)`, whole rows rewritten: for the small tables, never `images`)."""
+        if table.num_rows == 0:
+            return
+        with self.committing():
+            self.lock.check()
+            ds = self.dataset(name)
+            ds.merge_insert(S.KEYS[name]).when_matched_update_all().when_not_matched_insert_all().execute(
+                conform(table, S.SCHEMAS[name]))
+            self.own.add(name, self.latest_version(name))
+
     def append_table(self, name: str, table: pa.Table) -> None:
         """Append to a table outside the contract (e.g. `released_images`), creating it on first use."""
         with self.committing():

@@ -80,6 +80,13 @@ class SourceReader(ABC):
         """True when the file at `path` looks like this format (used by --format auto)."""
         return path.lower().endswith(cls.extensions)
 
+    @classmethod
+    def refetched_on_rerun(cls, kind: str, every_kind: bool) -> bool:
+        """Whether the next ingest of an unchanged file reads again a record that failed with error
+        `kind` (`every_kind`: the user asked for every failure). Files on disk fail the same way
+        twice: never; readers that fetch over a network say which failures may pass."""
+        return False
+
     @abstractmethod
     def read_file(self, path: str, name: str, start_row: int = 0) -> Iterator[SourceRecord]:
         """Yield the records of `path` from `start_row` on; `name` is the stable file name to record."""

@@ -19,7 +19,9 @@ Columns (matched case-insensitively; `--url-column`/`--caption-column` override)
 
 A record whose download fails becomes one `errors` row naming the URL and the HTTP status or the
 reason (see etl/download.py). A rerun resumes from the file's checkpoint, so only the records past
-the last committed batch are fetched again.
+the last committed batch are fetched again; and it fetches again the records whose download failed
+with a failure that may pass (`refetched_on_rerun`; every failure with `--retry-failed`): ingest
+reads just those rows (option `only_rows`, see etl/ingest_refetch.py).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
+from itertools import takewhile
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
@@ -73,6 +76,14 @@ class UrlListReader(SourceReader):
         """Never auto-detected: downloading is asked for explicitly with `--format urls`."""
         return False
 
+    @classmethod
+    def refetched_on_rerun(cls, kind: str, every_kind: bool) -> bool:
+        """Timeouts, resets, truncated bodies, 408/425/429/5xx (`TRANSIENT_KINDS`) are fetched again by
+        the next ingest; a 404, a page that is not an image, a too-large body only with `every_kind`."""
+        from etl.download import TRANSIENT_KINDS
+
+        return every_kind or kind in TRANSIENT_KINDS
+
     def download_options(self) -> DownloadOptions:
         from etl.download import DownloadOptions
 
@@ -87,12 +98,26 @@ class UrlListReader(SourceReader):
         with Downloader(opts) as downloader:
             fetch = RecentFetches(downloader, capacity=window)
             pending: deque[Pending] = deque()
-            for row, item in iter_rows(path, start_row):
+            for row, item in self.wanted_rows(path, start_row):
                 pending.append(self.start(item, name, row, fetch))
                 if len(pending) >= window:
                     yield finish(pending.popleft())
             while pending:
                 yield finish(pending.popleft())
+
+    def wanted_rows(self, path: str, start_row: int) -> Iterator[tuple[int, Any]]:
+        """(row, record) from `start_row` on; only the rows in option `only_rows` when it is given
+        (the failed records a rerun fetches again), and no further than the last of them."""
+        only = self.options.get("only_rows")
+        if only is None:
+            return self.rows(path, start_row)
+        last = max(only, default=-1)
+        return ((row, item) for row, item in takewhile(lambda pair: pair[0] <= last, self.rows(path, start_row))
+                if row in only)
+
+    def rows(self, path: str, start_row: int) -> Iterator[tuple[int, Any]]:
+        """(row, record) of the list file from `start_row` on (a format with its own layout overrides it)."""
+        return iter_rows(path, start_row)
 
     def start(self, item: Any, name: str, row: int, fetch: "RecentFetches") -> Pending:
         """The record of one list row, its downloads started."""

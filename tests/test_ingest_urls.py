@@ -19,6 +19,7 @@ from etl import schema as S
 from etl.faults import ENV as FAULT
 from etl.ingest import IngestOptions, ingest
 from etl.lake import Lake
+from etl.sources import detect_format
 from etl.sqlrun import connect
 
 from conftest import REPO, errors_of, needs_realdata, run_cli, samples_of
@@ -270,6 +271,30 @@ def test_cli_ingest_format_urls_reports_counts_and_keeps_going(tmp_path, lake):
                        "--timeout", "2", "--no-progress", lake=lake)
     assert "samples added" in proc.stdout and "http_404" in proc.stdout
     assert [e["kind"] for e in errors_of(lake, "cli")] == ["http_404"]
+
+
+@in_private_network
+def test_format_auto_downloads_a_parquet_of_urls_and_captions_and_leaves_path_and_bytes_parquets_to_hf(tmp_path, lake):
+    with ImageServer({"a.jpg": jpeg(1)}) as srv:
+        pq.write_table(pa.table({"url": [srv.url("a.jpg"), None], "caption": ["a red photo", "no url"],
+                                 "width": [32, 0]}), tmp_path / "cc3m.parquet")
+        pq.write_table(pa.table({"url": ["coco/000001.jpg"], "caption": ["a path"]}), tmp_path / "paths.parquet")
+        pq.write_table(pa.table({"url": [srv.url("a.jpg")], "image": [{"bytes": jpeg(2), "path": "a.jpg"}],
+                                 "caption": ["bytes kept beside their url"]}), tmp_path / "embedded.parquet")
+        assert [detect_format(str(tmp_path / f)) for f in ("cc3m.parquet", "paths.parquet", "embedded.parquet")] \
+            == ["urls", "hf-parquet", "hf-parquet"]
+        proc = run_cli("ingest", str(tmp_path / "cc3m.parquet"), "--source", "cc3m", "--no-progress", lake=lake)
+        assert srv.count("/a.jpg") == 1, proc.stdout + proc.stderr
+    (sample,) = samples_of(lake, "cc3m")
+    assert sample["image_paths"] == [srv.url("a.jpg")] and sample["conversations"][1]["value"] == "a red photo"
+    assert json.loads(sample["meta"]) == {"width": 32}
+    assert [(e["row"], e["kind"]) for e in errors_of(lake, "cc3m")] == [(1, "malformed_record")]
+
+
+def test_format_auto_takes_img2dataset_s_own_url_list_for_a_url_list(realdata):
+    listed = realdata / "img2dataset/tests/test_files/sample_image.parquet"
+    needs_realdata(listed)
+    assert detect_format(str(listed)) == "urls"
 
 
 def test_cli_start_up_does_not_load_the_http_client():

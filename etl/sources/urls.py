@@ -34,11 +34,12 @@ from dataclasses import dataclass, field, fields
 from itertools import takewhile
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl.sources import register
 from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
-from etl.sources.hf_parquet import iter_row_batches
+from etl.sources.hf_parquet import ColumnLayout, HFParquetReader, element_type, is_string, iter_row_batches
 from etl.sources.jsonfiles import iter_json_records
 from etl.sources.jsonstream import BadStretch
 from etl.sources.llava import MalformedRecord, llava_turns
@@ -73,8 +74,10 @@ class UrlListReader(SourceReader):
 
     @classmethod
     def sniff(cls, path: str) -> bool:
-        """Never auto-detected: downloading is asked for explicitly with `--format urls`."""
-        return False
+        """A parquet list of image URLs (LAION, CC3M, img2dataset's input): no image bytes, and a URL
+        column whose first values are http(s) URLs; what else could such a file be ingested for.
+        CSV/TSV/JSON/txt lists are read only with `--format urls`."""
+        return HFParquetReader.sniff(path) and parquet_url_column(path) is not None
 
     @classmethod
     def refetched_on_rerun(cls, kind: str, every_kind: bool) -> bool:
@@ -240,6 +243,24 @@ def iter_txt_rows(path: str, start_row: int) -> Iterator[tuple[int, dict]]:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+def parquet_url_column(path: str, peek: int = 16) -> str | None:
+    """The URL column of a parquet file without embedded images whose first `peek` values (nulls
+    aside) are all http(s) URLs, else None (paths, an unreadable footer, ...)."""
+    try:
+        f = pq.ParquetFile(path)
+        if ColumnLayout.of(f.schema_arrow).embedded:
+            return None
+        strings = {c.name.lower(): c.name for c in f.schema_arrow if is_string(element_type(c.type))}
+        column = first_key(strings, URL_KEYS)
+        if column is None or f.metadata.num_rows == 0:
+            return None
+        batch = next(f.iter_batches(batch_size=peek, columns=[column]))
+    except (pa.ArrowException, OSError, StopIteration):
+        return None
+    values = [u for v in batch.column(0).to_pylist() for u in as_list(v) if u]
+    return column if values and all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in values) else None
+
+
 def first_key(keys: dict[str, str], candidates: tuple[str, ...]) -> str | None:
     """The record's own spelling of the first candidate it has (`keys`: lower-case → as written)."""
     return next((keys[c] for c in candidates if c in keys), None)

@@ -269,7 +269,11 @@ def test_cli_ingest_format_urls_reports_counts_and_keeps_going(tmp_path, lake):
         path = write_jsonl(tmp_path / "list.jsonl", [{"url": srv.url("a.jpg"), "txt": "hi"}, {"url": srv.url("gone")}])
         proc = run_cli("ingest", str(path), "--format", "urls", "--source", "cli", "--retries", "0",
                        "--timeout", "2", "--no-progress", lake=lake)
+        asked = run_cli("ingest", str(path), "--format", "urls", "--source", "cli", "--retry-failed",
+                        "--no-progress", lake=lake)
+        assert srv.count("/gone") == 2 and srv.count("/a.jpg") == 1
     assert "samples added" in proc.stdout and "http_404" in proc.stdout
+    assert "failed records refetched" in asked.stdout
     assert [e["kind"] for e in errors_of(lake, "cli")] == ["http_404"]
 
 

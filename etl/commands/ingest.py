@@ -8,7 +8,7 @@ from etl.commands.failure import FAILED, say
 from etl.commands.engine_args import add_engine_arguments, engine_spec
 from etl.commands.summary import print_counts
 
-HELP = "Ingest source files (LLaVA JSON/JSONL, HF parquet, webdataset tars, messages JSON) into the lake."
+HELP = "Ingest source files (LLaVA JSON/JSONL, HF parquet, webdataset tars, messages JSON, URL lists) into the lake."
 EXAMPLES = """\
   python -m etl ingest llava_v1_5_mix665k.json --source llava_665k --image-root /data/llava
   python -m etl ingest 'LLaVA-Pretrain/*.json' --source lcs558k --image-root LLaVA-Pretrain/images

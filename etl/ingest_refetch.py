@@ -108,7 +108,7 @@ class Refetcher(Ingestor):
         crash_point("refetch_after_samples")
         self.lake.upsert_rows(S.ERRORS, errors_table(errors))
         crash_point("refetch_after_errors")
-        failed_again = {e.error_id for e in errors}
+        failed_again = {e.error_id for e in prepared.errors}  # also those another command wrote first
         retried = {f"{STAGE}/{sample_id(prepared.batch.file, r)}" for r in prepared.batch.records}
         if recovered := retried - failed_again:
             self.lake.delete_rows(S.ERRORS, f"error_id IN ({sql_string_list(sorted(recovered))})")

@@ -31,7 +31,7 @@ ENTRY_KEYS = ("imageURL", "questions", "answers")
 
 @dataclass
 class Entry:
-    """One entry reshaped as a URL-list record, with its text as written (for its errors row)."""
+    """One entry reshaped as a URL-list record, and the entry as `{id: entry}` JSON (its errors row's raw)."""
 
     record: dict[str, Any]
     raw: str

@@ -10,11 +10,16 @@ Compared at the same concurrency (`--concurrency`, default 16), each in its own 
   `images/<n>.jpg` and the captions to a LLaVA JSON (what the seed download scripts do: no retries,
   no limits, no hashing, no dedup);
 - mmlake   = `python -m etl ingest list.parquet --format urls` into a fresh lake (download, sha256,
-  header sniff, content-addressed store, commits, checkpoints).
-img2dataset is not run: it pulls opencv, albumentations and wandb (heavy, for resizing and logging
-we do not do here).
+  header sniff, content-addressed store, commits, checkpoints);
+- img2dataset = `img2dataset.download(...)` on the same list: one process of `--concurrency` threads,
+  bytes kept as they came (`resize_mode="no"`, `disable_all_reencoding`), sha256 computed, webdataset
+  shards written (what LAION-style downloads use). It pulls opencv, albumentations and wandb, so it
+  lives in its own venv, named by `--img2dataset-python` or $MMLAKE_IMG2DATASET_PYTHON; skipped (said
+  so) when neither is given:
+      python3 -m venv /work/venv-img2dataset && /work/venv-img2dataset/bin/pip install img2dataset
 
     .venv/bin/python bench/bench_download.py [--quick] [--images N] [--concurrency N] [--workdir DIR]
+        [--img2dataset-python /work/venv-img2dataset/bin/python]
 
 Writes bench/results/download.json and .md (download_quick.* with --quick).
 """
@@ -83,6 +88,44 @@ def serve(www: str) -> subprocess.Popen:
     raise SystemExit("the loopback server did not start")
 
 
+IMG2DATASET = """
+import glob, json, os, resource, sys, time
+from img2dataset import download  # imported before the clock, like the other cases
+listing, out, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3])
+start = time.perf_counter()
+download(url_list=listing, input_format="parquet", url_col="url", caption_col="caption", output_folder=out,
+         output_format="webdataset", processes_count=1, thread_count=concurrency, number_sample_per_shard=10000,
+         resize_mode="no", disable_all_reencoding=True, compute_hash="sha256", timeout=30, retries=2,
+         enable_wandb=False, distributor="multiprocessing")
+work = time.perf_counter() - start
+stats = [json.load(open(p)) for p in glob.glob(os.path.join(out, "*_stats.json"))]
+hwm = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # its download process
+print(json.dumps({"images": sum(s["successes"] for s in stats), "errors": sum(s["count"] - s["successes"] for s in stats),
+                  "work_seconds": round(work, 2), "peak_rss_mb": round(max(hwm + [children])),
+                  "shard_seconds": round(sum(s["duration"] for s in stats), 2)}))
+"""
+
+
+IMG2DATASET_VERSION: list[str] = []  # set by img2dataset_python
+
+
+def img2dataset_python(flag: str | None) -> str | None:
+    """The python of a venv holding img2dataset (the flag, else $MMLAKE_IMG2DATASET_PYTHON), or None."""
+    python = flag or os.environ.get("MMLAKE_IMG2DATASET_PYTHON")
+    if not python:
+        print("  img2dataset: skipped (give --img2dataset-python or $MMLAKE_IMG2DATASET_PYTHON: a venv's python "
+              "with `pip install img2dataset`)", flush=True)
+        return None
+    probe = subprocess.run([python, "-c", "import img2dataset, importlib.metadata as m; print(m.version('img2dataset'))"],
+                           capture_output=True, text=True, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    if probe.returncode != 0:
+        print(f"  img2dataset: skipped ({python} cannot import it: {probe.stderr.strip().splitlines()[-1:]})", flush=True)
+        return None
+    IMG2DATASET_VERSION.append(probe.stdout.strip())
+    return python
+
+
 def run_baseline(listing: str, out: Path, concurrency: int) -> dict:
     """Seed style: a thread pool of urlopen().read(), one file per image, then one JSON."""
     import urllib.request
@@ -130,12 +173,18 @@ def one(name: str, listing: str, out: Path, concurrency: int) -> None:
     print(json.dumps(result))
 
 
-def measure(name: str, info: dict, out: Path, concurrency: int) -> dict:
+def measure(name: str, info: dict, out: Path, concurrency: int, python: str | None = None) -> dict:
+    """One case in its own process (`python`: img2dataset's venv, running IMG2DATASET)."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--one", name, "--list", info["list"], "--out", str(out),
-                           "--concurrency", str(concurrency)], capture_output=True, text=True, cwd=ROOT)
+    if python:
+        cmd = [python, "-c", IMG2DATASET, info["list"], str(out), str(concurrency)]
+    else:
+        cmd = [sys.executable, __file__, "--one", name, "--list", info["list"], "--out", str(out),
+               "--concurrency", str(concurrency)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})  # no update check (offline)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
@@ -153,6 +202,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--workdir", default="/tmp/mmlake-bench-download")
+    p.add_argument("--img2dataset-python", help="python of a venv with img2dataset (default: $MMLAKE_IMG2DATASET_PYTHON)")
     p.add_argument("--one"), p.add_argument("--list"), p.add_argument("--out")
     args = p.parse_args()
     if args.one:
@@ -166,9 +216,12 @@ def main() -> None:
     workdir = Path(args.workdir)
     info = build(workdir, args.images)
     server = serve(info["www"])
+    peer = img2dataset_python(args.img2dataset_python)
     try:
         results = {name: measure(name, info, workdir / "out" / name, args.concurrency)
                    for name in ("baseline_threadpool_urllib", "mmlake_ingest_urls")}
+        if peer:
+            results["img2dataset"] = measure("img2dataset", info, workdir / "out" / "img2dataset", args.concurrency, peer)
     finally:
         server.kill()  # the server this run started, by its pid
         server.wait()
@@ -178,20 +231,34 @@ def main() -> None:
 def report(args, info: dict, results: dict) -> None:
     ratio = round(results["mmlake_ingest_urls"]["images_per_s"] / results["baseline_threadpool_urllib"]["images_per_s"], 2)
     doc = {"images": args.images, "image_bytes": info["image_bytes"], "concurrency": args.concurrency,
-           "cores": os.cpu_count(), "results": results, "ratio_mmlake_over_baseline": ratio}
+           "cores": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 1), "results": results,
+           "ratio_mmlake_over_baseline": ratio}
     name = "download_quick" if args.quick else "download"
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = [f"# Download benchmark ({args.images:,} images, {info['image_bytes'] / 1e6:.0f} MB, concurrency "
              f"{args.concurrency}, {os.cpu_count()} cores, loopback stdlib file server in its own process)", "",
              "`work s` is the time inside each process after imports; images/s and MB/s are over it.",
-             "The server shares the cores with the client, so both sides are bounded by it alike.", "",
+             "The server shares the cores with the client, so both sides are bounded by it alike.",
+             f"Load average (1 min) at the end: {doc['load_average_1min']} (the machine runs other jobs too).", "",
              "| case | seconds | work s | images/s | MB/s | peak RSS MB |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {k} | {v['seconds']} | {v['work_seconds']} | {v['images_per_s']} | {v['MB_per_s']} | {v['peak_rss_mb']} |"
               for k, v in results.items()]
     lines += ["", f"mmlake / baseline images/s: **{ratio}×** (mmlake also hashes, sniffs, stores once and commits)"]
+    if "img2dataset" in results:
+        doc["ratio_mmlake_over_img2dataset"] = round(
+            results["mmlake_ingest_urls"]["images_per_s"] / results["img2dataset"]["images_per_s"], 2)
+        (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+        i2d = results["img2dataset"]
+        lines += [f"mmlake / img2dataset {IMG2DATASET_VERSION[0]} images/s: **{doc['ratio_mmlake_over_img2dataset']}×** (img2dataset "
+                  "1 process x concurrency threads, no resize or re-encode, sha256, webdataset shards)",
+                  f"img2dataset's `work s` includes starting its download process and its shard/logger "
+                  f"machinery; its shards' own download loop took {i2d['shard_seconds']} s "
+                  f"({round(i2d['images'] / i2d['shard_seconds'], 1)} images/s)."]
+    else:
+        lines += ["img2dataset: not run (no --img2dataset-python / $MMLAKE_IMG2DATASET_PYTHON)"]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[-1:]))
+    print("\n".join(lines[-3:]))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Error kinds: `http_<status>` (after retries for 408/425/429/5xx), `timeout` (no 
 body not read within `timeout`), `too_large` (Content-Length or the body over `max_bytes`, refused
 before reading what is over), `protocol_error` (a truncated body, a broken response),
 `connection_error`, `too_many_redirects`, `bad_url`, `bad_encoding` (a Content-Encoding that does not
-decode), `sha256_mismatch` (an expected hash was given).
+decode), `sha256_mismatch` (an expected hash was given). The `TRANSIENT_KINDS` among them are
+fetched again when the ingest is run again.
 Whether the bytes are an image is decided later, by ingest's header sniffing, like for any source.
 """
 from __future__ import annotations
@@ -25,6 +26,9 @@ import httpx
 from etl import __version__
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# failures that may pass: retried within a run, and fetched again by the next ingest of the list
+# (etl/ingest/refetch.py); the others (404, too_large, bad_url, ...) only with `--retry-failed`
+TRANSIENT_KINDS = frozenset({"timeout", "connection_error", "protocol_error", *(f"http_{s}" for s in RETRY_STATUSES)})
 MAX_BACKOFF = 30.0  # seconds: the longest wait between two attempts (Retry-After included)
 CHUNK = 1 << 16
 

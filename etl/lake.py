@@ -405,6 +405,15 @@ class Lake:
         """Set columns to SQL expressions for the rows matching `where` (rewrites those rows)."""
         self.commit_once(name, lambda _: self.dataset(name).update(values, where=where))
 
+    def upsert_rows(self, name: str, table: pa.Table) -> None:
+        """Replace the rows whose key is in `table` by its rows, add the others: one commit
+        (`merge_insert(key)`, whole rows rewritten: for the small tables, never `images`)."""
+        if table.num_rows == 0:
+            return
+        rows = conform(table, S.SCHEMAS[name])
+        self.commit_once(name, lambda _: self.dataset(name).merge_insert(S.KEYS[name]).when_matched_update_all()
+                         .when_not_matched_insert_all().execute(rows))
+
     def append_table(self, name: str, table: pa.Table) -> None:
         """Append to a table outside the contract (e.g. `released_images`), creating it on first use."""
         def write(read_version: int | None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,8 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl import schema as S
+from etl.faults import ENV as FAULT
 from etl.ingest import IngestOptions, ingest
 from etl.lake import Lake
+from etl.sources import detect_format
 from etl.sqlrun import connect
 
 from conftest import REPO, errors_of, needs_realdata, run_cli, samples_of
@@ -25,8 +28,9 @@ from http_fixtures import ImageServer, in_private_network, jpeg
 FAST = {"timeout": 1.0, "retries": 1, "backoff": 0.1, "max_bytes": 1 << 20}
 
 
-def ingest_urls(lake: Lake, path, source: str = "web", **options) -> dict:
-    opts = IngestOptions(source=source, format="urls", reader_options={**FAST, **options}, progress=False)
+def ingest_urls(lake: Lake, path, source: str = "web", retry_failed: bool = False, **options) -> dict:
+    opts = IngestOptions(source=source, format="urls", reader_options={**FAST, **options}, progress=False,
+                         retry_failed=retry_failed)
     return ingest(lake, [str(path)], opts)
 
 
@@ -74,6 +78,71 @@ def test_rerunning_a_finished_url_ingest_downloads_nothing(tmp_path, lake):
     assert again["files_already_done"] == 1
     assert lake.dataset(S.IMAGES).count_rows() == 20
     assert lake.dataset(S.SAMPLES).count_rows() == 0  # a list with no caption stores images only
+
+
+@in_private_network
+def test_a_rerun_fetches_again_what_failed_for_a_while_and_not_what_is_gone(tmp_path, lake):
+    with ImageServer({"a.jpg": jpeg(1), "b.jpg": jpeg(2)}) as srv:  # /flaky/b.jpg: 500 once, then 200
+        rows = [("ok", srv.url("a.jpg")), ("flaky", srv.url("flaky/b.jpg")), ("gone", srv.url("missing"))]
+        path = write_jsonl(tmp_path / "list.jsonl", [{"key": k, "url": u, "caption": k} for k, u in rows])
+        first = ingest_urls(lake, path, retries=0)
+        assert {e["orig_id"]: e["kind"] for e in errors_of(lake, "web")} == {"flaky": "http_500", "gone": "http_404"}
+        again = ingest_urls(lake, path, retries=0)
+        third = ingest_urls(lake, path, retries=0)
+        hits = {p: srv.count(p) for p in ("/a.jpg", "/flaky/b.jpg", "/missing")}
+    assert hits == {"/a.jpg": 1, "/flaky/b.jpg": 2, "/missing": 1}  # the 404 is not asked again
+    assert first["samples_added"] == 1 and again["samples_added"] == 1 and third["samples_added"] == 0
+    assert again["failed_records_refetched"] == again["failed_records_recovered"] == 1
+    assert not third["failed_records_refetched"] and third["files_already_done"] == 1
+    samples = samples_of(lake, "web")
+    assert sorted(s["orig_id"] for s in samples) == ["flaky", "ok"]
+    ids = lake.dataset(S.SAMPLES).to_table(columns=["sample_id"]).column(0).to_pylist()
+    assert len(ids) == len(set(ids)) == 2  # the recovered record is in the lake once
+    flaky = next(s for s in samples if s["orig_id"] == "flaky")
+    assert flaky["source_row"] == 1 and flaky["conversations"][1]["value"] == "flaky"
+    (gone,) = errors_of(lake, "web")  # the recovered record's errors row is gone, the 404's stays once
+    assert gone["orig_id"] == "gone" and gone["kind"] == "http_404"
+
+
+@in_private_network
+def test_retry_failed_fetches_again_what_was_gone_and_keeps_one_errors_row_per_failure(tmp_path, lake):
+    files = {"a.jpg": jpeg(1)}
+    with ImageServer(files) as srv:
+        rows = [("ok", srv.url("a.jpg")), ("later", srv.url("later.jpg")), ("gone", srv.url("missing")),
+                ("html", srv.url("html"))]
+        path = write_jsonl(tmp_path / "list.jsonl", [{"key": k, "url": u} for k, u in rows])
+        ingest_urls(lake, path)
+        files["later.jpg"] = jpeg(2)  # put online after the first run
+        ingest_urls(lake, path)  # a 404 and an HTML page are not fetched again unasked
+        assert srv.count("/later.jpg") == srv.count("/missing") == srv.count("/html") == 1
+        asked = ingest_urls(lake, path, retry_failed=True)
+        assert srv.count("/later.jpg") == srv.count("/missing") == srv.count("/html") == 2
+        assert srv.count("/a.jpg") == 1
+    assert asked["failed_records_refetched"] == 3 and asked["failed_records_recovered"] == 1
+    assert asked["images_added"] == 1
+    errors = errors_of(lake, "web")
+    assert sorted((e["orig_id"], e["kind"]) for e in errors) == [("gone", "http_404"), ("html", "not_an_image")]
+    last_run = lake.dataset(S.RUNS).to_table().sort_by([("started_at", "descending")]).column("run_id")[0].as_py()
+    run_ids = lake.dataset(S.ERRORS).to_table(columns=["run_id"]).column(0).to_pylist()
+    assert run_ids == [last_run, last_run]  # one row per failure, replaced by the run that failed again
+
+
+@in_private_network
+def test_kill_9_between_a_refetch_s_commits_then_rerun_keeps_the_sample_once_and_drops_its_error(tmp_path):
+    root = tmp_path / "lake"
+    with ImageServer({"a.jpg": jpeg(1), "b.jpg": jpeg(2)}) as srv:
+        path = write_jsonl(tmp_path / "list.jsonl", [{"id": "ok", "url": srv.url("a.jpg"), "caption": "hi"},
+                                                     {"id": "f", "url": srv.url("flaky/b.jpg"), "caption": "hi"}])
+        command = [sys.executable, "-m", "etl", "--lake", str(root), "ingest", str(path), "--format", "urls",
+                   "--source", "web", "--retries", "0", "--no-progress"]
+        subprocess.run(command, check=True, cwd=REPO, capture_output=True)
+        crashed = subprocess.run(command, cwd=REPO, capture_output=True, env={**os.environ, FAULT: "refetch_after_samples"})
+        assert crashed.returncode == 137, crashed.stderr.decode()[-2000:]
+        lake = Lake.open(str(root), create=False)
+        assert len(samples_of(lake, "web")) == 2 and len(errors_of(lake, "web")) == 1  # both: the cut
+        subprocess.run(command, check=True, cwd=REPO, capture_output=True)
+        assert srv.count("/flaky/b.jpg") == 2  # the rerun after the crash fetched nothing
+    assert [s["orig_id"] for s in samples_of(lake, "web")] == ["ok", "f"] and errors_of(lake, "web") == []
 
 
 @in_private_network
@@ -200,8 +269,36 @@ def test_cli_ingest_format_urls_reports_counts_and_keeps_going(tmp_path, lake):
         path = write_jsonl(tmp_path / "list.jsonl", [{"url": srv.url("a.jpg"), "txt": "hi"}, {"url": srv.url("gone")}])
         proc = run_cli("ingest", str(path), "--format", "urls", "--source", "cli", "--retries", "0",
                        "--timeout", "2", "--no-progress", lake=lake)
+        asked = run_cli("ingest", str(path), "--format", "urls", "--source", "cli", "--retry-failed",
+                        "--no-progress", lake=lake)
+        assert srv.count("/gone") == 2 and srv.count("/a.jpg") == 1
     assert "samples added" in proc.stdout and "http_404" in proc.stdout
+    assert "failed records refetched" in asked.stdout
     assert [e["kind"] for e in errors_of(lake, "cli")] == ["http_404"]
+
+
+@in_private_network
+def test_format_auto_downloads_a_parquet_of_urls_and_captions_and_leaves_path_and_bytes_parquets_to_hf(tmp_path, lake):
+    with ImageServer({"a.jpg": jpeg(1)}) as srv:
+        pq.write_table(pa.table({"url": [srv.url("a.jpg"), None], "caption": ["a red photo", "no url"],
+                                 "width": [32, 0]}), tmp_path / "cc3m.parquet")
+        pq.write_table(pa.table({"url": ["coco/000001.jpg"], "caption": ["a path"]}), tmp_path / "paths.parquet")
+        pq.write_table(pa.table({"url": [srv.url("a.jpg")], "image": [{"bytes": jpeg(2), "path": "a.jpg"}],
+                                 "caption": ["bytes kept beside their url"]}), tmp_path / "embedded.parquet")
+        assert [detect_format(str(tmp_path / f)) for f in ("cc3m.parquet", "paths.parquet", "embedded.parquet")] \
+            == ["urls", "hf-parquet", "hf-parquet"]
+        proc = run_cli("ingest", str(tmp_path / "cc3m.parquet"), "--source", "cc3m", "--no-progress", lake=lake)
+        assert srv.count("/a.jpg") == 1, proc.stdout + proc.stderr
+    (sample,) = samples_of(lake, "cc3m")
+    assert sample["image_paths"] == [srv.url("a.jpg")] and sample["conversations"][1]["value"] == "a red photo"
+    assert json.loads(sample["meta"]) == {"width": 32}
+    assert [(e["row"], e["kind"]) for e in errors_of(lake, "cc3m")] == [(1, "malformed_record")]
+
+
+def test_format_auto_takes_img2dataset_s_own_url_list_for_a_url_list(realdata):
+    listed = realdata / "img2dataset/tests/test_files/sample_image.parquet"
+    needs_realdata(listed)
+    assert detect_format(str(listed)) == "urls"
 
 
 def test_cli_start_up_does_not_load_the_http_client():

@@ -8,7 +8,7 @@ from etl.commands.failure import FAILED, say
 from etl.commands.engine_args import add_engine_arguments, engine_spec
 from etl.commands.summary import print_counts
 
-HELP = "Ingest source files (LLaVA JSON/JSONL, HF parquet, webdataset tars, messages JSON) into the lake."
+HELP = "Ingest source files (LLaVA JSON/JSONL, HF parquet, webdataset tars, messages JSON, URL lists) into the lake."
 EXAMPLES = """\
   python -m etl ingest llava_v1_5_mix665k.json --source llava_665k --image-root /data/llava
   python -m etl ingest 'LLaVA-Pretrain/*.json' --source lcs558k --image-root LLaVA-Pretrain/images
@@ -20,7 +20,8 @@ EXAMPLES = """\
   python -m etl ingest cc3m.parquet --format urls --source cc3m --concurrency 32 --per-host-rate 5
   python -m etl ingest s3://bucket/llava/mix665k.json --image-root s3://bucket/llava/images   # read in place
   python -m etl ingest 'hf://datasets/lmms-lab/LLaVA-ReCap-558K/data/*.parquet'             # streamed, no download
-Rerunning the same command adds nothing; after a crash it continues where it stopped.
+Rerunning the same command adds nothing; after a crash it continues where it stopped. A rerun of a URL list
+fetches again the downloads that failed for a while (timeouts, 5xx, 429); --retry-failed: every failed one.
 Records whose images are missing or not images go to the `errors` table with the raw record."""
 
 READER_OPTIONS = ("prompt", "concurrency", "timeout", "retries", "max_bytes", "per_host_rate", "url_column",
@@ -62,6 +63,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     urls.add_argument("--per-host-rate", type=float, help="requests per second to one host (default: no limit)")
     urls.add_argument("--url-column", help="the column holding the URL(s) (default: url, image_url, image, ...)")
     urls.add_argument("--caption-column", help="the caption column (default: caption, txt, text)")
+    urls.add_argument("--retry-failed", action="store_true",
+                      help="also fetch again the records whose download failed for good (404, not an image, too "
+                           "large...); a rerun always fetches again those that failed for a while (timeouts, 5xx, 429)")
     p.add_argument("--redo", action="store_true",
                    help="re-ingest the named files from scratch: their samples, errors and checkpoints are "
                         "deleted first (e.g. after a wrong --format or --image-root); same result as a first ingest")
@@ -101,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
                          allow_outside_roots=args.allow_outside_roots,
                          batch_records=args.batch_size, reader_options=reader_options, workers=args.workers,
                          engine=engine,
-                         progress=False if args.no_progress else None, redo=args.redo)
+                         progress=False if args.no_progress else None, redo=args.redo,
+                         retry_failed=args.retry_failed)
     counts = ingest(lake, paths, opts)
     print_counts("ingest", counts)
     empty = files_without_samples(lake, paths, opts)

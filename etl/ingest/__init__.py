@@ -2,7 +2,8 @@
 
 The package: `inputs` (files named by the arguments), `resume` (where a file starts), `batches`
 (records cut into commit units), `images` (bytes → `images` rows), `serial` (one process reads,
-resolves and commits) and `parallel` (engine workers read, resolve and write; this process commits).
+resolves and commits), `parallel` (engine workers read, resolve and write; this process commits)
+and `refetch` (URL lists: the failed downloads of earlier runs, fetched again first).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from etl.ingest.batches import Batch, Prepared, sample_id, sample_row, uncommitt
 from etl.ingest.images import LoadedImage, StoredPaths, images_table, load_image
 from etl.ingest.inputs import STAGE, IngestOptions, InputFile, expand_inputs, identity_name
 from etl.ingest.resume import CommittedRows, FileStart, forget_for_redo, known_as, start_file
+from etl.ingest.refetch import refetch_failed
 from etl.ingest.serial import Ingestor, KeyIndexUpkeep, ingest_files_serially
 from etl.lake import Lake
 from etl.runlog import recorded_run
@@ -38,12 +40,14 @@ def ingest(lake: Lake, paths: list[str], opts: IngestOptions) -> Counter:
     params = {"paths": [absolute(p) for p in paths], "source": opts.source, "format": opts.format,
               "image_roots": opts.image_roots, "allow_outside_roots": opts.allow_outside_roots,
               "files": [f.name for f in files], "workers": opts.workers}
-    if opts.redo:
-        params["redo"] = True
+    for flag in ("redo", "retry_failed"):
+        if getattr(opts, flag):
+            params[flag] = True
     with recorded_run(lake, "ingest", params) as run, gc_passes_lowered():
         if opts.redo:
             forget_for_redo(lake, files, run.counts)
         with tqdm(desc="ingest", unit=" rec", disable=PROGRESS_DISABLE[opts.progress]) as bar:
+            refetch_failed(lake, files, opts, run, bar)
             if opts.workers > 1 or opts.engine.distributed:
                 from etl.ingest.parallel import ingest_files_parallel  # imported only when used
 
@@ -55,7 +59,6 @@ def ingest(lake: Lake, paths: list[str], opts: IngestOptions) -> Counter:
         if run.counts["images_added"]:
             lake.ensure_key_index(S.IMAGES)
     return run.counts
-
 
 
 def fewer_gc_passes(first_generation: int = 50_000) -> tuple[int, int, int]:

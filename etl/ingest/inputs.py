@@ -27,6 +27,7 @@ class IngestOptions:
     reader_options: dict = field(default_factory=dict)
     progress: bool | None = None  # None: a bar only on a terminal
     redo: bool = False  # forget what the lake holds of these files first (a first ingest again)
+    retry_failed: bool = False  # URL lists: refetch failed downloads of every kind, not only transient ones
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,14 @@ class CommittedRows:
 
     def at_start(self, file: InputFile, start: int) -> set[str]:
         """Samples/errors of `file` at or past its checkpoint: at most the batch a crash cut."""
-        for table, *_ in self.tables:  # first: a commit racing the scan below is looked at again
+        self.watch(file)  # first: a commit racing the scan below is looked at again
+        return {key for table, *cols in self.tables for key, _ in self.rows(table, file, start, None, *cols)}
+
+    def watch(self, file: InputFile) -> None:
+        """From now on, `added_by_others` tells what other commands commit of `file`."""
+        for table, *_ in self.tables:
             self.seen[file, table] = self.lake.latest_version(table)
         self.known[file] = {}
-        return {key for table, *cols in self.tables for key, _ in self.rows(table, file, start, None, *cols)}
 
     def added_by_others(self, file: InputFile, first: int, last: int) -> set[str]:
         """Under the commit lock: keys of rows [first, last] of `file` that another command

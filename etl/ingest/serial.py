@@ -134,10 +134,7 @@ class Ingestor:
             self.store_again_if_deleted(prepared.images, checked_at)
             crash_point("after_images")
             samples, errors = self.not_added_by_others(prepared)
-            self.lake.append(S.ERRORS, errors_table(errors))
-            crash_point("after_errors")
-            self.lake.append(S.SAMPLES, pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA))
-            crash_point("after_samples")
+            self.commit_rows(prepared, samples, errors)
             next_row = prepared.batch.records[-1].source_row + 1
             if checkpoint is not None:
                 checkpoint(next_row)
@@ -147,6 +144,13 @@ class Ingestor:
         bar.set_postfix(samples=self.run.counts["samples_added"], images=self.run.counts["images_added"],
                         errors=sum(v for k, v in self.run.counts.items() if k.startswith("errors.")))
         return next_row
+
+    def commit_rows(self, prepared: Prepared, samples: list[dict], errors: list[ErrorRow]) -> None:
+        """Under the commit lock: the batch's errors, then its samples."""
+        self.lake.append(S.ERRORS, errors_table(errors))
+        crash_point("after_errors")
+        self.lake.append(S.SAMPLES, pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA))
+        crash_point("after_samples")
 
     def not_added_by_others(self, prepared: Prepared) -> tuple[list[dict], list[ErrorRow]]:
         """The batch's samples and errors but those another command committed meanwhile (the same

@@ -13,12 +13,13 @@ READERS: dict[str, type[SourceReader]] = {}
 
 # Modules imported on first use of the registry; each registers its reader(s).
 _READER_MODULES = [
+    "etl.sources.urls",  # URL lists to download: parquet with a URL column and no image bytes, else --format urls
+    "etl.sources.ocr_vqa",  # OCR-VQA's dataset.json: a JSON object of entries keyed by id, with imageURL
     "etl.sources.hf_parquet",  # .parquet with the PAR1 magic
     "etl.sources.webdataset",  # .tar / .tgz
     "etl.sources.vila",  # JSON whose first key is test_cases
     "etl.sources.messages",  # JSON/JSONL whose first record has `messages`
     "etl.sources.data_juicer",  # JSON/JSONL whose first record has `text` (+ `images`)
-    "etl.sources.urls",  # URL lists to download: only with --format urls
     "etl.sources.llava",  # any other JSON/JSONL: must stay last
 ]
 

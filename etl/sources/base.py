@@ -75,6 +75,7 @@ class SourceReader(ABC):
     format_name: ClassVar[str]
     extensions: ClassVar[tuple[str, ...]] = ()
     splittable: ClassVar[bool] = False
+    fetches: ClassVar[bool] = False  # reads its images over a network: failures may pass (`refetched_on_rerun`)
 
     def __init__(self, image_roots: list[str] | None = None, **options: Any):
         self.image_roots = list(image_roots or [])
@@ -84,6 +85,13 @@ class SourceReader(ABC):
     def sniff(cls, path: str) -> bool:
         """True when the file at `path` looks like this format (used by --format auto)."""
         return path.lower().endswith(cls.extensions)
+
+    @classmethod
+    def refetched_on_rerun(cls, kind: str, every_kind: bool) -> bool:
+        """Whether the next ingest of an unchanged file reads again a record that failed with error
+        `kind` (`every_kind`: the user asked for every failure). Files on disk fail the same way
+        twice: never; readers that `fetch` over a network say which failures may pass."""
+        return False
 
     @abstractmethod
     def read_file(self, path: str, name: str, start_row: int = 0, end_row: int | None = None) -> Iterator[SourceRecord]:

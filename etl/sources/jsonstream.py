@@ -223,6 +223,30 @@ class RecordSplitter:
         rows = [item] if isinstance(item, BadStretch) or not win.skip() else [item, self.trailing()]
         yield from ((row, it) for row, it in enumerate(rows) if row >= start_row)
 
+    def keyed_items(self, start_row: int = 0) -> Iterator[tuple[int, Any]]:
+        """The members of the object whose `{` is at `pos` as `(key, value)`, rows in file order
+        (OCR-VQA's `dataset.json`: records keyed by their id). A value that does not parse is a
+        BadStretch and reading goes on after it; a member without a quoted key and `:` ends the file."""
+        win, row = self.win, 0
+        win.pos += 1
+        while (c := win.skip(SEPARATORS)) != "}":
+            key = self.next_value(want=True) if c == '"' else None
+            if not isinstance(key, str) or win.skip() != ":":
+                if row >= start_row:
+                    yield row, self.bad(win.pos, "bad_json_record", "expected a quoted key followed by `:`")
+                return
+            win.pos += 1
+            win.skip()
+            value = self.next_value(want=row >= start_row)
+            if row >= start_row:
+                yield row, value if isinstance(value, BadStretch) else (key, value)
+            if isinstance(value, BadStretch) and value.kind == "truncated_json":
+                return
+            row += 1
+        win.pos += 1
+        if win.skip() and row >= start_row:
+            yield row, self.trailing()
+
     def trailing(self) -> BadStretch:
         s = self.win.pos
         stretch = self.scan(s, until_eof=True)

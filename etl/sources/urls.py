@@ -19,7 +19,9 @@ Columns (matched case-insensitively; `--url-column`/`--caption-column` override)
 
 A record whose download fails becomes one `errors` row naming the URL and the HTTP status or the
 reason (see etl/download.py). A rerun resumes from the file's checkpoint, so only the records past
-the last committed batch are fetched again.
+the last committed batch are fetched again; and it fetches again the records whose download failed
+with a failure that may pass (`refetched_on_rerun`; every failure with `--retry-failed`): ingest
+reads just those rows (option `only_rows`, see etl/ingest/refetch.py).
 """
 from __future__ import annotations
 
@@ -30,12 +32,17 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
+from itertools import takewhile
 from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from etl import storage
 from etl.sources import register
 from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
-from etl.sources.hf_parquet import iter_row_batches, parquet_metadata
+from etl.sources.hf_parquet import (ColumnLayout, HFParquetReader, element_type, is_string, iter_row_batches,
+                                    parquet_metadata, parquet_source)
 from etl.sources.jsonfiles import iter_json_records
 from etl.sources.jsonstream import BadStretch
 from etl.sources.llava import MalformedRecord, llava_turns
@@ -66,12 +73,23 @@ class UrlListReader(SourceReader):
     """Reads URL lists (parquet, CSV/TSV, JSON/JSONL, txt) and downloads their images, in file order."""
 
     format_name = "urls"
+    fetches = True
     extensions = (".parquet", ".csv", ".tsv", ".json", ".jsonl", ".txt")
 
     @classmethod
     def sniff(cls, path: str) -> bool:
-        """Never auto-detected: downloading is asked for explicitly with `--format urls`."""
-        return False
+        """A parquet list of image URLs (LAION, CC3M, img2dataset's input): no image bytes, and a URL
+        column whose first values are http(s) URLs; what else could such a file be ingested for.
+        CSV/TSV/JSON/txt lists are read only with `--format urls`."""
+        return HFParquetReader.sniff(path) and parquet_url_column(path) is not None
+
+    @classmethod
+    def refetched_on_rerun(cls, kind: str, every_kind: bool) -> bool:
+        """Timeouts, resets, truncated bodies, 408/425/429/5xx (`TRANSIENT_KINDS`) are fetched again by
+        the next ingest; a 404, a page that is not an image, a too-large body only with `every_kind`."""
+        from etl.download import TRANSIENT_KINDS
+
+        return every_kind or kind in TRANSIENT_KINDS
 
     def download_options(self) -> DownloadOptions:
         from etl.download import DownloadOptions
@@ -87,12 +105,26 @@ class UrlListReader(SourceReader):
         with Downloader(opts) as downloader:
             fetch = RecentFetches(downloader, capacity=window)
             pending: deque[Pending] = deque()
-            for row, item in iter_rows(path, start_row):
+            for row, item in self.wanted_rows(path, start_row):
                 pending.append(self.start(item, name, row, fetch))
                 if len(pending) >= window:
                     yield finish(pending.popleft())
             while pending:
                 yield finish(pending.popleft())
+
+    def wanted_rows(self, path: str, start_row: int) -> Iterator[tuple[int, Any]]:
+        """(row, record) from `start_row` on; only the rows in option `only_rows` when it is given
+        (the failed records a rerun fetches again), and no further than the last of them."""
+        only = self.options.get("only_rows")
+        if only is None:
+            return self.rows(path, start_row)
+        last = max(only, default=-1)
+        return ((row, item) for row, item in takewhile(lambda pair: pair[0] <= last, self.rows(path, start_row))
+                if row in only)
+
+    def rows(self, path: str, start_row: int) -> Iterator[tuple[int, Any]]:
+        """(row, record) of the list file from `start_row` on (a format with its own layout overrides it)."""
+        return iter_rows(path, start_row)
 
     def start(self, item: Any, name: str, row: int, fetch: "RecentFetches") -> Pending:
         """The record of one list row, its downloads started."""
@@ -220,6 +252,25 @@ def text_input(path: str, encoding: str, newline: str | None = None) -> io.TextI
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+def parquet_url_column(path: str, peek: int = 16) -> str | None:
+    """The URL column of a parquet file without embedded images whose first `peek` values (nulls
+    aside) are all http(s) URLs, else None (paths, an unreadable footer, ...)."""
+    try:
+        with parquet_source(path) as source:
+            f = pq.ParquetFile(source)
+            if ColumnLayout.of(f.schema_arrow).embedded:
+                return None
+            strings = {c.name.lower(): c.name for c in f.schema_arrow if is_string(element_type(c.type))}
+            column = first_key(strings, URL_KEYS)
+            if column is None or f.metadata.num_rows == 0:
+                return None
+            batch = next(f.iter_batches(batch_size=peek, columns=[column]))
+    except (pa.ArrowException, OSError, StopIteration):
+        return None
+    values = [u for v in batch.column(0).to_pylist() for u in as_list(v) if u]
+    return column if values and all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in values) else None
+
+
 def first_key(keys: dict[str, str], candidates: tuple[str, ...]) -> str | None:
     """The record's own spelling of the first candidate it has (`keys`: lower-case → as written)."""
     return next((keys[c] for c in candidates if c in keys), None)

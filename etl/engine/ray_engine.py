@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from etl.engine.base import EngineSpec, Factory, bounded_unordered
+from etl.engine.base import IN_FLIGHT_PER_WORKER, EngineSpec, Factory, bounded_unordered
 
 MISSING_RAY = "--engine ray needs Ray and lance-ray: pip install 'mmlake[ray]'"
 FORWARDED_PREFIXES = ("AWS_", "MMLAKE_")
@@ -50,15 +50,28 @@ def connect(address: str | None):
 
 
 class Worker:
-    """A Ray actor holding one worker built by the job's factory."""
+    """A Ray actor holding one worker built by the job's factory (a model loads once per actor).
+
+    The actor takes `IN_FLIGHT_PER_WORKER` tasks at once on as many threads. A staged worker (with
+    `prepare` and `compute`, as enrich's) prepares the next task (reads its image bytes, starts
+    decoding) while the current one computes; computing, like any other worker's whole task, runs
+    one task at a time.
+    """
 
     def __init__(self, factory: Factory, driver_cwd: str):
         if os.path.isdir(driver_cwd):  # same node or a shared filesystem: relative paths mean the same
             os.chdir(driver_cwd)
         self.work = factory()
+        self.staged = callable(getattr(self.work, "prepare", None)) and callable(getattr(self.work, "compute", None))
+        self.one_at_a_time = threading.Lock()
 
     def run(self, task: Any) -> Any:
-        return self.work(task)
+        if not self.staged:
+            with self.one_at_a_time:
+                return self.work(task)
+        prepared = self.work.prepare(task)
+        with self.one_at_a_time:
+            return self.work.compute(prepared)
 
 
 class ActorExecutor:
@@ -102,7 +115,7 @@ class RayEngine:
         env.update({k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)})
         actor_class = self.ray.remote(Worker).options(
             num_cpus=self.spec.cpus_per_worker, num_gpus=self.spec.gpus_per_worker, max_restarts=-1,
-            max_task_retries=-1, runtime_env={"env_vars": env} if env else None)
+            max_task_retries=-1, max_concurrency=IN_FLIGHT_PER_WORKER, runtime_env={"env_vars": env} if env else None)
         actors = [actor_class.remote(factory, os.getcwd()) for _ in range(self.workers)]
         try:
             yield ActorExecutor(actors)

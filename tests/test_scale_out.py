@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -269,24 +270,75 @@ def test_ray_ingest_of_llava_json_hf_parquet_and_webdataset_then_phash_equals_th
     assert {"orphan_caption", "corrupt_shard"} <= {e[5] for e in got["errors"]}  # the shards' faults, recorded
 
 
-@inside
-def test_a_lake_on_s3_runs_the_pipeline_and_exports_byte_identical_to_a_local_disk_lake(
-        services, shards, local_lake, tmp_path):
-    lake = s3_lake("pipeline")
+@pytest.fixture(scope="module")
+def s3_pipeline(services, shards, local_lake, tmp_path_factory) -> dict:
+    """The pipeline on Ray with the lake on S3, then `dedup` and `export` of one recipe from it and
+    from the local lake: the S3 lake's address and both export folders."""
+    lake, out = s3_lake("pipeline"), tmp_path_factory.mktemp("exports")
     pipeline(shards, lake, RAY)
-    assert_same(full_content(lake), local_lake["content"])
-    recipe = tmp_path / "mix.yaml"
+    recipe = out / "mix.yaml"
     recipe.write_text("name: mix\nseed: 1\ndefaults:\n  checks: pass\n  dedup: exact\nsources:\n  - a\n  - ov\n  - wds\n")
-    exports = {}
     for name, root in (("s3", lake), ("local", local_lake["root"])):
         etl(root, "dedup")  # dup_exact: a job table the export finds by listing the lake
-        etl(root, "export", str(recipe), "--out", str(tmp_path / name))
-        exports[name] = tree(tmp_path / name)
+        etl(root, "export", str(recipe), "--out", str(out / name))
+    return {"lake": lake, "exports": {name: out / name for name in ("s3", "local")}}
+
+
+@inside
+def test_a_lake_on_s3_runs_the_pipeline_and_exports_byte_identical_to_a_local_disk_lake(
+        s3_pipeline, local_lake, tmp_path):
+    lake, exports = s3_pipeline["lake"], {name: tree(path) for name, path in s3_pipeline["exports"].items()}
+    assert_same(full_content(lake), local_lake["content"])
     assert exports["s3"] == exports["local"]
     assert len(exports["s3"]) > 50  # the JSON, its images and their checksums
     etl(lake, "stats")
     etl(lake, "sql", "select count(*) from dup_exact", "--format", "csv", "--output", str(tmp_path / "dups.csv"))
     assert int((tmp_path / "dups.csv").read_text().splitlines()[1]) > 0
+
+
+@inside
+def test_checks_and_the_report_on_an_s3_lake_say_what_they_say_on_a_local_disk_lake(s3_pipeline, local_lake,
+                                                                                    tmp_path):
+    said = {}
+    for name, root in (("s3", s3_pipeline["lake"]), ("local", local_lake["root"])):
+        for what in ("summary", "list"):
+            out = tmp_path / f"{name}-checks-{what}.csv"
+            etl(root, "checks", f"--{what}", "--format", "csv", "--output", str(out))
+            said[name, what] = out.read_text()
+        etl(root, "report", "--out", str(tmp_path / f"{name}.html"), "--compare", *map(str, s3_pipeline["exports"].values()))
+        said[name, "report"] = re.sub(r'<p class="meta">.*?</p>', "", (tmp_path / f"{name}.html").read_text())
+    for what in ("summary", "list", "report"):
+        assert said["s3", what] == said["local", what], what
+    assert "no_turns" in said["s3", "summary"]  # the labelled webdataset samples
+    assert not Path("s3:").exists()  # nothing took the lake's address for a local path
+    assert "not computed yet" in said["s3", "report"] and "wds" in said["s3", "report"]
+
+
+@inside
+@pytest.mark.parametrize("notebook", ["mixture_analysis", "explore_samples"])
+def test_the_notebooks_run_on_an_s3_lake(s3_pipeline, notebook):
+    pytest.importorskip("nbclient", reason="needs the `notebooks` extra")
+    import nbclient
+    import nbformat
+
+    path = REPO / "notebooks" / f"{notebook}.ipynb"
+    env = {"ETL_LAKE": s3_pipeline["lake"], "ETL_RECIPE_A": str(s3_pipeline["exports"]["s3"]),
+           "ETL_RECIPE_B": str(s3_pipeline["exports"]["local"])}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits them, the AWS_* variables too
+    try:
+        nb = nbclient.NotebookClient(nbformat.read(path, as_version=4), timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    shown = {mime: " ".join(str(o["data"][mime]) for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                            if mime in o.get("data", {})) for mime in ("text/html", "text/plain", "image/png")}
+    if notebook == "mixture_analysis":  # plots, and the sources' composition
+        assert shown["image/png"] and re.search(r"\bwds\b", shown["text/html"] + shown["text/plain"])
+    else:  # thumbnails: image bytes read from the S3 lake's blobs
+        assert "data:image/jpeg;base64," in shown["text/html"]
+    assert not (path.parent / "s3:").exists()  # nothing took the lake's address for a local path
 
 
 def tree(out: Path) -> dict[str, str]:

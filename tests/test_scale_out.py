@@ -277,7 +277,8 @@ def s3_pipeline(services, shards, local_lake, tmp_path_factory) -> dict:
     lake, out = s3_lake("pipeline"), tmp_path_factory.mktemp("exports")
     pipeline(shards, lake, RAY)
     recipe = out / "mix.yaml"
-    recipe.write_text("name: mix\nseed: 1\ndefaults:\n  checks: pass\n  dedup: exact\nsources:\n  - a\n  - ov\n  - wds\n")
+    recipe.write_text("name: mix\nseed: 1\ndefaults:\n  checks: pass\n  dedup: exact\n"
+                      "sources:\n  - a\n  - ov\n  - wds\n")
     for name, root in (("s3", lake), ("local", local_lake["root"])):
         etl(root, "dedup")  # dup_exact: a job table the export finds by listing the lake
         etl(root, "export", str(recipe), "--out", str(out / name))
@@ -305,7 +306,8 @@ def test_checks_and_the_report_on_an_s3_lake_say_what_they_say_on_a_local_disk_l
             out = tmp_path / f"{name}-checks-{what}.csv"
             etl(root, "checks", f"--{what}", "--format", "csv", "--output", str(out))
             said[name, what] = out.read_text()
-        etl(root, "report", "--out", str(tmp_path / f"{name}.html"), "--compare", *map(str, s3_pipeline["exports"].values()))
+        etl(root, "report", "--out", str(tmp_path / f"{name}.html"),
+            "--compare", *map(str, s3_pipeline["exports"].values()))
         said[name, "report"] = re.sub(r'<p class="meta">.*?</p>', "", (tmp_path / f"{name}.html").read_text())
     for what in ("summary", "list", "report"):
         assert said["s3", what] == said["local", what], what

@@ -317,8 +317,9 @@ def test_checks_and_the_report_on_an_s3_lake_say_what_they_say_on_a_local_disk_l
 
 
 @inside
-@pytest.mark.parametrize("notebook", ["mixture_analysis", "explore_samples"])
+@pytest.mark.parametrize("notebook", [pytest.param("mixture_analysis", marks=pytest.mark.slow), "explore_samples"])
 def test_the_notebooks_run_on_an_s3_lake(s3_pipeline, notebook):
+    """(The mixture analysis is the report's: in CI the report story covers it.)"""
     pytest.importorskip("nbclient", reason="needs the `notebooks` extra")
     import nbclient
     import nbformat
@@ -362,10 +363,15 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     return {"tags": str(write_tiny_ram(root / "ram")), "loss": str(build_tiny_qwen_vl(root / "qwen", "qwen2_vl"))}
 
 
-def model_jobs(lake: str, models: dict[str, str], *engine: str) -> None:
-    """RAM++ tags on every image, Qwen2-VL loss on the webdataset samples (their captions), small tasks."""
+def tag_job(lake: str, models: dict[str, str], *engine: str) -> None:
+    """RAM++ tags on every image, in small tasks."""
     etl(lake, "enrich", "tags", "--model", models["tags"], "--image-size", "64", "--batch-size", "4",
         "--rows-per-task", "24", "--no-progress", *engine)
+
+
+def model_jobs(lake: str, models: dict[str, str], *engine: str) -> None:
+    """RAM++ tags on every image, Qwen2-VL loss on the webdataset samples (their captions), small tasks."""
+    tag_job(lake, models, *engine)
     etl(lake, "enrich", "loss", "--model", models["loss"], "--max-pixels", str(28 * 28 * 16), "--where",
         "source = 'wds'", "--rows-per-task", "12", "--no-progress", *engine)
 
@@ -388,8 +394,7 @@ def test_ray_tags_and_loss_load_each_model_once_per_actor_and_equal_the_local_ru
     model_jobs(lakes["local"], tiny_models)
     model_jobs(lakes["ray"], tiny_models, *RAY, "--workers", "2")
     got, want = model_columns(lakes["ray"]), model_columns(lakes["local"])
-    assert [r[:2] + r[3:] for r in got["tags"]] == [r[:2] + r[3:] for r in want["tags"]]
-    assert [s for r in got["tags"] for s in r[2]] == pytest.approx([s for r in want["tags"] for s in r[2]], abs=1e-5)
+    assert_same_tags(got, want)
     assert sum(r[1] is not None for r in got["tags"]) == len(got["tags"]) > 150  # every image tagged
     assert [(r[0], r[2], r[3]) for r in got["loss"]] == [(r[0], r[2], r[3]) for r in want["loss"]]
     assert [r[1] for r in got["loss"]] == pytest.approx([r[1] for r in want["loss"]], abs=1e-4, nan_ok=False)
@@ -398,6 +403,11 @@ def test_ray_tags_and_loss_load_each_model_once_per_actor_and_equal_the_local_ru
     for job, tasks in (("enrich tags", math.ceil(len(got["tags"]) / 24)), ("enrich loss", 85 // 12)):
         assert got["runs"][job]["worker_setups"] == 2 < tasks  # one model per actor, loaded once for all its tasks
         assert want["runs"][job]["worker_setups"] == 1
+
+
+def assert_same_tags(got: dict, want: dict) -> None:
+    assert [r[:2] + r[3:] for r in got["tags"]] == [r[:2] + r[3:] for r in want["tags"]]
+    assert [s for r in got["tags"] for s in r[2]] == pytest.approx([s for r in want["tags"] for s in r[2]], abs=1e-5)
 
 
 class OverlapProbe:
@@ -497,6 +507,21 @@ def test_a_ray_worker_killed_mid_ingest_and_mid_phash_ends_equal_to_the_local_la
     killer.join()
     assert killer.result[0], "no Ray worker was seen running a phash task"
     assert_same(full_content(root), local_lake["content"])
+
+
+@inside
+@pytest.mark.slow
+def test_a_ray_actor_killed_mid_tags_is_restarted_and_the_tags_equal_the_local_run(
+        services, local_lake, tiny_models, tmp_path):
+    lakes = {name: str(shutil.copytree(local_lake["root"], tmp_path / name)) for name in ("local", "ray")}
+    tag_job(lakes["local"], tiny_models)
+    killer = in_background(kill_a_busy_ray_worker)
+    tag_job(lakes["ray"], tiny_models, *RAY, "--workers", "2")
+    killer.join()
+    assert killer.result[0], "no Ray worker was seen running a tags task"
+    got, want = model_columns(lakes["ray"]), model_columns(lakes["local"])
+    assert_same_tags(got, want)
+    assert got["errors"] == want["errors"]
 
 
 @inside

@@ -412,7 +412,9 @@ def assert_same_tags(got: dict, want: dict) -> None:
 
 class OverlapProbe:
     """A staged worker (as enrich's): counts the tasks whose `prepare` began while another computed,
-    and the most computing at once."""
+    and the most computing at once. It is its own factory."""
+
+    staged = True
 
     def __init__(self):
         self.computing, self.most, self.overlaps, self.lock = 0, 0, 0, threading.Lock()

@@ -52,23 +52,22 @@ def connect(address: str | None):
 class Worker:
     """A Ray actor holding one worker built by the job's factory (a model loads once per actor).
 
-    The actor takes `IN_FLIGHT_PER_WORKER` tasks at once on as many threads. A staged worker (with
-    `prepare` and `compute`, as enrich's) prepares the next task (reads its image bytes, starts
-    decoding) while the current one computes; computing, like any other worker's whole task, runs
-    one task at a time.
+    For a staged worker (its factory says `staged`: the worker has `prepare` and `compute`, as
+    enrich's) the actor takes `IN_FLIGHT_PER_WORKER` tasks at once on as many threads and prepares
+    the next task (reads its image bytes, starts decoding) while the current one computes;
+    computing runs one task at a time. Other workers (ingest's) run their tasks one after another.
     """
 
     def __init__(self, factory: Factory, driver_cwd: str):
         if os.path.isdir(driver_cwd):  # same node or a shared filesystem: relative paths mean the same
             os.chdir(driver_cwd)
         self.work = factory()
-        self.staged = callable(getattr(self.work, "prepare", None)) and callable(getattr(self.work, "compute", None))
+        self.staged = getattr(factory, "staged", False)
         self.one_at_a_time = threading.Lock()
 
     def run(self, task: Any) -> Any:
         if not self.staged:
-            with self.one_at_a_time:
-                return self.work(task)
+            return self.work(task)
         prepared = self.work.prepare(task)
         with self.one_at_a_time:
             return self.work.compute(prepared)
@@ -115,7 +114,8 @@ class RayEngine:
         env.update({k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)})
         actor_class = self.ray.remote(Worker).options(
             num_cpus=self.spec.cpus_per_worker, num_gpus=self.spec.gpus_per_worker, max_restarts=-1,
-            max_task_retries=-1, max_concurrency=IN_FLIGHT_PER_WORKER, runtime_env={"env_vars": env} if env else None)
+            max_task_retries=-1, max_concurrency=IN_FLIGHT_PER_WORKER if getattr(factory, "staged", False) else 1,
+            runtime_env={"env_vars": env} if env else None)
         actors = [actor_class.remote(factory, os.getcwd()) for _ in range(self.workers)]
         try:
             yield ActorExecutor(actors)

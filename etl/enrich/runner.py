@@ -124,6 +124,8 @@ class EnrichWorker:
 class _Factory:
     """Spawn-safe factory: builds an EnrichWorker inside the worker process."""
 
+    staged = True  # its workers prepare (bytes, decoding) apart from computing: see etl/engine/base.py
+
     def __init__(self, lake_root: str, enricher: Enricher):
         self.lake_root, self.enricher = lake_root, enricher
 

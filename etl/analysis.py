@@ -365,7 +365,8 @@ def plot_errors(errors: pl.DataFrame) -> Figure:
     """Stacked horizontal bars: errors per source, split by `stage: kind`."""
     sources = sorted(errors["source"].unique().to_list())
     labeled = errors.with_columns(pl.concat_str("stage", pl.lit(": "), "kind").alias("label"))
-    labels = labeled.group_by("label").agg(pl.col("errors").sum()).sort("errors", descending=True)["label"].to_list()
+    labels = (labeled.group_by("label").agg(pl.col("errors").sum())
+              .sort("errors", "label", descending=[True, False])["label"].to_list())  # ties: the same order every run
     cmap = matplotlib.colormaps["tab20"]
     fig = _figure(9, bar_chart_height(len(sources)))
     ax = fig.add_subplot()

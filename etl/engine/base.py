@@ -8,6 +8,10 @@ callable: models and lake handles load once) and *tasks* (picklable). Two ways t
   many tasks are in flight (`IN_FLIGHT_PER_WORKER × workers` keeps memory bounded);
 - `map_unordered(factory, tasks)` yields results as they finish, the same bound (enrich).
 
+A worker may be *staged* (its factory has `staged = True`): `prepare(task)` (thread-safe: reading
+inputs, decoding) and `compute(prepared)` (one at a time: the model), calling it doing both. The
+Ray engine then prepares a worker's next task while it computes one; the local engine calls it.
+
 A worker's failure is raised by `Future.result()` in the caller. Engines: `local` (this process or
 a spawn process pool, `etl/engine/local.py`) and `ray` (one Ray actor per worker,
 `etl/engine/ray_engine.py`, imported only when chosen).

@@ -7,7 +7,7 @@ when a worker process or a node dies (`max_restarts`, `max_task_retries`): tasks
 uncommitted fragments or compute values, so running one twice is harmless.
 
 Workers resolve relative paths (sources, image roots, a relative lake) against the driver's
-working directory when the same folder exists on their node (a shared filesystem); the AWS_* and
+working directory when the same folder exists on their node (a shared filesystem); the AWS_*, HF_* and
 MMLAKE_* variables of the driver are passed on to them (a lake on object storage).
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any
 
-from etl.engine.base import EngineSpec, Factory, bounded_unordered
+from etl.engine.base import IN_FLIGHT_PER_WORKER, EngineSpec, Factory, bounded_unordered
 
 MISSING_RAY = "--engine ray needs Ray and lance-ray: pip install 'mmlake[ray]'"
-FORWARDED_PREFIXES = ("AWS_", "MMLAKE_")
+FORWARDED_PREFIXES = ("AWS_", "HF_", "MMLAKE_")  # object stores, the Hub (HF_TOKEN, HF_ENDPOINT), ours
 
 
 def require_ray():
@@ -50,15 +50,27 @@ def connect(address: str | None):
 
 
 class Worker:
-    """A Ray actor holding one worker built by the job's factory."""
+    """A Ray actor holding one worker built by the job's factory (a model loads once per actor).
+
+    For a staged worker (its factory says `staged`: the worker has `prepare` and `compute`, as
+    enrich's) the actor takes `IN_FLIGHT_PER_WORKER` tasks at once on as many threads and prepares
+    the next task (reads its image bytes, starts decoding) while the current one computes;
+    computing runs one task at a time. Other workers (ingest's) run their tasks one after another.
+    """
 
     def __init__(self, factory: Factory, driver_cwd: str):
         if os.path.isdir(driver_cwd):  # same node or a shared filesystem: relative paths mean the same
             os.chdir(driver_cwd)
         self.work = factory()
+        self.staged = getattr(factory, "staged", False)
+        self.one_at_a_time = threading.Lock()
 
     def run(self, task: Any) -> Any:
-        return self.work(task)
+        if not self.staged:
+            return self.work(task)
+        prepared = self.work.prepare(task)
+        with self.one_at_a_time:
+            return self.work.compute(prepared)
 
 
 class ActorExecutor:
@@ -102,7 +114,8 @@ class RayEngine:
         env.update({k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES)})
         actor_class = self.ray.remote(Worker).options(
             num_cpus=self.spec.cpus_per_worker, num_gpus=self.spec.gpus_per_worker, max_restarts=-1,
-            max_task_retries=-1, runtime_env={"env_vars": env} if env else None)
+            max_task_retries=-1, max_concurrency=IN_FLIGHT_PER_WORKER if getattr(factory, "staged", False) else 1,
+            runtime_env={"env_vars": env} if env else None)
         actors = [actor_class.remote(factory, os.getcwd()) for _ in range(self.workers)]
         try:
             yield ActorExecutor(actors)

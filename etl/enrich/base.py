@@ -26,6 +26,7 @@ class EnrichBatch:
 
     rows: pa.Table
     image_bytes: list[Any] = field(default_factory=list)
+    started: Any = None  # what the enricher's `prepare` set going for this batch (decodes under way)
 
 
 @dataclass
@@ -73,6 +74,15 @@ class Enricher(ABC):
 
     def setup(self) -> None:
         """Load models or tables; called once in each worker before the first batch."""
+
+    def prepare(self, batch: EnrichBatch) -> EnrichBatch:
+        """Optionally start CPU work on `batch` (decoding its images) and keep it in `batch.started`.
+
+        Engines may call this on another thread while the previous batch is in `process`, so the
+        model does not wait for decoding between batches. It must be thread-safe and must not change
+        what `process` computes. Default: nothing started (`process` does all the work).
+        """
+        return batch
 
     @abstractmethod
     def process(self, batch: EnrichBatch) -> EnrichResult:

@@ -110,20 +110,31 @@ class QwenLossEnricher(Enricher):
             min_pixels=o["min_pixels"], max_length=o["max_length"], decode_threads=o["decode_threads"],
         )
 
+    def prepare(self, batch: EnrichBatch) -> EnrichBatch:
+        """Start decoding and encoding the batch's first window of samples (on the decode threads)."""
+        if not hasattr(self, "scorer"):
+            self.setup()
+        batch.started = self.scorer.start(*self._inputs(batch))
+        return batch
+
     def process(self, batch: EnrichBatch) -> EnrichResult:
         """Loss for every scorable sample of the batch; one failure (and NULL) per other sample."""
         if not hasattr(self, "scorer"):
             self.setup()
         keys = batch.rows[KEY].to_pylist()
-        conversations = batch.rows["conversations"].to_pylist()
-        images = batch.image_bytes or [[] for _ in keys]
         before = self.scorer.stats.as_dict()
-        scores = self.scorer.score(conversations, images)
+        scores = self.scorer.score(*self._inputs(batch), started=batch.started)
         stats = {k: v - before[k] for k, v in self.scorer.stats.as_dict().items()}
         done = [(k, s) for k, s in zip(keys, scores) if s.loss is not None]
         failures = [EnrichFailure(k, s.error_kind or "loss_error", s.error_message or "")
                     for k, s in zip(keys, scores) if s.loss is None]
         return EnrichResult(self._values(done), failures, stats)
+
+    @staticmethod
+    def _inputs(batch: EnrichBatch) -> tuple[list, list]:
+        """The batch's conversations and, per sample, its images' bytes."""
+        conversations = batch.rows["conversations"].to_pylist()
+        return conversations, batch.image_bytes or [[] for _ in conversations]
 
     def _values(self, done: list) -> pa.Table:
         fields = {f.name: f for f in S.SAMPLES_SCHEMA}

@@ -203,25 +203,32 @@ class RamPlusEnricher(Enricher):
         self.tag_model = checkpoint_id(self.options["model"])
         self.pool = ThreadPoolExecutor(self.options["decode_threads"], thread_name_prefix="ram-decode")
 
+    def prepare(self, batch: EnrichBatch) -> EnrichBatch:
+        """Start decoding the batch's first two model-sized chunks (on the decode threads)."""
+        batch.started = self._start_decoding(batch.rows[KEY].to_pylist(), batch.image_bytes)
+        return batch
+
     def process(self, batch: EnrichBatch) -> EnrichResult:
         """Tags for every decodable image of the batch; one failure per image that is not."""
         keys = batch.rows[KEY].to_pylist()
         done_keys, score_rows, failures = [], [], []
         stats = {"tag_images": 0.0, "tag_model_seconds": 0.0, "tag_decode_wait_seconds": 0.0}
-        for chunk in self._decoded_chunks(keys, batch.image_bytes):
+        started = batch.started or self._start_decoding(keys, batch.image_bytes)
+        for chunk in self._decoded_chunks(*started):
             failures += chunk.failures
             stats["tag_decode_wait_seconds"] += chunk.wait_seconds
-            started = time.perf_counter()
+            began = time.perf_counter()
             ok_keys, scores, infer_failures = self._infer(chunk.keys, chunk.pixels)
-            stats["tag_model_seconds"] += time.perf_counter() - started
+            stats["tag_model_seconds"] += time.perf_counter() - began
             done_keys += ok_keys
             score_rows += scores
             failures += infer_failures
         stats["tag_images"] = float(len(done_keys))
         return EnrichResult(self._values(done_keys, score_rows), failures, stats)
 
-    def _decoded_chunks(self, keys: Sequence[str], payloads: Sequence[bytes | None]) -> Iterator[DecodedChunk]:
-        """Model-sized chunks of decoded images; the next two chunks decode while one is tagged."""
+    def _start_decoding(self, keys: Sequence[str], payloads: Sequence[bytes | None]) -> tuple:
+        """The chunks' decode submitter, the chunk starts still to submit and the first two
+        chunks' decodes, submitted."""
         size, step = self.options["image_size"], self.options["batch_size"]
         starts = iter(range(0, len(keys), step))
 
@@ -229,7 +236,10 @@ class RamPlusEnricher(Enricher):
             return [(keys[i], self.pool.submit(decode_for_model, payloads[i], size))
                     for i in range(start, min(start + step, len(keys)))]
 
-        pending = deque(submit(s) for s in islice(starts, 2))
+        return submit, starts, deque(submit(s) for s in islice(starts, 2))
+
+    def _decoded_chunks(self, submit, starts: Iterator[int], pending: deque) -> Iterator[DecodedChunk]:
+        """Model-sized chunks of decoded images; the next two chunks decode while one is tagged."""
         while pending:
             futures = pending.popleft()
             nxt = next(starts, None)

@@ -84,19 +84,30 @@ def todo_batches(lake: Lake, enricher: Enricher, opts: RunOptions) -> tuple[int,
 
 
 class EnrichWorker:
-    """Picklable worker: sets the enricher up once per process, reads bytes, calls `process`."""
+    """Lives in a worker: one lake handle and the enricher, set up once (its model loads once).
+
+    A task goes through two stages, so that an engine can overlap them: `prepare` reads the rows'
+    image bytes from the lake and lets the enricher start its decoding (thread-safe, I/O and CPU),
+    `compute` runs the model on a prepared batch (one at a time). Calling the worker does both.
+    """
 
     def __init__(self, lake_root: str, enricher: Enricher):
-        self.lake_root, self.enricher = lake_root, enricher
-
-    def __call__(self) -> "EnrichWorker":
-        self.lake = Lake(self.lake_root)
+        self.lake, self.enricher = Lake(lake_root), enricher
         self.enricher.setup()
-        return self
+        self.setups = 1  # reported once, with the first result: the runs table shows how often models loaded
 
-    def process(self, rows: pa.Table) -> EnrichResult:
-        return self.enricher.process(EnrichBatch(rows, self.image_bytes(rows)))
+    def __call__(self, rows: pa.Table) -> EnrichResult:
+        return self.compute(self.prepare(rows))
 
+    def prepare(self, rows: pa.Table) -> EnrichBatch:
+        return self.enricher.prepare(EnrichBatch(rows, self.image_bytes(rows)))
+
+    def compute(self, batch: EnrichBatch) -> EnrichResult:
+        result = self.enricher.process(batch)
+        if self.setups:
+            result.stats["worker_setups"] = result.stats.get("worker_setups", 0) + self.setups
+            self.setups = 0
+        return result
 
     def image_bytes(self, rows: pa.Table) -> list:
         if not self.enricher.needs_image_bytes:
@@ -113,11 +124,13 @@ class EnrichWorker:
 class _Factory:
     """Spawn-safe factory: builds an EnrichWorker inside the worker process."""
 
+    staged = True  # its workers prepare (bytes, decoding) apart from computing: see etl/engine/base.py
+
     def __init__(self, lake_root: str, enricher: Enricher):
         self.lake_root, self.enricher = lake_root, enricher
 
-    def __call__(self):
-        return EnrichWorker(self.lake_root, self.enricher)().process
+    def __call__(self) -> EnrichWorker:
+        return EnrichWorker(self.lake_root, self.enricher)
 
 
 class Committer:

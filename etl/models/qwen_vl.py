@@ -427,12 +427,17 @@ class AnswerLossScorer:
         self.pool = ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="qwen-decode")
         self.stats = ScoreStats()
 
-    def score(self, conversations: Sequence[Sequence[dict]], images: Sequence[Sequence[bytes | None]]) -> list[SampleScore]:
-        """One SampleScore per sample, in input order."""
+    def start(self, conversations: Sequence[Sequence[dict]], images: Sequence[Sequence[bytes | None]]) -> list:
+        """Set the threads decoding and encoding the first window; give the result to `score`."""
+        return self._submit(range(min(self.sort_window, len(conversations))), conversations, images)
+
+    def score(self, conversations: Sequence[Sequence[dict]], images: Sequence[Sequence[bytes | None]],
+              started: list | None = None) -> list[SampleScore]:
+        """One SampleScore per sample, in input order (`started`: what `start` returned for them)."""
         n = len(conversations)
         windows = [range(i, min(i + self.sort_window, n)) for i in range(0, n, self.sort_window)]
         results: list[SampleScore] = [SampleScore() for _ in range(n)]
-        pending = self._submit(windows[0], conversations, images) if windows else []
+        pending = started if started is not None else self.start(conversations, images)
         for k, window in enumerate(windows):
             prepared = [f.result() for f in pending]
             if k + 1 < len(windows):  # overlap: the threads prepare the next window meanwhile

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -170,15 +171,19 @@ def reduced_gray(im: Image.Image) -> tuple[np.ndarray, tuple[int, int], int] | N
 def gray_thumbnail(im: Image.Image) -> np.ndarray:
     """`im.convert("L").resize((32, 32), LANCZOS)` as an array, bit for bit (the first frame).
 
-    Up to STRIP_PIXELS: the whole image converted, then `thumbnail32`. Larger images (a 144 MP
-    photo is 576 MB decoded, and its "L" copy and array would add 288 MB) are converted strip by
-    strip along the first pass's direction, each strip resampled by that pass at once: the pass
-    treats every row (or column) on its own, and "L" conversion every pixel, so the strips give
-    the whole image's result.
+    Up to STRIP_PIXELS, an "L" or "RGB" image is read in place (`pixel_view`: no copy), an RGB
+    one converted to "L" row by row inside the first resampling pass; other modes are converted by
+    Pillow, then `thumbnail32`. Larger images (a 144 MP photo is 576 MB decoded, and its "L" copy
+    and array would add 288 MB) are converted strip by strip along the first pass's direction,
+    each strip resampled by that pass at once: the pass treats every row (or column) on its own,
+    and "L" conversion every pixel, so the strips give the whole image's result.
     """
     kernels = _kernels()
     if kernels is None or im.width * im.height <= STRIP_PIXELS:
-        return thumbnail32(np.asarray(im.convert("L")))
+        view = pixel_view(im) if kernels is not None else None
+        if view is None:
+            return thumbnail32(np.asarray(im.convert("L")))
+        return thumbnail32(view) if view.dtype == np.uint8 else _thumbnail_of_rgb(kernels, view)
     im.load()
     width, height = im.size
     if height == IMG_SIZE or (width != IMG_SIZE and not pillow_vertical_first(height, width)):
@@ -194,6 +199,36 @@ def gray_thumbnail(im: Image.Image) -> np.ndarray:
                                           min(x + step, x1) - x) for x in range(x0, x1, step)], axis=1)
     return tall if width == IMG_SIZE else _horizontal_pass(kernels, tall, resample_coefficients(width), 0,
                                                            IMG_SIZE, offset=x0)
+
+
+def pixel_view(im: Image.Image) -> np.ndarray | None:
+    """The decoded pixels of an "L" or "RGB" image as an array over Pillow's own memory (no copy):
+    (H, W) uint8 for "L", (H, W) uint32 for "RGB" (Pillow keeps 4 bytes a pixel: R, G, B, pad).
+
+    Through Pillow's Arrow export, which exists only for an image held in one block of memory;
+    None for other modes, for an image in several blocks, on a big-endian machine, or where the
+    installed RGB -> "L" conversion is not the one `_horizontal_rgbx_loop` reproduces.
+    """
+    if im.mode not in ("L", "RGB") or (im.mode == "RGB" and not RGB_IN_PLACE):
+        return None
+    try:
+        flat = pa.array(im).flatten() if im.mode == "RGB" else pa.array(im)
+    except (ValueError, TypeError, pa.ArrowException):  # "Image rows are not contiguous in memory": several blocks
+        return None
+    values = flat.to_numpy(zero_copy_only=True)
+    return values.reshape(im.height, im.width) if im.mode == "L" else values.view(np.uint32).reshape(im.height, im.width)
+
+
+def _thumbnail_of_rgb(k: SimpleNamespace, px: np.ndarray) -> np.ndarray:
+    """`gray_thumbnail` of RGB pixels (H, W) uint32: converted to "L" inside the horizontal pass
+    when Pillow runs that one first, else converted whole (`_rgbx_to_l_loop`) then resampled."""
+    height, width = px.shape
+    if width == IMG_SIZE or (height != IMG_SIZE and pillow_vertical_first(height, width)):
+        return thumbnail32(k.rgbx_to_l(px))
+    y0, y1 = (0, height) if height == IMG_SIZE else _used_span(resample_coefficients(height)[1])
+    wide = k.horizontal_rgbx(px, y0, y1, *resample_coefficients(width))
+    return wide if height == IMG_SIZE else _vertical_pass(k, wide, resample_coefficients(height), 0, IMG_SIZE,
+                                                          offset=y0)
 
 
 def gray_strip(im: Image.Image, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -307,34 +342,63 @@ def _vertical_loop(a, lo, hi, kk, bounds):  # pragma: no cover - compiled by num
 def _horizontal_loop(a, y0, y1, kk, bounds):  # pragma: no cover - compiled by numba
     """Pillow's horizontal pass over rows y0:y1 of `a`, as (y1 - y0, n_out) uint8.
 
-    Rows are processed in blocks of 64: a block is transposed into a small buffer so that the
-    accumulation runs over 64 rows at once (vectorised), without transposing the whole image.
+    Each output is one dot product of a contiguous run of the row with the output's weights: the
+    loop over taps vectorises as an int32 reduction (integer sums do not depend on their order).
+    """
+    n_out = kk.shape[0]
+    out = np.empty((y1 - y0, n_out), np.uint8)
+    for y in range(y0, y1):
+        for o in range(n_out):
+            taps = bounds[o, 1]
+            src = a[y, bounds[o, 0]:bounds[o, 0] + taps]
+            weights = kk[o, :taps]
+            acc = np.int32(1 << 21)
+            for t in range(taps):
+                acc += np.int32(src[t]) * weights[t]
+            v = acc >> 22
+            out[y - y0, o] = 0 if v < 0 else (255 if v > 255 else v)
+    return out
+
+
+def _horizontal_rgbx_loop(px, y0, y1, kk, bounds):  # pragma: no cover - compiled by numba
+    """`_horizontal_loop` of the "L" conversion of `px`, Pillow's RGB pixels as (H, W) uint32
+    (R, G, B, pad bytes, little-endian): each row is converted as Pillow's rgb2l does
+    (L = (19595 R + 38470 G + 7471 B + 2^15) >> 16) into a buffer and resampled at once, so the
+    whole-image "L" copy and its array never exist.
     """
     n_out = kk.shape[0]
     x_lo = bounds[0, 0]
     x_hi = bounds[n_out - 1, 0] + bounds[n_out - 1, 1]
-    block = 64
     out = np.empty((y1 - y0, n_out), np.uint8)
-    buf = np.empty((x_hi - x_lo, block), np.int32)
-    acc = np.empty(block, np.int32)
-    for b0 in range(y0, y1, block):
-        nb = min(block, y1 - b0)
-        for r in range(nb):
-            src = a[b0 + r, x_lo:x_hi]
-            for x in range(x_hi - x_lo):
-                buf[x, r] = src[x]
+    row = np.empty(x_hi - x_lo, np.int32)
+    for y in range(y0, y1):
+        src = px[y, x_lo:x_hi]
+        for x in range(x_hi - x_lo):
+            p = src[x]
+            row[x] = np.int32(((p & 255) * 19595 + ((p >> 8) & 255) * 38470 + ((p >> 16) & 255) * 7471 + 32768) >> 16)
         for o in range(n_out):
+            taps = bounds[o, 1]
             start = bounds[o, 0] - x_lo
-            for r in range(block):
-                acc[r] = 1 << 21
-            for t in range(bounds[o, 1]):
-                k = kk[o, t]
-                col = buf[start + t]
-                for r in range(block):
-                    acc[r] = acc[r] + col[r] * k
-            for r in range(nb):
-                v = acc[r] >> 22
-                out[b0 - y0 + r, o] = 0 if v < 0 else (255 if v > 255 else v)
+            gray = row[start:start + taps]
+            weights = kk[o, :taps]
+            acc = np.int32(1 << 21)
+            for t in range(taps):
+                acc += gray[t] * weights[t]
+            v = acc >> 22
+            out[y - y0, o] = 0 if v < 0 else (255 if v > 255 else v)
+    return out
+
+
+def _rgbx_to_l_loop(px):  # pragma: no cover - compiled by numba
+    """Pillow's RGB -> "L" conversion of (H, W) uint32 RGB pixels (see `_horizontal_rgbx_loop`)."""
+    height, width = px.shape
+    out = np.empty((height, width), np.uint8)
+    for y in range(height):
+        src = px[y]
+        dst = out[y]
+        for x in range(width):
+            p = src[x]
+            dst[x] = ((p & 255) * 19595 + ((p >> 8) & 255) * 38470 + ((p >> 16) & 255) * 7471 + 32768) >> 16
     return out
 
 
@@ -534,6 +598,7 @@ def _two_passes_numpy(gray: np.ndarray, rows: Coefficients, cols: Coefficients) 
 
 _UNSET = object()
 _KERNELS: Any = _UNSET
+RGB_IN_PLACE = False  # set by _build_kernels: Pillow's RGB pixels can be read in place (pixel_view)
 
 
 def _kernels() -> SimpleNamespace | None:
@@ -571,7 +636,9 @@ def _build_kernels() -> SimpleNamespace | None:
         import numba  # noqa: F401
     except ImportError:
         return None
+    global RGB_IN_PLACE
     kernels = SimpleNamespace(vertical=jit_cached(_vertical_loop), horizontal=jit_cached(_horizontal_loop),
+                              horizontal_rgbx=jit_cached(_horizontal_rgbx_loop), rgbx_to_l=jit_cached(_rgbx_to_l_loop),
                               coefficients=jit_cached(_coefficients_loop),
                               reduced_coefficients=jit_cached(_reduced_coefficients_loop))
     rng = np.random.default_rng(7)
@@ -579,8 +646,25 @@ def _build_kernels() -> SimpleNamespace | None:
     for rule in (_rule_pillow13, _rule_horizontal_first):
         _PASS_ORDER_RULE = rule
         if all(np.array_equal(_thumbnail_with(kernels, p), _pillow_thumbnail(p)) for p in probes):
+            RGB_IN_PLACE = _rgb_in_place_matches_pillow(kernels, rng)
             return kernels
     return None
+
+
+def _rgb_in_place_matches_pillow(k: SimpleNamespace, rng: np.random.Generator) -> bool:
+    """Whether RGB pixels read in place and converted by the kernels give Pillow's own "L" thumbnail
+    on random probes (a future Pillow changing its conversion or pixel layout costs speed, never bits)."""
+    if sys.byteorder != "little":
+        return False
+    for shape in ((60, 90), (90, 60), (32, 70)):
+        im = Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
+        try:
+            px = pa.array(im).flatten().to_numpy(zero_copy_only=True).view(np.uint32).reshape(shape)
+        except (ValueError, TypeError, pa.ArrowException):
+            return False
+        if not np.array_equal(_thumbnail_of_rgb(k, px), _pillow_thumbnail(np.asarray(im.convert("L")))):
+            return False
+    return True
 
 
 # -- the public compute functions ---------------------------------------------------------------------

@@ -30,9 +30,12 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from types import SimpleNamespace
@@ -112,14 +115,25 @@ def opened(data: bytes) -> Iterator[Image.Image]:
     """The image Pillow opens from `data`; anything failing inside (decode, conversion) is a DecodeError.
 
     Pillow's own decompression-bomb guard (`Image.MAX_IMAGE_PIXELS`) applies, as in imagehash.
+    Its warnings are left alone: `phash_batch` silences them around the whole batch (`quiet`).
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # palette-transparency, EXIF and bomb warnings are noise here
-            with Image.open(io.BytesIO(data)) as im:
-                yield im
+        with Image.open(io.BytesIO(data)) as im:
+            yield im
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data; all mean "cannot decode"
         raise DecodeError(exception_text(exc)) from exc
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Pillow's palette-transparency, EXIF and decompression-bomb warnings silenced: noise here.
+
+    The warning filters are global, not per thread, so this is entered once, by the thread that
+    hands images to the decoding threads, around all of their work.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def decode_gray(data: bytes) -> np.ndarray:
@@ -598,6 +612,7 @@ def _two_passes_numpy(gray: np.ndarray, rows: Coefficients, cols: Coefficients) 
 
 _UNSET = object()
 _KERNELS: Any = _UNSET
+_KERNELS_LOCK = threading.RLock()  # re-entered by the build itself (its probes resample)
 RGB_IN_PLACE = False  # set by _build_kernels: Pillow's RGB pixels can be read in place (pixel_view)
 
 
@@ -609,8 +624,10 @@ def _kernels() -> SimpleNamespace | None:
     """
     global _KERNELS
     if _KERNELS is _UNSET:
-        _KERNELS = None  # while building: resample_coefficients falls back to the reference
-        _KERNELS = _build_kernels()
+        with _KERNELS_LOCK:
+            if _KERNELS is _UNSET:
+                _KERNELS = None  # while building: resample_coefficients falls back to the reference
+                _KERNELS = _build_kernels()
     return _KERNELS
 
 
@@ -678,25 +695,58 @@ def phash_fast(data: bytes) -> int:
     return hashes_from_thumbnails(fast_thumbnail(data)[None])[0]
 
 
-def phash_batch(datas: list[bytes | None], mode: str = "exact") -> tuple[list[int | None], list[str | None]]:
-    """Hash a batch: (values, errors), one entry per input; a failed image has value None and a message."""
+def phash_batch(datas: list[bytes | None], mode: str = "exact",
+                threads: int | None = None) -> tuple[list[int | None], list[str | None]]:
+    """Hash a batch: (values, errors), one entry per input; a failed image has value None and a message.
+
+    Images are decoded and resampled by `threads` threads (default: one per CPU this process may
+    use): Pillow's decoder and the compiled kernels release the GIL, so they run on all cores.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown phash mode {mode!r}; choose one of {', '.join(MODES)}")
-    thumbs, where, errors = [], [], [None] * len(datas)
-    for i, data in enumerate(datas):
+    thumbnail = fast_thumbnail if mode == "fast" else exact_thumbnail
+    _kernels()  # built (or loaded) once, here, rather than raced for by the threads
+
+    def one(data: bytes | None) -> np.ndarray | str:
         if data is None:
-            errors[i] = "image bytes could not be read from the lake"
-            continue
+            return "image bytes could not be read from the lake"
         try:
-            thumbs.append(fast_thumbnail(data) if mode == "fast" else exact_thumbnail(data))
-            where.append(i)
+            return thumbnail(data)
         except DecodeError as exc:
-            errors[i] = str(exc)
+            return str(exc)
+
+    pool = decoding_pool(threads)
+    with quiet():
+        outcomes = list(pool.map(one, datas)) if pool is not None and len(datas) > 1 else [one(d) for d in datas]
+    where = [i for i, o in enumerate(outcomes) if not isinstance(o, str)]
     values: list[int | None] = [None] * len(datas)
-    hashed = hashes_from_thumbnails(np.stack(thumbs)) if thumbs else []
+    hashed = hashes_from_thumbnails(np.stack([outcomes[i] for i in where])) if where else []
     for i, value in zip(where, hashed):
         values[i] = value
-    return values, errors
+    return values, [o if isinstance(o, str) else None for o in outcomes]
+
+
+def default_threads() -> int:
+    """The CPUs this process may use (its affinity mask; a container's CPU quota is not seen)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def decoding_pool(threads: int | None = None) -> ThreadPoolExecutor | None:
+    """This process's pool of `threads` decoding threads (made once, then reused); None for one thread."""
+    threads = default_threads() if threads is None else threads
+    if threads <= 1:
+        return None
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="phash-decode")
+        return _POOLS[threads]
 
 
 def phash_fast_batch(datas: list[bytes | None]) -> list[int | None]:
@@ -721,11 +771,13 @@ class PhashEnricher(Enricher):
     columns: ClassVar[tuple[str, ...]] = ("phash_mode", "phash")
     needs_image_bytes: ClassVar[bool] = True
 
-    def __init__(self, mode: str = "exact", **options: Any):
+    def __init__(self, mode: str = "exact", threads: int | None = None, **options: Any):
         if mode not in MODES:
             raise ValueError(f"unknown phash mode {mode!r}; choose one of {', '.join(MODES)}")
-        super().__init__(mode=mode, **options)
-        self.mode = mode
+        if threads is not None and threads < 1:
+            raise ValueError(f"--threads must be at least 1, not {threads}")
+        super().__init__(mode=mode, **options)  # threads change the speed, not the values: not a param
+        self.mode, self.threads = mode, threads
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -734,10 +786,15 @@ class PhashEnricher(Enricher):
             help="exact: bit-identical to imagehash.phash (default); fast: reduced-size JPEG decode, "
             "a few bits off on some images, several times faster",
         )
+        parser.add_argument(
+            "--threads", type=int, metavar="N",
+            help="decoding threads per worker (default: one per CPU this process may use; "
+            "Pillow's decoder releases the GIL, so one worker uses every core)",
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PhashEnricher":
-        return cls(mode=getattr(args, "mode", "exact"))
+        return cls(mode=getattr(args, "mode", "exact"), threads=getattr(args, "threads", None))
 
     def setup(self) -> None:
         """Compile the resampler once per worker (numba caches it on disk after the first run)."""
@@ -745,7 +802,7 @@ class PhashEnricher(Enricher):
 
     def process(self, batch: EnrichBatch) -> EnrichResult:
         keys = batch.rows[S.KEYS[S.IMAGES]].to_pylist()
-        values, errors = phash_batch(list(batch.image_bytes), self.mode)
+        values, errors = phash_batch(list(batch.image_bytes), self.mode, self.threads)
         ok = [i for i, v in enumerate(values) if v is not None]
         table = pa.table(
             {

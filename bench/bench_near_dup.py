@@ -50,7 +50,7 @@ def run_sql(n: int, k: int, queue, memory_limit: str | None = None) -> None:
     import duckdb
     import pyarrow as pa
 
-    from etl.sqlrun import run_file
+    from etl.sqlrun import SQL_DIR, define_models, run_file
 
     hashes, a, b = planted_hashes(n, k)
     ids = pa.array(np.char.add("i", np.arange(len(hashes)).astype(str)).astype(object), pa.string())
@@ -61,10 +61,12 @@ def run_sql(n: int, k: int, queue, memory_limit: str | None = None) -> None:
     con.register("hashes", pa.table({"image_id": ids, "phash": pa.array(hashes, pa.uint64()),
                                      "width": pa.array(np.ones(len(hashes), np.int32)),
                                      "height": pa.array(np.ones(len(hashes), np.int32))}))
-    con.execute("create table images as select * from hashes")
+    con.execute("create table images as select *, 'jpeg' as format, 1::bigint as nbytes from hashes")
+    con.unregister("hashes")  # the lake's images are a Lance scan, not a table held by Python
+    del ids
     con.execute("create table samples (sample_id varchar, source varchar, source_file varchar, source_row bigint,"
                 " image_ids varchar[], conversations struct(\"from\" varchar, \"value\" varchar)[])")
-    del ids
+    define_models(con, [SQL_DIR / "sample_images.sql", SQL_DIR / "dedup_keys.sql"])  # views statement 2 reads
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     run_file(con, "dedup_near", {"near_k": k}).fetchall()

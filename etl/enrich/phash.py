@@ -3,11 +3,14 @@
 Two modes:
 
 - `exact` gives, for every image, the value `int(str(imagehash.phash(Image.open(f))), 16)` with
-  the installed Pillow: the image is decoded and converted to "L" by Pillow exactly as imagehash
-  does; only the 32x32 LANCZOS resize and the DCT are replaced by faster code that produces the
-  same bits. The resize reproduces Pillow's fixed-point two-pass resampler (same coefficients,
-  same 22-bit rounding, same pass order) with vectorised kernels (numba when installed, Pillow's
-  own resize otherwise); the DCT is a cached matrix product over the whole batch, and an image
+  the installed Pillow: the image is decoded by Pillow exactly as imagehash does; the "L"
+  conversion, the 32x32 LANCZOS resize and the DCT are replaced by faster code that produces the
+  same bits. An RGB decode is read in place (Pillow's Arrow export) and converted with Pillow's
+  own integer formula row by row inside the first resampling pass (other modes: Pillow converts).
+  The resize reproduces Pillow's fixed-point two-pass resampler (same coefficients, same 22-bit
+  rounding, same pass order) with vectorised kernels (numba when installed, Pillow's own resize
+  otherwise); both shortcuts are checked against Pillow on probes when the kernels load, and
+  dropped if they differ. The DCT is a cached matrix product over the whole batch, and an image
   whose 32nd and 33rd largest low-frequency coefficients are too close to decide the median
   safely is recomputed with scipy's DCT, as imagehash does.
 - `fast` decodes JPEGs at 1/2, 1/4 or 1/8 of their size in the DCT domain, luma only
@@ -19,6 +22,10 @@ Two modes:
   not Python, bounds its speed. Per core it is ~4.2-4.9x imagehash on 0.5 MP photos (floor
   ~4.6-5.4x) but only ~2.3-2.5x on 336 px LLaVA-Pretrain JPEGs (floor ~2.7-3.1x: small, densely
   coded files). Non-JPEG images and JPEGs under 128 px a side use the exact path.
+
+A batch is decoded by a thread per CPU (`phash_batch`, `--threads`): Pillow's decoder and the
+kernels release the GIL, so one worker process uses every core; each thread holds one decoded
+image at a time.
 
 Like imagehash: no EXIF orientation is applied (rotated copies hash far apart), animated images
 hash their first frame, every mode (CMYK, I;16, P with transparency, LA, ...) goes through
@@ -715,9 +722,16 @@ def phash_batch(datas: list[bytes | None], mode: str = "exact",
         except DecodeError as exc:
             return str(exc)
 
+    def run(chunk: list[bytes | None]) -> list[np.ndarray | str]:
+        return [one(data) for data in chunk]
+
     pool = decoding_pool(threads)
     with quiet():
-        outcomes = list(pool.map(one, datas)) if pool is not None and len(datas) > 1 else [one(d) for d in datas]
+        if pool is None or len(datas) <= 1:
+            outcomes = run(datas)
+        else:  # a task per few images, not per image: fewer hand-overs of the GIL between threads
+            chunks = [datas[i : i + THREAD_CHUNK] for i in range(0, len(datas), THREAD_CHUNK)]
+            outcomes = [o for done in pool.map(run, chunks) for o in done]
     where = [i for i, o in enumerate(outcomes) if not isinstance(o, str)]
     values: list[int | None] = [None] * len(datas)
     hashed = hashes_from_thumbnails(np.stack([outcomes[i] for i in where])) if where else []
@@ -734,6 +748,7 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+THREAD_CHUNK = 16  # images per task of the decoding threads
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 

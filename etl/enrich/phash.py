@@ -694,12 +694,14 @@ def _rgb_in_place_matches_pillow(k: SimpleNamespace, rng: np.random.Generator) -
 # -- the public compute functions ---------------------------------------------------------------------
 def phash_exact(data: bytes) -> int:
     """`int(str(imagehash.phash(Image.open(io.BytesIO(data)))), 16)`, faster. Raises DecodeError."""
-    return hashes_from_thumbnails(exact_thumbnail(data)[None])[0]
+    with quiet():
+        return hashes_from_thumbnails(exact_thumbnail(data)[None])[0]
 
 
 def phash_fast(data: bytes) -> int:
     """Reduced-size JPEG decode, block-integrated LANCZOS weights, the same DCT. Raises DecodeError."""
-    return hashes_from_thumbnails(fast_thumbnail(data)[None])[0]
+    with quiet():
+        return hashes_from_thumbnails(fast_thumbnail(data)[None])[0]
 
 
 def phash_batch(datas: list[bytes | None], mode: str = "exact",

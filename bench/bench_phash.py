@@ -129,13 +129,13 @@ def imagehash_chunk(paths: list[str]) -> list[int]:
 def exact_chunk(paths: list[str]) -> list[int | None]:
     from etl.enrich.phash import phash_batch
 
-    return phash_batch([Path(p).read_bytes() for p in paths], "exact")[0]
+    return phash_batch([Path(p).read_bytes() for p in paths], "exact", threads=1)[0]  # one core per worker, as imagehash
 
 
 def fast_chunk(paths: list[str]) -> list[int | None]:
     from etl.enrich.phash import phash_batch
 
-    return phash_batch([Path(p).read_bytes() for p in paths], "fast")[0]
+    return phash_batch([Path(p).read_bytes() for p in paths], "fast", threads=1)[0]
 
 
 def decode_floor_chunk(paths: list[str]) -> list[None]:

@@ -49,8 +49,8 @@ class DedupOptions:
     near_bands: int | None = None  # pigeonhole bands; default near_k + 2 (see sql/dedup_near.sql)
     scope: str = "source"  # source | global: where an "earlier" duplicate is looked for
     consider_text: bool = True  # also require equal conversations
-    # DuckDB spills the band join to disk beyond this: 10M hashes at k=3 ran in ~77 s with a 4.9 GB
-    # peak process RSS under "4GB" (bench/bench_near_dup.py), vs ~10 GB with DuckDB's default (80% RAM).
+    # DuckDB spills to disk beyond this. The band join runs in parts (sql/dedup_near.sql): 10.1M hashes
+    # at k=3 peak at ~2.6 GB process RSS (bench/bench_near_dup.py), so the limit is a guard for bigger lakes.
     memory_limit: str | None = "4GB"
 
     def sql_params(self) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def run_dedup(lake: Lake, opts: DedupOptions) -> DedupReport:
         if opts.near_k is None:
             con.register("near_result", pa.table({"sample_id": pa.array([], pa.string())}))
         else:
-            near_rel = run_file(con, "dedup_near")  # statement 1 fills temp table near_image_clusters
+            near_rel = run_file(con, "dedup_near")  # the statements before the last fill near_image_clusters
             tags = {"near_k": opts.near_k, "run_id": run.run_id}
             clusters = _write(lake, S.IMAGE_CLUSTERS, con.sql("select * from near_image_clusters"), stamped, **tags)
             crash_point("dedup_between_tables")

@@ -24,10 +24,13 @@
 --           getvariable('near_bands')         bands of the pigeonhole split, default near_k + 2
 --           getvariable('dedup_scope')        'source' (default) or 'global': where "earlier" looks
 --           getvariable('dedup_consider_text') also require equal conversations, default true
--- Output:   (after a parameter check) statement 1 creates temp table near_image_clusters: one row per image in a cluster of
---           at least two images (image_id, cluster_id = representative image_id, is_representative,
---           cluster_size, distance_to_representative).
---           statement 2 returns the samples to remove (sample_id, source, kept_sample_id, cluster_key).
+-- Output:   (after a parameter check) the statements before the last create temp table near_image_clusters:
+--           one row per image in a cluster of at least two images (image_id, cluster_id =
+--           representative image_id, is_representative, cluster_size, distance_to_representative);
+--           on the way, temp tables near_combination_masks, near_distinct_hashes and near_pairs.
+--           The last statement returns the samples to remove (sample_id, source, kept_sample_id, cluster_key).
+-- Memory:   the band join runs in five parts (see near_pairs_in_part): 10.1M hashes at k = 3 need
+--           ~1 GB, not the ~4 GB (spilling to disk) of one join over every combination.
 -- Note:     phash is filtered through a cast: DuckDB cannot push a filter on a UBIGINT column down
 --           into a Lance scan (pylance 14 / duckdb 2.0 Substrait error).
 
@@ -41,13 +44,11 @@ set variable dedup_parameters_checked = case when coalesce(getvariable('near_k')
                  then error('dedup_scope must be source or global')
        end is null;
 
-create or replace temp table near_image_clusters as
+create or replace temp table near_combination_masks as  -- one bit mask per combination of bands
 with recursive
-settings as (
-    select coalesce(getvariable('near_k'), 2)::int as k
-),
 band_settings as (
-    select k, coalesce(getvariable('near_bands'), k + 2)::int as bands from settings
+    select coalesce(getvariable('near_k'), 2)::int as k,
+           coalesce(getvariable('near_bands'), coalesce(getvariable('near_k'), 2) + 2)::int as bands
 ),
 bands as (  -- band b covers bits [lo, hi) of the 64-bit hash
     select band, (64 * band) // bands as lo, (64 * (band + 1)) // bands as hi
@@ -62,37 +63,49 @@ band_combinations(bands_used, last_band) as (  -- every set of (near_bands - nea
     select list_append(c.bands_used, m.band), m.band
     from band_combinations c, band_masks m, band_settings s
     where m.band > c.last_band and len(c.bands_used) < s.bands - s.k
-),
-combination_masks as (
-    select row_number() over (order by bands_used) as combination,
-           sum(m.mask)::ubigint as mask  -- bands are disjoint, so the sum is their union
-    from (select bands_used, unnest(bands_used) as band from band_combinations, band_settings
-          where len(bands_used) = bands - k) c
-    join band_masks m using (band)
-    group by bands_used
-),
+)
+select row_number() over (order by bands_used) as combination,
+       sum(m.mask)::ubigint as mask  -- bands are disjoint, so the sum is their union
+from (select bands_used, unnest(bands_used) as band from band_combinations, band_settings
+      where len(bands_used) = bands - k) c
+join band_masks m using (band)
+group by bands_used;
+
+create or replace temp table near_distinct_hashes as  -- images with equal hashes are one node
+select phash, count(*) as n_images
+from images
+where phash::hugeint is not null
+group by phash;
+
+-- The pairs within near_k found through the combinations of one part (combination % 5 = part).
+-- Memory: a part's join holds its combinations' keys of every distinct hash, so the work is cut
+-- into five statements (10M hashes at k = 3: two combinations, 20M keys each) instead of one
+-- join over every combination at once; pairs are filtered by distance before they are kept.
+create or replace temp macro near_pairs_in_part(part) as table
+with band_keys as not materialized (
+    select h.phash, hash(c.combination, h.phash & c.mask) as band_key  -- a collision only adds a candidate
+    from near_distinct_hashes h join near_combination_masks c on c.combination % 5 = part
+)
+select a.phash as phash_a, b.phash as phash_b
+from band_keys a join band_keys b on a.band_key = b.band_key and a.phash < b.phash
+where bit_count(xor(a.phash, b.phash)) <= coalesce(getvariable('near_k'), 2);
+
+create or replace temp table near_pairs as select * from near_pairs_in_part(0);
+insert into near_pairs select * from near_pairs_in_part(1);
+insert into near_pairs select * from near_pairs_in_part(2);
+insert into near_pairs select * from near_pairs_in_part(3);
+insert into near_pairs select * from near_pairs_in_part(4);
+
+create or replace temp table near_image_clusters as
+with recursive
 hashed_images as (
     select image_id, phash, coalesce(width, 0)::bigint * coalesce(height, 0) as pixels
     from images
     where phash::hugeint is not null
 ),
-distinct_hashes as (  -- images with equal hashes are one node: distance 0, same cluster
-    select phash, count(*) as n_images from hashed_images group by phash
-),
-hash_band_keys as (
-    select h.phash, c.combination, h.phash & c.mask as band_key
-    from distinct_hashes h, combination_masks c
-),
-candidate_pairs as (
-    select distinct a.phash as phash_a, b.phash as phash_b
-    from hash_band_keys a
-    join hash_band_keys b
-      on a.combination = b.combination and a.band_key = b.band_key and a.phash < b.phash
-),
-pairs_within_k as (
-    select phash_a, phash_b
-    from candidate_pairs, settings
-    where bit_count(xor(phash_a, phash_b)) <= settings.k
+distinct_hashes as (select * from near_distinct_hashes),
+pairs_within_k as (  -- a pair found through several combinations counts once
+    select distinct phash_a, phash_b from near_pairs
 ),
 edges as (
     select phash_a as src, phash_b as dst from pairs_within_k

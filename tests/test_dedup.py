@@ -227,6 +227,28 @@ def test_near_duplicate_clusters_equal_brute_force_connected_components(k, bands
     assert {frozenset(g) for g in got.values()} == brute_force_components(hashes, k)
 
 
+def test_near_duplicate_search_over_200k_hashes_fits_in_64_mb_of_duckdb_memory():
+    """The band join runs a part of the combinations at a time: with DuckDB held to 64 MB and no
+    disk to spill to, 200k hashes at k = 3 still cluster (one join over all ten combinations at
+    once needed more than 150 MB here) and the planted pairs are found."""
+    rng = np.random.default_rng(9)
+    hashes = rng.integers(0, 2**64 - 1, 200_000, dtype=np.uint64, endpoint=True)
+    hashes[1::1000] = hashes[::1000] ^ np.uint64(0b1011)  # 200 planted pairs at distance 3
+    n = len(hashes)
+    con = sql_lake([], [])
+    con.register("planted", pa.table({"image_id": pa.array([f"i{i:06d}" for i in range(n)]),
+                                      "phash": pa.array(hashes, pa.uint64()), "width": pa.array(np.ones(n, np.int32)),
+                                      "height": pa.array(np.ones(n, np.int32)), "format": pa.array(["jpeg"] * n),
+                                      "nbytes": pa.array(np.ones(n, np.int64))}))
+    con.execute("insert into images select * from planted")
+    con.unregister("planted")
+    con.execute("set memory_limit = '64MB'; set temp_directory = ''; set threads = 1")
+    run_file(con, "dedup_near", {"near_k": 3})
+    clusters = dict(con.execute("select image_id, cluster_id from near_image_clusters").fetchall())
+    assert all(clusters.get(f"i{i:06d}") is not None and clusters[f"i{i:06d}"] == clusters.get(f"i{i + 1:06d}")
+               for i in range(0, n, 1000))
+
+
 def test_near_k_larger_than_the_bands_allow_is_rejected():
     with pytest.raises(duckdb.Error, match="near_bands must be > near_k"):
         run_file(sql_lake([], []), "dedup_near", {"near_k": 3, "near_bands": 3}).fetchall()

@@ -186,6 +186,73 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """
 
 
+def test_rgb_pixels_read_in_place_turn_gray_like_pillow_for_every_colour():
+    """Exact mode reads an RGB decode in Pillow's own memory and converts it to "L" itself: all
+    2^24 colours (four 4096 x 1024 tiles) give Pillow's convert("L") values."""
+    kernels = P._kernels()
+    if kernels is None:
+        pytest.skip("numba not installed: Pillow converts")
+    assert P.RGB_IN_PLACE
+    v = np.arange(1 << 24, dtype=np.uint32)
+    colours = np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], axis=-1).astype(np.uint8)
+    for tile in colours.reshape(4, 1024, 4096, 3):
+        im = Image.fromarray(tile)
+        view = P.pixel_view(im)
+        assert view is not None and view.shape == (1024, 4096)
+        assert np.array_equal(kernels.rgbx_to_l(view), np.asarray(im.convert("L")))
+
+
+def _rgb_png(width: int, height: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    noise = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).filter(ImageFilter.GaussianBlur(2))
+    buf = io.BytesIO()
+    noise.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_rgb_images_read_in_place_equal_imagehash_in_both_pass_orders_and_with_a_side_of_32():
+    """Wide (converted inside the horizontal pass), tall (Pillow resamples rows first: converted
+    whole), exactly 32 high or wide, 32 x 32 (no resampling at all)."""
+    shapes = [(640, 480), (480, 640), (300, 1000), (1000, 300), (700, 32), (32, 700), (32, 32), (33, 90), (90, 33)]
+    datas = [_rgb_png(w, h, seed=i) for i, (w, h) in enumerate(shapes)]
+    assert P.phash_batch(datas, "exact")[0] == [imagehash_u64(d) for d in datas]
+
+
+def test_an_image_pillow_keeps_in_several_memory_blocks_is_converted_by_pillow_and_hashes_alike():
+    """Pillow's Arrow export (the in-place read) needs one block: with 64 KB blocks the image
+    cannot be read in place, and exact mode falls back to Pillow's conversion, same bits."""
+    datas = [_rgb_png(400, 300, seed=1), _rgb_png(300, 400, seed=2), gray_png(500, 300, seed=3)]
+    block_size = Image.core.get_block_size()
+    Image.core.set_block_size(1 << 16)
+    try:
+        for data in datas:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                assert P.pixel_view(im) is None
+        values = P.phash_batch(datas, "exact")[0]
+    finally:
+        Image.core.set_block_size(block_size)
+    assert values == [imagehash_u64(d) for d in datas]
+
+
+@pytest.mark.parametrize("mode", P.MODES)
+def test_decoding_threads_give_the_serial_hashes_and_errors_in_input_order(mode):
+    """Three threads over a batch mixing good JPEGs and PNGs, bytes that are no image, a truncated
+    JPEG and unreadable bytes (None): the same values and messages, at the same places, as one thread."""
+    good = [_noise_jpeg(300 + 7 * i, 200 + 5 * i, seed=i) for i in range(12)] + [_rgb_png(120, 90, seed=4)]
+    bad = [b"not an image", good[0][: len(good[0]) // 3], None]
+    datas = [*good[:5], bad[0], *good[5:9], bad[1], *good[9:], bad[2]]
+    serial = P.phash_batch(datas, mode, threads=1)
+    threaded = P.phash_batch(datas, mode, threads=3)
+    assert threaded == serial
+    values, errors = threaded
+    failed = [i for i, v in enumerate(values) if v is None]
+    assert failed == [5, 10, 15] and all(errors[i] for i in failed)
+    assert [errors[i] for i in range(len(datas)) if i not in failed] == [None] * len(good)
+    if mode == "exact":
+        assert [values[i] for i in range(len(datas)) if i not in failed] == [imagehash_u64(d) for d in good]
+
+
 def test_kernels_compile_even_where_numba_has_nowhere_to_cache_them():
     """numba refuses `cache=True` when no cache folder is writable (as for a function without a
     source file, used here): the kernel is then compiled for this process only."""
@@ -357,6 +424,11 @@ def test_enricher_returns_values_and_one_failure_per_undecodable_image(realdata)
 def test_unknown_mode_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown phash mode"):
         P.PhashEnricher(mode="approximate")
+
+
+def test_zero_decoding_threads_is_a_clear_error():
+    with pytest.raises(ValueError, match="--threads must be at least 1"):
+        P.PhashEnricher(threads=0)
 
 
 def _images_table(datas: list[bytes]) -> pa.Table:

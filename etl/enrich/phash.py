@@ -3,11 +3,14 @@
 Two modes:
 
 - `exact` gives, for every image, the value `int(str(imagehash.phash(Image.open(f))), 16)` with
-  the installed Pillow: the image is decoded and converted to "L" by Pillow exactly as imagehash
-  does; only the 32x32 LANCZOS resize and the DCT are replaced by faster code that produces the
-  same bits. The resize reproduces Pillow's fixed-point two-pass resampler (same coefficients,
-  same 22-bit rounding, same pass order) with vectorised kernels (numba when installed, Pillow's
-  own resize otherwise); the DCT is a cached matrix product over the whole batch, and an image
+  the installed Pillow: the image is decoded by Pillow exactly as imagehash does; the "L"
+  conversion, the 32x32 LANCZOS resize and the DCT are replaced by faster code that produces the
+  same bits. An RGB decode is read in place (Pillow's Arrow export) and converted with Pillow's
+  own integer formula row by row inside the first resampling pass (other modes: Pillow converts).
+  The resize reproduces Pillow's fixed-point two-pass resampler (same coefficients, same 22-bit
+  rounding, same pass order) with vectorised kernels (numba when installed, Pillow's own resize
+  otherwise); both shortcuts are checked against Pillow on probes when the kernels load, and
+  dropped if they differ. The DCT is a cached matrix product over the whole batch, and an image
   whose 32nd and 33rd largest low-frequency coefficients are too close to decide the median
   safely is recomputed with scipy's DCT, as imagehash does.
 - `fast` decodes JPEGs at 1/2, 1/4 or 1/8 of their size in the DCT domain, luma only
@@ -20,6 +23,10 @@ Two modes:
   ~4.6-5.4x) but only ~2.3-2.5x on 336 px LLaVA-Pretrain JPEGs (floor ~2.7-3.1x: small, densely
   coded files). Non-JPEG images and JPEGs under 128 px a side use the exact path.
 
+A batch is decoded by a thread per CPU (`phash_batch`, `--threads`): Pillow's decoder and the
+kernels release the GIL, so one worker process uses every core; each thread holds one decoded
+image at a time.
+
 Like imagehash: no EXIF orientation is applied (rotated copies hash far apart), animated images
 hash their first frame, every mode (CMYK, I;16, P with transparency, LA, ...) goes through
 Pillow's own `convert("L")`. An image Pillow cannot decode (truncated, unsupported, decompression
@@ -30,8 +37,12 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
+import sys
+import threading
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from types import SimpleNamespace
@@ -111,14 +122,25 @@ def opened(data: bytes) -> Iterator[Image.Image]:
     """The image Pillow opens from `data`; anything failing inside (decode, conversion) is a DecodeError.
 
     Pillow's own decompression-bomb guard (`Image.MAX_IMAGE_PIXELS`) applies, as in imagehash.
+    Its warnings are left alone: `phash_batch` silences them around the whole batch (`quiet`).
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # palette-transparency, EXIF and bomb warnings are noise here
-            with Image.open(io.BytesIO(data)) as im:
-                yield im
+        with Image.open(io.BytesIO(data)) as im:
+            yield im
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data; all mean "cannot decode"
         raise DecodeError(exception_text(exc)) from exc
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Pillow's palette-transparency, EXIF and decompression-bomb warnings silenced: noise here.
+
+    The warning filters are global, not per thread, so this is entered once, by the thread that
+    hands images to the decoding threads, around all of their work.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def decode_gray(data: bytes) -> np.ndarray:
@@ -170,15 +192,19 @@ def reduced_gray(im: Image.Image) -> tuple[np.ndarray, tuple[int, int], int] | N
 def gray_thumbnail(im: Image.Image) -> np.ndarray:
     """`im.convert("L").resize((32, 32), LANCZOS)` as an array, bit for bit (the first frame).
 
-    Up to STRIP_PIXELS: the whole image converted, then `thumbnail32`. Larger images (a 144 MP
-    photo is 576 MB decoded, and its "L" copy and array would add 288 MB) are converted strip by
-    strip along the first pass's direction, each strip resampled by that pass at once: the pass
-    treats every row (or column) on its own, and "L" conversion every pixel, so the strips give
-    the whole image's result.
+    Up to STRIP_PIXELS, an "L" or "RGB" image is read in place (`pixel_view`: no copy), an RGB
+    one converted to "L" row by row inside the first resampling pass; other modes are converted by
+    Pillow, then `thumbnail32`. Larger images (a 144 MP photo is 576 MB decoded, and its "L" copy
+    and array would add 288 MB) are converted strip by strip along the first pass's direction,
+    each strip resampled by that pass at once: the pass treats every row (or column) on its own,
+    and "L" conversion every pixel, so the strips give the whole image's result.
     """
     kernels = _kernels()
     if kernels is None or im.width * im.height <= STRIP_PIXELS:
-        return thumbnail32(np.asarray(im.convert("L")))
+        view = pixel_view(im) if kernels is not None else None
+        if view is None:
+            return thumbnail32(np.asarray(im.convert("L")))
+        return thumbnail32(view) if view.dtype == np.uint8 else _thumbnail_of_rgb(kernels, view)
     im.load()
     width, height = im.size
     if height == IMG_SIZE or (width != IMG_SIZE and not pillow_vertical_first(height, width)):
@@ -194,6 +220,36 @@ def gray_thumbnail(im: Image.Image) -> np.ndarray:
                                           min(x + step, x1) - x) for x in range(x0, x1, step)], axis=1)
     return tall if width == IMG_SIZE else _horizontal_pass(kernels, tall, resample_coefficients(width), 0,
                                                            IMG_SIZE, offset=x0)
+
+
+def pixel_view(im: Image.Image) -> np.ndarray | None:
+    """The decoded pixels of an "L" or "RGB" image as an array over Pillow's own memory (no copy):
+    (H, W) uint8 for "L", (H, W) uint32 for "RGB" (Pillow keeps 4 bytes a pixel: R, G, B, pad).
+
+    Through Pillow's Arrow export, which exists only for an image held in one block of memory;
+    None for other modes, for an image in several blocks, on a big-endian machine, or where the
+    installed RGB -> "L" conversion is not the one `_horizontal_rgbx_loop` reproduces.
+    """
+    if im.mode not in ("L", "RGB") or (im.mode == "RGB" and not RGB_IN_PLACE):
+        return None
+    try:
+        flat = pa.array(im).flatten() if im.mode == "RGB" else pa.array(im)
+    except (ValueError, TypeError, pa.ArrowException):  # "Image rows are not contiguous in memory": several blocks
+        return None
+    values = flat.to_numpy(zero_copy_only=True)
+    return values.reshape(im.height, im.width) if im.mode == "L" else values.view(np.uint32).reshape(im.height, im.width)
+
+
+def _thumbnail_of_rgb(k: SimpleNamespace, px: np.ndarray) -> np.ndarray:
+    """`gray_thumbnail` of RGB pixels (H, W) uint32: converted to "L" inside the horizontal pass
+    when Pillow runs that one first, else converted whole (`_rgbx_to_l_loop`) then resampled."""
+    height, width = px.shape
+    if width == IMG_SIZE or (height != IMG_SIZE and pillow_vertical_first(height, width)):
+        return thumbnail32(k.rgbx_to_l(px))
+    y0, y1 = (0, height) if height == IMG_SIZE else _used_span(resample_coefficients(height)[1])
+    wide = k.horizontal_rgbx(px, y0, y1, *resample_coefficients(width))
+    return wide if height == IMG_SIZE else _vertical_pass(k, wide, resample_coefficients(height), 0, IMG_SIZE,
+                                                          offset=y0)
 
 
 def gray_strip(im: Image.Image, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -307,34 +363,63 @@ def _vertical_loop(a, lo, hi, kk, bounds):  # pragma: no cover - compiled by num
 def _horizontal_loop(a, y0, y1, kk, bounds):  # pragma: no cover - compiled by numba
     """Pillow's horizontal pass over rows y0:y1 of `a`, as (y1 - y0, n_out) uint8.
 
-    Rows are processed in blocks of 64: a block is transposed into a small buffer so that the
-    accumulation runs over 64 rows at once (vectorised), without transposing the whole image.
+    Each output is one dot product of a contiguous run of the row with the output's weights: the
+    loop over taps vectorises as an int32 reduction (integer sums do not depend on their order).
+    """
+    n_out = kk.shape[0]
+    out = np.empty((y1 - y0, n_out), np.uint8)
+    for y in range(y0, y1):
+        for o in range(n_out):
+            taps = bounds[o, 1]
+            src = a[y, bounds[o, 0]:bounds[o, 0] + taps]
+            weights = kk[o, :taps]
+            acc = np.int32(1 << 21)
+            for t in range(taps):
+                acc += np.int32(src[t]) * weights[t]
+            v = acc >> 22
+            out[y - y0, o] = 0 if v < 0 else (255 if v > 255 else v)
+    return out
+
+
+def _horizontal_rgbx_loop(px, y0, y1, kk, bounds):  # pragma: no cover - compiled by numba
+    """`_horizontal_loop` of the "L" conversion of `px`, Pillow's RGB pixels as (H, W) uint32
+    (R, G, B, pad bytes, little-endian): each row is converted as Pillow's rgb2l does
+    (L = (19595 R + 38470 G + 7471 B + 2^15) >> 16) into a buffer and resampled at once, so the
+    whole-image "L" copy and its array never exist.
     """
     n_out = kk.shape[0]
     x_lo = bounds[0, 0]
     x_hi = bounds[n_out - 1, 0] + bounds[n_out - 1, 1]
-    block = 64
     out = np.empty((y1 - y0, n_out), np.uint8)
-    buf = np.empty((x_hi - x_lo, block), np.int32)
-    acc = np.empty(block, np.int32)
-    for b0 in range(y0, y1, block):
-        nb = min(block, y1 - b0)
-        for r in range(nb):
-            src = a[b0 + r, x_lo:x_hi]
-            for x in range(x_hi - x_lo):
-                buf[x, r] = src[x]
+    row = np.empty(x_hi - x_lo, np.int32)
+    for y in range(y0, y1):
+        src = px[y, x_lo:x_hi]
+        for x in range(x_hi - x_lo):
+            p = src[x]
+            row[x] = np.int32(((p & 255) * 19595 + ((p >> 8) & 255) * 38470 + ((p >> 16) & 255) * 7471 + 32768) >> 16)
         for o in range(n_out):
+            taps = bounds[o, 1]
             start = bounds[o, 0] - x_lo
-            for r in range(block):
-                acc[r] = 1 << 21
-            for t in range(bounds[o, 1]):
-                k = kk[o, t]
-                col = buf[start + t]
-                for r in range(block):
-                    acc[r] = acc[r] + col[r] * k
-            for r in range(nb):
-                v = acc[r] >> 22
-                out[b0 - y0 + r, o] = 0 if v < 0 else (255 if v > 255 else v)
+            gray = row[start:start + taps]
+            weights = kk[o, :taps]
+            acc = np.int32(1 << 21)
+            for t in range(taps):
+                acc += gray[t] * weights[t]
+            v = acc >> 22
+            out[y - y0, o] = 0 if v < 0 else (255 if v > 255 else v)
+    return out
+
+
+def _rgbx_to_l_loop(px):  # pragma: no cover - compiled by numba
+    """Pillow's RGB -> "L" conversion of (H, W) uint32 RGB pixels (see `_horizontal_rgbx_loop`)."""
+    height, width = px.shape
+    out = np.empty((height, width), np.uint8)
+    for y in range(height):
+        src = px[y]
+        dst = out[y]
+        for x in range(width):
+            p = src[x]
+            dst[x] = ((p & 255) * 19595 + ((p >> 8) & 255) * 38470 + ((p >> 16) & 255) * 7471 + 32768) >> 16
     return out
 
 
@@ -534,6 +619,8 @@ def _two_passes_numpy(gray: np.ndarray, rows: Coefficients, cols: Coefficients) 
 
 _UNSET = object()
 _KERNELS: Any = _UNSET
+_KERNELS_LOCK = threading.RLock()  # re-entered by the build itself (its probes resample)
+RGB_IN_PLACE = False  # set by _build_kernels: Pillow's RGB pixels can be read in place (pixel_view)
 
 
 def _kernels() -> SimpleNamespace | None:
@@ -544,8 +631,10 @@ def _kernels() -> SimpleNamespace | None:
     """
     global _KERNELS
     if _KERNELS is _UNSET:
-        _KERNELS = None  # while building: resample_coefficients falls back to the reference
-        _KERNELS = _build_kernels()
+        with _KERNELS_LOCK:
+            if _KERNELS is _UNSET:
+                _KERNELS = None  # while building: resample_coefficients falls back to the reference
+                _KERNELS = _build_kernels()
     return _KERNELS
 
 
@@ -571,7 +660,9 @@ def _build_kernels() -> SimpleNamespace | None:
         import numba  # noqa: F401
     except ImportError:
         return None
+    global RGB_IN_PLACE
     kernels = SimpleNamespace(vertical=jit_cached(_vertical_loop), horizontal=jit_cached(_horizontal_loop),
+                              horizontal_rgbx=jit_cached(_horizontal_rgbx_loop), rgbx_to_l=jit_cached(_rgbx_to_l_loop),
                               coefficients=jit_cached(_coefficients_loop),
                               reduced_coefficients=jit_cached(_reduced_coefficients_loop))
     rng = np.random.default_rng(7)
@@ -579,40 +670,100 @@ def _build_kernels() -> SimpleNamespace | None:
     for rule in (_rule_pillow13, _rule_horizontal_first):
         _PASS_ORDER_RULE = rule
         if all(np.array_equal(_thumbnail_with(kernels, p), _pillow_thumbnail(p)) for p in probes):
+            RGB_IN_PLACE = _rgb_in_place_matches_pillow(kernels, rng)
             return kernels
     return None
+
+
+def _rgb_in_place_matches_pillow(k: SimpleNamespace, rng: np.random.Generator) -> bool:
+    """Whether RGB pixels read in place and converted by the kernels give Pillow's own "L" thumbnail
+    on random probes (a future Pillow changing its conversion or pixel layout costs speed, never bits)."""
+    if sys.byteorder != "little":
+        return False
+    for shape in ((60, 90), (90, 60), (32, 70)):
+        im = Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
+        try:
+            px = pa.array(im).flatten().to_numpy(zero_copy_only=True).view(np.uint32).reshape(shape)
+        except (ValueError, TypeError, pa.ArrowException):
+            return False
+        if not np.array_equal(_thumbnail_of_rgb(k, px), _pillow_thumbnail(np.asarray(im.convert("L")))):
+            return False
+    return True
 
 
 # -- the public compute functions ---------------------------------------------------------------------
 def phash_exact(data: bytes) -> int:
     """`int(str(imagehash.phash(Image.open(io.BytesIO(data)))), 16)`, faster. Raises DecodeError."""
-    return hashes_from_thumbnails(exact_thumbnail(data)[None])[0]
+    with quiet():
+        return hashes_from_thumbnails(exact_thumbnail(data)[None])[0]
 
 
 def phash_fast(data: bytes) -> int:
     """Reduced-size JPEG decode, block-integrated LANCZOS weights, the same DCT. Raises DecodeError."""
-    return hashes_from_thumbnails(fast_thumbnail(data)[None])[0]
+    with quiet():
+        return hashes_from_thumbnails(fast_thumbnail(data)[None])[0]
 
 
-def phash_batch(datas: list[bytes | None], mode: str = "exact") -> tuple[list[int | None], list[str | None]]:
-    """Hash a batch: (values, errors), one entry per input; a failed image has value None and a message."""
+def phash_batch(datas: list[bytes | None], mode: str = "exact",
+                threads: int | None = None) -> tuple[list[int | None], list[str | None]]:
+    """Hash a batch: (values, errors), one entry per input; a failed image has value None and a message.
+
+    Images are decoded and resampled by `threads` threads (default: one per CPU this process may
+    use): Pillow's decoder and the compiled kernels release the GIL, so they run on all cores.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown phash mode {mode!r}; choose one of {', '.join(MODES)}")
-    thumbs, where, errors = [], [], [None] * len(datas)
-    for i, data in enumerate(datas):
+    thumbnail = fast_thumbnail if mode == "fast" else exact_thumbnail
+    _kernels()  # built (or loaded) once, here, rather than raced for by the threads
+
+    def one(data: bytes | None) -> np.ndarray | str:
         if data is None:
-            errors[i] = "image bytes could not be read from the lake"
-            continue
+            return "image bytes could not be read from the lake"
         try:
-            thumbs.append(fast_thumbnail(data) if mode == "fast" else exact_thumbnail(data))
-            where.append(i)
+            return thumbnail(data)
         except DecodeError as exc:
-            errors[i] = str(exc)
+            return str(exc)
+
+    def run(chunk: list[bytes | None]) -> list[np.ndarray | str]:
+        return [one(data) for data in chunk]
+
+    pool = decoding_pool(threads)
+    with quiet():
+        if pool is None or len(datas) <= 1:
+            outcomes = run(datas)
+        else:  # a task per few images, not per image: fewer hand-overs of the GIL between threads
+            chunks = [datas[i : i + THREAD_CHUNK] for i in range(0, len(datas), THREAD_CHUNK)]
+            outcomes = [o for done in pool.map(run, chunks) for o in done]
+    where = [i for i, o in enumerate(outcomes) if not isinstance(o, str)]
     values: list[int | None] = [None] * len(datas)
-    hashed = hashes_from_thumbnails(np.stack(thumbs)) if thumbs else []
+    hashed = hashes_from_thumbnails(np.stack([outcomes[i] for i in where])) if where else []
     for i, value in zip(where, hashed):
         values[i] = value
-    return values, errors
+    return values, [o if isinstance(o, str) else None for o in outcomes]
+
+
+def default_threads() -> int:
+    """The CPUs this process may use (its affinity mask; a container's CPU quota is not seen)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+THREAD_CHUNK = 16  # images per task of the decoding threads
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def decoding_pool(threads: int | None = None) -> ThreadPoolExecutor | None:
+    """This process's pool of `threads` decoding threads (made once, then reused); None for one thread."""
+    threads = default_threads() if threads is None else threads
+    if threads <= 1:
+        return None
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="phash-decode")
+        return _POOLS[threads]
 
 
 def phash_fast_batch(datas: list[bytes | None]) -> list[int | None]:
@@ -637,11 +788,13 @@ class PhashEnricher(Enricher):
     columns: ClassVar[tuple[str, ...]] = ("phash_mode", "phash")
     needs_image_bytes: ClassVar[bool] = True
 
-    def __init__(self, mode: str = "exact", **options: Any):
+    def __init__(self, mode: str = "exact", threads: int | None = None, **options: Any):
         if mode not in MODES:
             raise ValueError(f"unknown phash mode {mode!r}; choose one of {', '.join(MODES)}")
-        super().__init__(mode=mode, **options)
-        self.mode = mode
+        if threads is not None and threads < 1:
+            raise ValueError(f"--threads must be at least 1, not {threads}")
+        super().__init__(mode=mode, **options)  # threads change the speed, not the values: not a param
+        self.mode, self.threads = mode, threads
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -650,10 +803,15 @@ class PhashEnricher(Enricher):
             help="exact: bit-identical to imagehash.phash (default); fast: reduced-size JPEG decode, "
             "a few bits off on some images, several times faster",
         )
+        parser.add_argument(
+            "--threads", type=int, metavar="N",
+            help="decoding threads per worker (default: one per CPU this process may use; "
+            "Pillow's decoder releases the GIL, so one worker uses every core)",
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PhashEnricher":
-        return cls(mode=getattr(args, "mode", "exact"))
+        return cls(mode=getattr(args, "mode", "exact"), threads=getattr(args, "threads", None))
 
     def setup(self) -> None:
         """Compile the resampler once per worker (numba caches it on disk after the first run)."""
@@ -661,7 +819,7 @@ class PhashEnricher(Enricher):
 
     def process(self, batch: EnrichBatch) -> EnrichResult:
         keys = batch.rows[S.KEYS[S.IMAGES]].to_pylist()
-        values, errors = phash_batch(list(batch.image_bytes), self.mode)
+        values, errors = phash_batch(list(batch.image_bytes), self.mode, self.threads)
         ok = [i for i, v in enumerate(values) if v is not None]
         table = pa.table(
             {

@@ -25,7 +25,8 @@ from etl.errors import ErrorRow, errors_table
 from etl.faults import crash_point
 from etl.imagerefs import ImageRoots, Located
 from etl.ingest.batches import Batch, Prepared, batches, sample_id, sample_row, uncommitted
-from etl.ingest.images import LoadedImage, StoredPaths, images_table, load_image
+from etl.ingest.files import FileRead, FileReader
+from etl.ingest.images import LoadedImage, StoredPaths, images_table, load_image, sniffed
 from etl.ingest.inputs import STAGE, IngestOptions, InputFile
 from etl.ingest.resume import CommittedRows, start_file
 from etl.lake import Lake
@@ -33,6 +34,19 @@ from etl.pagecache import DropBehind
 from etl.runlog import Run
 from etl.sources import readers
 from etl.sources.base import ImageRef, SourceRecord
+
+
+HASH_RUN = 32  # files sniffed and hashed per task of the CPU pool
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def sniff_files(refs: list[ImageRef], run: list[tuple[int, str, FileRead]]) -> list[tuple]:
+    """(index, LoadedImage, segment, row) of each file read of `run`: sniffed and hashed, or failed."""
+    return [(i, sniffed(refs[i], read.data, path) if read.error is None else LoadedImage(error=read.error),
+             read.segment, read.row) for i, path, read in run]
 
 
 class KeyIndexUpkeep:
@@ -64,7 +78,8 @@ class Ingestor:
 
     def __init__(self, lake: Lake, opts: IngestOptions, run: Run):
         self.lake, self.opts, self.run = lake, opts, run
-        self.pool = ThreadPoolExecutor(max_workers=opts.io_threads)
+        self.cores = max(1, available_cores() // max(1, opts.workers))
+        self.hashers = ThreadPoolExecutor(max_workers=self.cores, thread_name_prefix="ingest-hash")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
         self.pending: Future | None = None  # the batch being written
         self.stored_paths = StoredPaths()
@@ -76,7 +91,7 @@ class Ingestor:
         self.inputs: Set[tuple[str, str]] = frozenset()  # (source, name) of every file of the run
 
     def shutdown(self) -> None:
-        self.pool.shutdown()
+        self.hashers.shutdown()
         self.writer.shutdown()
         self.drop_behind.close()
 
@@ -185,17 +200,48 @@ class Ingestor:
         return samples, errors, images
 
     def load_all(self, refs: list[ImageRef], roots: ImageRoots) -> list[LoadedImage]:
-        """`load` of every reference on the thread pool, in order, one run of references per task.
+        """Every reference loaded (bytes, header info, image id) or failed, in order.
 
-        Files are read by up to `io_threads` runs at once (their reads wait on the disk). Embedded
-        bytes only need CPU (hashing releases the GIL, header parsing holds it): one run per core
-        this process has, since more threads only trade the GIL back and forth.
+        Local files are read by `FileReader` on this thread (the kernel reads ahead) and hashed on
+        the CPU pool while the next ones are read. Embedded bytes only need CPU (hashing releases
+        the GIL, header parsing holds it): one run per core this process has, since more threads
+        only trade the GIL back and forth.
         """
-        files = any(ref.data is None for ref in refs)
-        parallel = self.opts.io_threads if files else max(1, (os.cpu_count() or 1) // max(1, self.opts.workers))
-        per_task = max(1, -(-len(refs) // parallel))
-        runs = [refs[i: i + per_task] for i in range(0, len(refs), per_task)]
-        return [img for run in self.pool.map(partial(self.load_run, roots=roots), runs) for img in run]
+        loaded: list[LoadedImage | None] = [None] * len(refs)
+        files: list[tuple[int, str]] = []  # (index in refs, located path) of the files to read
+        for i, ref in enumerate(refs):
+            if ref.data is None and ref.path:
+                located = roots.locate(ref)
+                if located.error:
+                    loaded[i] = LoadedImage(error=located.error)
+                elif info := self.stored_paths.get(located.path):
+                    loaded[i] = LoadedImage(info=info, path=located.path)
+                else:
+                    files.append((i, located.path))
+        if files:
+            self.read_files(refs, files, loaded)
+        rest = [i for i, img in enumerate(loaded) if img is None]  # embedded bytes (or no reference)
+        per_task = max(1, -(-len(rest) // self.cores))
+        runs = [[refs[i] for i in rest[k: k + per_task]] for k in range(0, len(rest), per_task)]
+        done = iter(img for run in self.hashers.map(partial(self.load_run, roots=roots), runs) for img in run)
+        return [img if img is not None else next(done) for img in loaded]
+
+    def read_files(self, refs: list[ImageRef], files: list[tuple[int, str]], loaded: list) -> None:
+        """Read the `files` (index in `refs`, located path) into one batch's Arrow buffers; sniff
+        and hash them, HASH_RUN files per task on the CPU pool, as they come; set `loaded`."""
+        reader, tasks, run = FileReader(), [], []
+        for (i, path), read in zip(files, reader.read([path for _, path in files])):
+            run.append((i, path, read))
+            if len(run) == HASH_RUN:
+                tasks.append(self.hashers.submit(sniff_files, refs, run))
+                run = []
+        tasks.append(self.hashers.submit(sniff_files, refs, run))
+        arrays = reader.arrays()
+        for task in tasks:
+            for i, img, segment, row in task.result():
+                if img.info is not None and segment is not None:
+                    img.arrow = (arrays[segment], row)
+                loaded[i] = img
 
     def load_run(self, refs: list[ImageRef], roots: ImageRoots) -> list[LoadedImage]:
         return [self.load(ref, roots) for ref in refs]

@@ -24,8 +24,8 @@ import pyarrow as pa
 
 from etl.imagerefs import OPEN_FLAGS
 
-AHEAD_FILES = 64  # files opened and announced before they are read (each holds a descriptor)
-AHEAD_BYTES = 64 << 20  # at most this much announced and not read yet
+AHEAD_FILES = 256  # files opened and announced before they are read (each holds a descriptor) ...
+AHEAD_BYTES = 128 << 20  # ... and at most this much announced and not read yet
 SEGMENT_BYTES = 16 << 20  # files are packed into buffers of this size (a bigger file gets its own)
 
 
@@ -54,11 +54,12 @@ class FileReader:
         self.free = 0  # bytes left in the last segment
 
     def read(self, paths: list[str]) -> Iterator[FileRead]:
+        most_open = files_open_ahead()
         ahead: deque[tuple[int | None, int, tuple[str, str] | None]] = deque()  # (fd, size, error)
         ahead_bytes, opened = 0, 0
         try:
             for path in paths:
-                while opened < len(paths) and (not ahead or (len(ahead) < AHEAD_FILES and ahead_bytes < AHEAD_BYTES)):
+                while opened < len(paths) and (not ahead or (len(ahead) < most_open and ahead_bytes < AHEAD_BYTES)):
                     ahead.append(announce(paths[opened]))
                     ahead_bytes += ahead[-1][1]
                     opened += 1
@@ -127,6 +128,29 @@ def announce(path: str) -> tuple[int | None, int, tuple[str, str] | None]:
     if hasattr(os, "posix_fadvise"):
         os.posix_fadvise(fd, 0, st.st_size, os.POSIX_FADV_WILLNEED)
     return fd, st.st_size, None
+
+
+def announce_files(paths: list[str], max_bytes: int = AHEAD_BYTES) -> None:
+    """Ask the kernel to start reading the located files `paths` (their first `max_bytes` in all),
+    which the next batch will read: its reads then find them cached."""
+    for path in paths:
+        fd, size, _ = announce(path)
+        if fd is not None:
+            os.close(fd)
+            max_bytes -= size
+            if max_bytes <= 0:
+                return
+
+
+def files_open_ahead() -> int:
+    """AHEAD_FILES, or a quarter of the descriptors this process may open if that is fewer."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 16
+    return max(1, min(AHEAD_FILES, soft // 4)) if soft != resource.RLIM_INFINITY else AHEAD_FILES
 
 
 def read_rest(fd: int) -> bytes:

@@ -35,6 +35,8 @@ class StoredPaths:
         self.capacity, self.entries, self.lock = capacity, OrderedDict(), threading.Lock()
 
     def get(self, path: str) -> ImageInfo | None:
+        if path not in self.entries:  # the usual case: a file not referenced before (no stat)
+            return None
         st = os.stat(path)
         with self.lock:
             entry = self.entries.get(path)

@@ -13,7 +13,7 @@ enrich and export runs on one lake end as if they had run one after another.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterator, Set
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
 
@@ -25,7 +25,7 @@ from etl.errors import ErrorRow, errors_table
 from etl.faults import crash_point
 from etl.imagerefs import ImageRoots, Located
 from etl.ingest.batches import Batch, Prepared, batches, sample_id, sample_row, uncommitted
-from etl.ingest.files import FileRead, FileReader
+from etl.ingest.files import FileRead, FileReader, announce_files
 from etl.ingest.images import LoadedImage, StoredPaths, images_table, load_image, sniffed
 from etl.ingest.inputs import STAGE, IngestOptions, InputFile
 from etl.ingest.resume import CommittedRows, start_file
@@ -105,8 +105,9 @@ class Ingestor:
         reader = readers()[file.format](self.opts.image_roots, **self.opts.reader_options)
         mark = partial(self.lake.set_checkpoint, started.job, file.name, started.fingerprint)
         records = reader.read_file(file.path, file.name, started.start)
+        cut = batches(file, records, started.start, self.opts.batch_records, self.opts.batch_bytes)
         try:
-            for batch in batches(file, records, started.start, self.opts.batch_records, self.opts.batch_bytes):
+            for batch in self.looking_ahead(cut, self.image_roots.for_file(file.path, file.name)):
                 if batch.records:
                     self.write_behind(self.prepare(batch, committed), partial(mark, done=batch.last), bar)
                 else:  # the file ended on a cut (or had no rows left): only the checkpoint moves
@@ -119,6 +120,22 @@ class Ingestor:
                 wait([self.pending])
                 self.pending = None
         self.run.counts["files"] += 1
+
+    def looking_ahead(self, cut: Iterator[Batch], roots: ImageRoots) -> Iterator[Batch]:
+        """The batches of `cut`, one behind: before batch N is yielded (to be read, hashed and
+        written), batch N+1 is parsed, its image files located and the kernel asked to read them,
+        so the disk is busy while this process parses, waits for a write or hashes a batch's tail."""
+        previous = None
+        for batch in cut:
+            refs = [ref for record in batch.records if not record.error for ref in record.images
+                    if ref.data is None and ref.path]
+            batch.located = {id(ref): roots.locate(ref) for ref in refs}
+            announce_files([located.path for located in batch.located.values() if located.path])
+            if previous is not None:
+                yield previous
+            previous = batch
+        if previous is not None:
+            yield previous
 
     def write_behind(self, prepared: Prepared, checkpoint: Callable[[int], None], bar: tqdm) -> None:
         """Write `prepared`, then `checkpoint` its next row, on the writer thread, after the batch before."""
@@ -138,7 +155,7 @@ class Ingestor:
         """Drop the records a crash left committed, load and hash the images of the others."""
         records = uncommitted(batch.file, batch.records, committed)
         self.run.counts["records_already_in_lake"] += len(batch.records) - len(records)
-        return Prepared(batch, *self.resolve(batch.file, records))
+        return Prepared(batch, *self.resolve(batch.file, records, batch.located))
 
     def write(self, prepared: Prepared, bar: tqdm, checkpoint: Callable[[int], None] | None = None) -> int:
         """Images, errors, samples, then `checkpoint` of the next row, in that order and inside the
@@ -175,10 +192,11 @@ class Ingestor:
         self.run.counts["records_already_in_lake"] += len(prepared.samples) + len(prepared.errors) - len(samples) - len(errors)
         return samples, errors
 
-    def resolve(self, file: InputFile, records: list[SourceRecord]):
-        """Load every image of the batch in parallel; split records into samples and errors."""
+    def resolve(self, file: InputFile, records: list[SourceRecord], located: dict[int, Located] | None = None):
+        """Load every image of the batch (`located`: files already looked up, by id of their
+        reference); split records into samples and errors."""
         refs = [ref for r in records if not r.error for ref in r.images]
-        loaded = iter(self.load_all(refs, self.image_roots.for_file(file.path, file.name)))
+        loaded = iter(self.load_all(refs, self.image_roots.for_file(file.path, file.name), located or {}))
         samples, errors, images = [], [], {}
         for record in records:
             sid = sample_id(file, record)
@@ -199,7 +217,7 @@ class Ingestor:
                 samples.append(sample_row(file, record, sid, [img.info.image_id for img in mine]))
         return samples, errors, images
 
-    def load_all(self, refs: list[ImageRef], roots: ImageRoots) -> list[LoadedImage]:
+    def load_all(self, refs: list[ImageRef], roots: ImageRoots, located: dict[int, Located]) -> list[LoadedImage]:
         """Every reference loaded (bytes, header info, image id) or failed, in order.
 
         Local files are read by `FileReader` on this thread (the kernel reads ahead) and hashed on
@@ -211,13 +229,13 @@ class Ingestor:
         files: list[tuple[int, str]] = []  # (index in refs, located path) of the files to read
         for i, ref in enumerate(refs):
             if ref.data is None and ref.path:
-                located = roots.locate(ref)
-                if located.error:
-                    loaded[i] = LoadedImage(error=located.error)
-                elif info := self.stored_paths.get(located.path):
-                    loaded[i] = LoadedImage(info=info, path=located.path)
+                where = located.get(id(ref)) or roots.locate(ref)
+                if where.error:
+                    loaded[i] = LoadedImage(error=where.error)
+                elif info := self.stored_paths.get(where.path):
+                    loaded[i] = LoadedImage(info=info, path=where.path)
                 else:
-                    files.append((i, located.path))
+                    files.append((i, where.path))
         if files:
             self.read_files(refs, files, loaded)
         rest = [i for i, img in enumerate(loaded) if img is None]  # embedded bytes (or no reference)

@@ -28,7 +28,7 @@ STAGES = [  # (stage, patterns in the stack); the first stage that matches takes
     ("JSON parse", ["jsonfiles.py", "json/decoder.py", "ijson"]),
     ("file fingerprint (checkpoint)", ["file_fingerprint"]),
     ("sha256 + header sniff", ["content_id", "sniff"]),
-    ("image file read", ["load_image", "Ingestor.load"]),
+    ("image file read", ["load_image", "Ingestor.load", "FileReader", "announce"]),
     ("Arrow tables of new images/samples", ["images_table", "blob_bytes", "from_pylist", "sample_row"]),
     ("Lance write + commit", ["write_fragments", "LanceDataset.commit", "commit_fragments", "lance/"]),
     ("parquet read", ["hf_parquet.py", "pyarrow/parquet"]),

@@ -46,8 +46,8 @@ class FileReader:
     segment as a large_binary array whose row `FileRead.row` holds that file's bytes.
     """
 
-    def __init__(self, segment_bytes: int = SEGMENT_BYTES):
-        self.segment_bytes = segment_bytes
+    def __init__(self, segment_bytes: int | None = None):
+        self.segment_bytes = segment_bytes or SEGMENT_BYTES
         self.buffers: list[pa.Buffer] = []
         self.views: list[memoryview] = []  # the segments as writable unsigned bytes
         self.offsets: list[list[int]] = []  # per segment: row starts, then the end of the last row

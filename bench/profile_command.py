@@ -29,6 +29,7 @@ STAGES = [  # (stage, patterns in the stack); the first stage that matches takes
     ("file fingerprint (checkpoint)", ["file_fingerprint"]),
     ("sha256 + header sniff", ["content_id", "sniff"]),
     ("image file read", ["load_image", "Ingestor.load", "FileReader", "announce"]),
+    ("image path lookup (roots containment)", ["ImageRoots.locate"]),
     ("Arrow tables of new images/samples", ["images_table", "blob_bytes", "from_pylist", "sample_row"]),
     ("Lance write + commit", ["write_fragments", "LanceDataset.commit", "commit_fragments", "lance/"]),
     ("parquet read", ["hf_parquet.py", "pyarrow/parquet"]),

@@ -125,8 +125,10 @@ def announce(path: str) -> tuple[int | None, int, tuple[str, str] | None]:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         return None, 0, ("unreadable_image", f"{path}: not a regular file")
-    if hasattr(os, "posix_fadvise"):
+    try:
         os.posix_fadvise(fd, 0, st.st_size, os.POSIX_FADV_WILLNEED)
+    except (AttributeError, OSError):  # only a hint (no such call here, or a file system without it)
+        pass
     return fd, st.st_size, None
 
 

@@ -49,6 +49,12 @@ def sniff_files(refs: list[ImageRef], run: list[tuple[int, str, FileRead]]) -> l
              read.segment, read.row) for i, path, read in run]
 
 
+def empty_version(lake: Lake, name: str) -> int | None:
+    """The latest version of table `name` if it holds no row, else None."""
+    version = lake.latest_version(name)
+    return version if lake.dataset(name, version).count_rows() == 0 else None
+
+
 class KeyIndexUpkeep:
     """Refreshes the BTREE index on `images.image_id` every `every` image commits of a run.
 
@@ -89,6 +95,7 @@ class Ingestor:
         self.images_stored_last: list[str] = []  # the image ids the last `store_images` added
         self.rows = CommittedRows(lake)
         self.inputs: Set[tuple[str, str]] = frozenset()  # (source, name) of every file of the run
+        self.images_empty_at = empty_version(lake, S.IMAGES)  # a first ingest: no key scan per batch
 
     def shutdown(self) -> None:
         self.hashers.shutdown()
@@ -323,7 +330,10 @@ class Ingestor:
     def new_images(self, images: dict[str, LoadedImage]) -> list[LoadedImage]:
         """The images whose bytes the lake does not hold yet (those loaded without bytes are stored)."""
         carried = [iid for iid, img in images.items() if img.data is not None]
-        present = self.lake.existing_keys(S.IMAGES, carried)
+        if self.images_empty_at is None:
+            present = self.lake.existing_keys(S.IMAGES, carried)
+        else:  # what the table holds is what came since it was empty: known here, unless others wrote
+            present = self.lake.keys_added_since(S.IMAGES, self.images_empty_at, carried)
         return [images[iid] for iid in carried if iid not in present]
 
     def drop_images_behind(self, fragments: list) -> None:

@@ -31,7 +31,7 @@ Jobs (`JOB` is one of them, or `all`):
   (0.16-2.6 GB) and a 20k-record LLaVA JSON: where parallel starts to win, and whether
   `--workers auto` picked the faster side at each size.
 
-    .venv/bin/python bench/bench_commands.py JOB [--quick] [--rounds N] [--workdir DIR]
+    .venv/bin/python bench/bench_commands.py JOB [--quick] [--rounds N] [--workdir DIR] [--sizes N ...]
 
 Full sizes: parquet 8,000 images, llava 20,000 records, phash 4,000 images, export 1,000,000 samples;
 --quick: a tenth (or less), two rounds, for a smoke run of about a minute on a quiet machine.
@@ -61,7 +61,10 @@ sys.path[:0] = [str(ROOT), str(BENCH)]  # this checkout's etl, and the sibling b
 REALDATA = ROOT.parent / "shared" / "realdata"
 RESULTS = BENCH / "results"
 PY = sys.executable
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+# PYTHONDONTWRITEBYTECODE (set on some machines) is dropped: an installed mmlake runs from bytecode
+# compiled at install, as the baselines' libraries do; with it, every run recompiles etl (0.1-0.2 s)
+ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "PYTHONPATH": str(ROOT),
+       "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 PHOTO_GLOBS = ("llava_pretrain_pr1902/**/*.jpg", "data_juicer/tests/ops/data/*.jpg",
                "pillow_test_images/Tests/images/hopper.jpg")
 MIN_KB, MAX_KB = 40, 120
@@ -425,8 +428,9 @@ def job_crossover(args, work: Path) -> dict:
     from etl.commands.ingest import auto_workers
     from etl.ingest import IngestOptions
 
-    sizes = [200, 800] if args.quick else [2000, 8000, 16000, 32000]
-    images = image_pool(args.pool, sizes[-1])
+    sizes = args.sizes or ([200, 800] if args.quick else [2000, 8000, 16000, 32000])
+    n_json = sizes[-1] if args.quick else 20000
+    images = image_pool(args.pool, max(sizes[-1], n_json))
     lake = work / "lake"
     cases, inputs, picked = {}, {}, {}
     for n in sizes:
@@ -438,7 +442,7 @@ def job_crossover(args, work: Path) -> dict:
         for w in (1, 2):
             cases[f"parquet_{n}_workers{w}"] = cli(lake, "ingest", str(data), "--source", "bench", "--no-progress",
                                                    "--workers", str(w))
-    n = sizes[-1] if args.quick else 20000
+    n = n_json
     data = work / f"llava_{n}.json"
     write_llava_json(data, images, args.pool / "pool", n)
     inputs[f"llava_{n}"] = data
@@ -506,6 +510,7 @@ def main() -> None:
     ap.add_argument("job", choices=[*JOBS, "all"], help="all: every job but crossover")
     ap.add_argument("--quick", action="store_true", help="smaller data, 2 rounds (smoke run)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds, the median is kept (default 3, --quick 2)")
+    ap.add_argument("--sizes", type=int, nargs="+", help="crossover: parquet sizes in images (default 2k 8k 16k 32k)")
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "mmlake_bench_commands",
                     help="generated data (kept and reused: the distinct JPEGs take minutes to make)")
     args = ap.parse_args()
@@ -521,7 +526,8 @@ def main() -> None:
         report.update(quick=args.quick, cpus=os.cpu_count(), commit=commit(),
                       date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                       load_average_before_after=[round(load_before, 2), round(os.getloadavg()[0], 2)],
-                      command=f".venv/bin/python bench/bench_commands.py {job}" + (" --quick" if args.quick else ""))
+                      command=f".venv/bin/python bench/bench_commands.py {job}" + (" --quick" if args.quick else "")
+                      + (f" --sizes {' '.join(map(str, args.sizes))}" if args.sizes and job == "crossover" else ""))
         report["met"] = met(report)
         write(f"commands_{job}" + ("_quick" if args.quick else ""), report)
         for leftover in ("lake", "out"):

@@ -46,7 +46,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="human turn for caption-only sources (webdataset), e.g. '<image>\\nDescribe the image.'")
     p.add_argument("--batch-size", type=int, default=1000, help="records per commit (default: 1000)")
     add_engine_arguments(p, "workers that read, hash and write in parallel, or 'auto' (default): locally, parallel "
-                            "only where it was measured faster than serial (HF parquet from 1 GB on), up to one per "
+                            "only where it was measured faster than serial (HF parquet from 2 GB on), up to one per "
                             "core (each holds about 0.5 GB); on Ray, as many as fit. One process commits",
                          workers_type=workers_argument, workers_default="auto")
     hub = p.add_argument_group("Hugging Face Hub (download resumes; the ingest resumes too)")
@@ -109,21 +109,25 @@ def run(args: argparse.Namespace) -> int:
                          retry_failed=args.retry_failed)
     counts = ingest(lake, paths, opts)
     print_counts("ingest", counts)
-    empty = files_without_samples(lake, paths, opts)
+    empty = files_without_samples(lake, paths, opts, counts)
     if empty:
         say(f"{len(empty)} file(s) gave no sample: " + "; ".join(empty[:5]) + (" ..." if len(empty) > 5 else ""))
         return FAILED
     return 0
 
 
-def files_without_samples(lake, paths: list[str], opts) -> list[str]:
+def files_without_samples(lake, paths: list[str], opts, counts=None) -> list[str]:
     """What went wrong with each input file that has no sample in the lake (from this run or before):
-    its errors, and the format its content looks like when that is not the one it was read as."""
+    its errors, and the format its content looks like when that is not the one it was read as.
+    A single file that this run's `counts` show adding samples needs no look at the lake."""
     from etl.ingest import expand_inputs, known_as
     from etl.sources.base import file_fingerprint
-    from etl.sqlrun import connect, run_file
 
     named = expand_inputs(paths, opts)
+    if len(named) == 1 and counts and counts["samples_added"]:
+        return []
+    from etl.sqlrun import connect, run_file  # DuckDB: only when some file may have no sample
+
     inputs = {(f.source, f.name) for f in named}  # a file reached by another path keeps its earlier name
     files = [known_as(lake, f, file_fingerprint(f.path), inputs)[0] for f in named]
     con = connect(lake)
@@ -150,14 +154,17 @@ def why_empty(file, errors: dict[str, int]) -> str:
     return f"{file.name} (read as {file.format}: {found}; {hint})"
 
 
-# -- `--workers auto` ----------------------------------------------------------------------------------
-# Measured on 2 cores (issue 19; `bench/bench_commands.py crossover` measures it again): each worker
-# process pays its own start-up (imports, a Lance session) and the committing process runs beside them,
-# so workers win only on inputs they read themselves (HF parquet row groups, `row_ranges`), and only
-# from about 0.75 GB of them on (0.5 GB: serial 10% faster; 5.4 GB: 2 workers 1.5x faster). JSON, tars
-# and messages are parsed by the committing process and shipped to the workers: 2 workers were slower
-# than serial at every size measured (20k records: 0.56x).
-PARALLEL_FROM_BYTES = 1 << 30  # one more worker per GB of worker-readable input, up to one per core
+# -- `--workers auto` ---------------------------------------------------------------------------------
+# Measured on 2 cores (issue 19; `bench/bench_commands.py crossover` measures it again, results in
+# bench/results/commands_crossover*.md): each worker process pays its own start-up (imports, a Lance
+# session) and the committing process runs beside them, so workers win only on inputs they read
+# themselves (HF parquet row groups, `row_ranges`), and only on large ones: 2 workers took 0.55x, 0.61x,
+# 0.76x serial's speed on 0.12, 0.47, 0.93 GB of parquet (the ratio climbing about 0.3 per GB; 5.4 GB:
+# 1.5x faster in issue 19), so parallel starts at 2 GB. JSON, tars and messages are parsed by the
+# committing process and shipped to the workers: since the serial ingest reads image files with the
+# kernel's read-ahead, 2 workers were slower on a 20k-record LLaVA JSON too (0.94x, 1.2 GB of images;
+# 1.42x against the old serial reader with 8 blocking threads), so they stay serial.
+PARALLEL_FROM_BYTES = 2 << 30  # one more worker per 2 GB of worker-readable input, up to one per core
 
 
 def workers_argument(value: str) -> int | str:

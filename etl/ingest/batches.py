@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Set
 from dataclasses import dataclass, field
 
 from etl.errors import ErrorRow
+from etl.imagerefs import Located
 from etl.ingest.images import LoadedImage
 from etl.ingest.inputs import STAGE, InputFile
 from etl.lake import dumps
@@ -24,6 +25,7 @@ class Batch:
     nbytes: int = 0  # embedded image bytes
     start_row: int = 0
     last: bool = False
+    located: dict[int, Located] = field(default_factory=dict)  # id(ImageRef) → its file, if looked up ahead
 
 
 def batches(file: InputFile, records: Iterable[SourceRecord], start_row: int, max_records: int,

@@ -37,7 +37,7 @@ class StoredPaths:
         self.capacity, self.entries, self.lock = capacity, OrderedDict(), threading.Lock()
 
     def get(self, path: str) -> ImageInfo | None:
-        if is_remote(path):
+        if path not in self.entries or is_remote(path):  # the usual case: a file not referenced before (no stat)
             return None
         st = os.stat(path)
         with self.lock:
@@ -71,12 +71,17 @@ def load_image(ref: ImageRef, roots: ImageRoots, located: Located | None = None)
             data, path = read_regular_file(located.path), located.path
         except UnreadableImage as exc:
             return LoadedImage(error=(exc.kind, str(exc)))
-    try:
-        return LoadedImage(info=sniff(data), data=data, path=path, arrow=ref.arrow)
-    except NotAnImage as exc:
-        where = ref.path or "embedded bytes"
-        return LoadedImage(error=(exc.kind, f"{where}: {exc}"))
+    return sniffed(ref, data, path, ref.arrow)
 
+
+def sniffed(ref: ImageRef, data: bytes | memoryview, path: str | None = None,
+            arrow: tuple[pa.Array, int] | None = None) -> LoadedImage:
+    """`data` (the bytes of `ref`, read from `path` if any) with its header info and image id, or
+    the error saying it is not an image."""
+    try:
+        return LoadedImage(info=sniff(data), data=data, path=path, arrow=arrow)
+    except NotAnImage as exc:
+        return LoadedImage(error=(exc.kind, f"{ref.path or 'embedded bytes'}: {exc}"))
 
 
 def images_table(images: list[LoadedImage]) -> pa.Table:

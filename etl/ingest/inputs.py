@@ -21,7 +21,7 @@ class IngestOptions:
     allow_outside_roots: bool = False  # follow image paths outside the roots (etl/imagerefs.py); never --from-hub
     batch_records: int = 1000
     batch_bytes: int = 256 << 20
-    io_threads: int = 8
+    io_threads: int = 8  # images fetched at once from an object store
     workers: int = 1  # > 1: worker processes read, hash and write; this process commits
     engine: EngineSpec = field(default_factory=EngineSpec)  # who runs those workers (etl/engine/)
     reader_options: dict = field(default_factory=dict)

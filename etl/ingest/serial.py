@@ -13,7 +13,7 @@ enrich and export runs on one lake end as if they had run one after another.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Set
+from collections.abc import Callable, Iterator, Set
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
 
@@ -21,11 +21,13 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from etl import schema as S
+from etl import storage
 from etl.errors import ErrorRow, errors_table
 from etl.faults import crash_point
 from etl.imagerefs import ImageRoots, Located
 from etl.ingest.batches import Batch, Prepared, batches, sample_id, sample_row, uncommitted
-from etl.ingest.images import LoadedImage, StoredPaths, images_table, load_image
+from etl.ingest.files import FileRead, FileReader, announce_files
+from etl.ingest.images import LoadedImage, StoredPaths, images_table, load_image, sniffed
 from etl.ingest.inputs import STAGE, IngestOptions, InputFile
 from etl.ingest.resume import CommittedRows, start_file
 from etl.lake import Lake
@@ -33,6 +35,25 @@ from etl.pagecache import DropBehind
 from etl.runlog import Run
 from etl.sources import readers
 from etl.sources.base import ImageRef, SourceRecord
+
+
+HASH_RUN = 32  # files sniffed and hashed per task of the CPU pool
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def sniff_files(refs: list[ImageRef], run: list[tuple[int, str, FileRead]]) -> list[tuple]:
+    """(index, LoadedImage, segment, row) of each file read of `run`: sniffed and hashed, or failed."""
+    return [(i, sniffed(refs[i], read.data, path) if read.error is None else LoadedImage(error=read.error),
+             read.segment, read.row) for i, path, read in run]
+
+
+def empty_version(lake: Lake, name: str) -> int | None:
+    """The latest version of table `name` if it holds no row, else None."""
+    version = lake.latest_version(name)
+    return version if lake.dataset(name, version).count_rows() == 0 else None
 
 
 class KeyIndexUpkeep:
@@ -57,15 +78,15 @@ class KeyIndexUpkeep:
         return False
 
 
-
-
 class Ingestor:
     """Runs one ingest: files → batches → commits, counting into the run's counters."""
 
     def __init__(self, lake: Lake, opts: IngestOptions, run: Run):
         self.lake, self.opts, self.run = lake, opts, run
-        self.pool = ThreadPoolExecutor(max_workers=opts.io_threads)
+        self.cores = max(1, available_cores() // max(1, opts.workers))
+        self.hashers = ThreadPoolExecutor(max_workers=self.cores, thread_name_prefix="ingest-hash")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+        self.fetchers = ThreadPoolExecutor(max_workers=opts.io_threads, thread_name_prefix="ingest-fetch")
         self.pending: Future | None = None  # the batch being written
         self.stored_paths = StoredPaths()
         self.image_roots = ImageRoots(opts.image_roots, opts.allow_outside_roots)
@@ -74,9 +95,11 @@ class Ingestor:
         self.images_stored_last: list[str] = []  # the image ids the last `store_images` added
         self.rows = CommittedRows(lake)
         self.inputs: Set[tuple[str, str]] = frozenset()  # (source, name) of every file of the run
+        self.images_empty_at = empty_version(lake, S.IMAGES)  # a first ingest: no key scan per batch
 
     def shutdown(self) -> None:
-        self.pool.shutdown()
+        self.hashers.shutdown()
+        self.fetchers.shutdown()
         self.writer.shutdown()
         self.drop_behind.close()
 
@@ -90,8 +113,9 @@ class Ingestor:
         reader = readers()[file.format](self.opts.image_roots, **self.opts.reader_options)
         mark = partial(self.lake.set_checkpoint, started.job, file.name, started.fingerprint)
         records = reader.read_file(file.path, file.name, started.start)
+        cut = batches(file, records, started.start, self.opts.batch_records, self.opts.batch_bytes)
         try:
-            for batch in batches(file, records, started.start, self.opts.batch_records, self.opts.batch_bytes):
+            for batch in self.looking_ahead(cut, self.image_roots.for_file(file.path, file.name)):
                 if batch.records:
                     self.write_behind(self.prepare(batch, committed), partial(mark, done=batch.last), bar)
                 else:  # the file ended on a cut (or had no rows left): only the checkpoint moves
@@ -104,6 +128,23 @@ class Ingestor:
                 wait([self.pending])
                 self.pending = None
         self.run.counts["files"] += 1
+
+    def looking_ahead(self, cut: Iterator[Batch], roots: ImageRoots) -> Iterator[Batch]:
+        """The batches of `cut`, one behind: before batch N is yielded (to be read, hashed and
+        written), batch N+1 is parsed, its image files located and the kernel asked to read them,
+        so the disk is busy while this process parses, waits for a write or hashes a batch's tail."""
+        previous = None
+        for batch in cut:
+            refs = [ref for record in batch.records if not record.error for ref in record.images
+                    if ref.data is None and ref.path]
+            batch.located = {id(ref): roots.locate(ref) for ref in refs}
+            announce_files([where.path for where in batch.located.values()
+                            if where.path and not storage.is_remote(where.path)])
+            if previous is not None:
+                yield previous
+            previous = batch
+        if previous is not None:
+            yield previous
 
     def write_behind(self, prepared: Prepared, checkpoint: Callable[[int], None], bar: tqdm) -> None:
         """Write `prepared`, then `checkpoint` its next row, on the writer thread, after the batch before."""
@@ -123,7 +164,7 @@ class Ingestor:
         """Drop the records a crash left committed, load and hash the images of the others."""
         records = uncommitted(batch.file, batch.records, committed)
         self.run.counts["records_already_in_lake"] += len(batch.records) - len(records)
-        return Prepared(batch, *self.resolve(batch.file, records))
+        return Prepared(batch, *self.resolve(batch.file, records, batch.located))
 
     def write(self, prepared: Prepared, bar: tqdm, checkpoint: Callable[[int], None] | None = None) -> int:
         """Images, errors, samples, then `checkpoint` of the next row, in that order and inside the
@@ -164,10 +205,11 @@ class Ingestor:
         self.run.counts["records_already_in_lake"] += len(prepared.samples) + len(prepared.errors) - len(samples) - len(errors)
         return samples, errors
 
-    def resolve(self, file: InputFile, records: list[SourceRecord]):
-        """Load every image of the batch in parallel; split records into samples and errors."""
+    def resolve(self, file: InputFile, records: list[SourceRecord], located: dict[int, Located] | None = None):
+        """Load every image of the batch (`located`: files already looked up, by id of their
+        reference); split records into samples and errors."""
         refs = [ref for r in records if not r.error for ref in r.images]
-        loaded = iter(self.load_all(refs, self.image_roots.for_file(file.path, file.name)))
+        loaded = iter(self.load_all(refs, self.image_roots.for_file(file.path, file.name), located or {}))
         samples, errors, images = [], [], {}
         for record in records:
             sid = sample_id(file, record)
@@ -188,18 +230,56 @@ class Ingestor:
                 samples.append(sample_row(file, record, sid, [img.info.image_id for img in mine]))
         return samples, errors, images
 
-    def load_all(self, refs: list[ImageRef], roots: ImageRoots) -> list[LoadedImage]:
-        """`load` of every reference on the thread pool, in order, one run of references per task.
+    def load_all(self, refs: list[ImageRef], roots: ImageRoots, located: dict[int, Located]) -> list[LoadedImage]:
+        """Every reference loaded (bytes, header info, image id) or failed, in order.
 
-        Files are read by up to `io_threads` runs at once (their reads wait on the disk). Embedded
-        bytes only need CPU (hashing releases the GIL, header parsing holds it): one run per core
-        this process has, since more threads only trade the GIL back and forth.
+        Local files are read by `FileReader` on this thread (the kernel reads ahead) and hashed on
+        the CPU pool while the next ones are read. Embedded bytes only need CPU (hashing releases
+        the GIL, header parsing holds it): one run per core this process has, since more threads
+        only trade the GIL back and forth.
         """
-        files = any(ref.data is None for ref in refs)
-        parallel = self.opts.io_threads if files else max(1, (os.cpu_count() or 1) // max(1, self.opts.workers))
-        per_task = max(1, -(-len(refs) // parallel))
-        runs = [refs[i: i + per_task] for i in range(0, len(refs), per_task)]
-        return [img for run in self.pool.map(partial(self.load_run, roots=roots), runs) for img in run]
+        loaded: list[LoadedImage | None] = [None] * len(refs)
+        files: list[tuple[int, str]] = []  # (index in refs, located path) of the files to read
+        remote: list[tuple[int, Located]] = []  # objects on a store: one request each, many at once
+        for i, ref in enumerate(refs):
+            if ref.data is None and ref.path:
+                where = located.get(id(ref)) or roots.locate(ref)
+                if where.error:
+                    loaded[i] = LoadedImage(error=where.error)
+                elif storage.is_remote(where.path):
+                    remote.append((i, where))
+                elif info := self.stored_paths.get(where.path):
+                    loaded[i] = LoadedImage(info=info, path=where.path)
+                else:
+                    files.append((i, where.path))
+        if files:
+            self.read_files(refs, files, loaded)
+        if remote:
+            fetched = self.fetchers.map(lambda item: load_image(refs[item[0]], roots, item[1]), remote)
+            for (i, _), img in zip(remote, fetched):
+                loaded[i] = img
+        rest = [i for i, img in enumerate(loaded) if img is None]  # embedded bytes (or no reference)
+        per_task = max(1, -(-len(rest) // self.cores))
+        runs = [[refs[i] for i in rest[k: k + per_task]] for k in range(0, len(rest), per_task)]
+        done = iter(img for run in self.hashers.map(partial(self.load_run, roots=roots), runs) for img in run)
+        return [img if img is not None else next(done) for img in loaded]
+
+    def read_files(self, refs: list[ImageRef], files: list[tuple[int, str]], loaded: list) -> None:
+        """Read the `files` (index in `refs`, located path) into one batch's Arrow buffers; sniff
+        and hash them, HASH_RUN files per task on the CPU pool, as they come; set `loaded`."""
+        reader, tasks, run = FileReader(), [], []
+        for (i, path), read in zip(files, reader.read([path for _, path in files])):
+            run.append((i, path, read))
+            if len(run) == HASH_RUN:
+                tasks.append(self.hashers.submit(sniff_files, refs, run))
+                run = []
+        tasks.append(self.hashers.submit(sniff_files, refs, run))
+        arrays = reader.arrays()
+        for task in tasks:
+            for i, img, segment, row in task.result():
+                if img.info is not None and segment is not None:
+                    img.arrow = (arrays[segment], row)
+                loaded[i] = img
 
     def load_run(self, refs: list[ImageRef], roots: ImageRoots) -> list[LoadedImage]:
         return [self.load(ref, roots) for ref in refs]
@@ -263,7 +343,10 @@ class Ingestor:
     def new_images(self, images: dict[str, LoadedImage]) -> list[LoadedImage]:
         """The images whose bytes the lake does not hold yet (those loaded without bytes are stored)."""
         carried = [iid for iid, img in images.items() if img.data is not None]
-        present = self.lake.existing_keys(S.IMAGES, carried)
+        if self.images_empty_at is None:
+            present = self.lake.existing_keys(S.IMAGES, carried)
+        else:  # what the table holds is what came since it was empty: known here, unless others wrote
+            present = self.lake.keys_added_since(S.IMAGES, self.images_empty_at, carried)
         return [images[iid] for iid in carried if iid not in present]
 
     def drop_images_behind(self, fragments: list) -> None:

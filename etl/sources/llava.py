@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 from typing import Any
 
 
@@ -41,7 +42,7 @@ class LlavaReader(JsonRecordsReader):
     format_name = "llava"
 
     def to_record(self, item: Any, name: str, row: int, base_dir: str) -> SourceRecord:
-        record = SourceRecord(name, row, raw=raw_json(item))
+        record = SourceRecord(name, row, raw=partial(raw_json, item))  # written only if it fails: made then
         try:
             if not isinstance(item, dict):
                 raise MalformedRecord(f"record is a {type(item).__name__}, not an object")

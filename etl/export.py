@@ -79,9 +79,11 @@ class ExportOptions:
     force: bool = False
     image_cache: str | None = None
     threads: int = 8
-    batch_rows: int = int(os.environ.get("EXP_BATCH", "50000"))
+    batch_rows: int = 25_000  # records per batch whose turns are taken and text made at once
     image_batch: int = 1000
-    memory_limit: str = os.environ.get("EXP_LIMIT", "2GB")  # DuckDB spills sorts/joins to a temp dir beyond this
+    # DuckDB spills sorts, windows and joins to a temp dir beyond this: what keeps a 1M-sample export
+    # under ~500 MB (bench/results/commands_export.md); the staged tables are narrow, so spills are small
+    memory_limit: str = "200MB"
     strict: bool = False  # warnings (recipe_warnings) stop the export before DIR is touched
     shard_size: int = 512 << 20  # webdataset / hf-parquet: bytes per shard (about)
 
@@ -107,15 +109,12 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
         con = connect(lake, version=pins)
         con.execute(f"set temp_directory = {sql_literal(tmp)}")
         con.execute(f"set memory_limit = {sql_literal(opts.memory_limit)}")
-        if os.environ.get("EXP_FLUSH"):
-            con.execute("set allocator_background_threads = true")
-            con.execute(f"set allocator_flush_threshold = '{os.environ['EXP_FLUSH']}'")
         expose_sample_row_offsets(con, lake, pins)
         compiled = compile_recipe(recipe, lake_columns(con))  # a bad recipe fails before DIR is touched
         dedup_inputs = check_derived_inputs(con, recipe, lake, pins)
         set_variables(con, compiled.variables())
         stage_selection(con, compiled)
-        counts = decision_counts(con)
+        counts = decision_counts(con, recipe)
         check_sources_exist(con, recipe, counts)
         warnings = recipe_warnings(con, recipe, counts)
         if warnings and opts.strict:
@@ -127,8 +126,7 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
             files, counts["images"] = exporter(opts.format).write(lake, con, out, recipe, opts, pins)
         else:
             total = stage_record_order(con, opts.split_by_source)
-            if not os.environ.get("EXP_KEEP"):
-                con.execute("drop table decisions")  # counted and ordered: the rest reads record_order
+            con.execute("drop table decisions")  # counted and ordered: the rest reads record_order
             stage_image_files(con, opts.layout, sources, SELECTED_IN_RECORD_ORDER)
             out = prepare_out_dir(Path(opts.out), opts.force)
             files = write_json_files(con, lake, out, recipe, opts, pins, total)
@@ -259,14 +257,15 @@ def _versions_of_tag(lake: Lake, tag: str, current: dict[str, int]) -> dict[str,
 
 # -- selection ----------------------------------------------------------------------------------------
 def stage_selection(con: duckdb.DuckDBPyConnection, compiled: CompiledRecipe) -> None:
-    """Materialise the recipe's decisions and the image files to write. `decisions` is narrow (keys,
-    counts, each sample's row offset in the pinned samples), never the turns or image ids: the records'
-    text is made batch by batch at write time from the turns taken by row offset (write_json_files)."""
+    """Materialise the recipe's decisions (`decisions`, one row per sample of the recipe's sources) and
+    the ids several selected samples share (`shared_ids`). `decisions` is narrow — keys, counts, each
+    sample's row offset in the pinned samples — never the turns or image ids, which are read again
+    where needed (stage_image_files, write_json_files): 1M samples take ~130 MB, not ~600."""
     try:
         con.execute("create temp table decisions as " + compiled.decisions_sql(
-            f"source_index, source, sample_id, source_file, source_row, repeat, removed_by, problems, fixes, "
-            f"n_images, n_image_tags, case when removed_by is null then coalesce(orig_id, sample_id) end as id, "
-            f"{ROW_OFFSET}"))
+            "source_index, sample_id, source_file, source_row, repeat, removed_by, problems, fixes, "
+            "n_images::integer as n_images, n_image_tags::integer as n_image_tags, "
+            f"case when removed_by is null then coalesce(orig_id, sample_id) end as id, {ROW_OFFSET}"))
     except duckdb.Error as exc:
         raise ExportError(f"recipe {compiled.recipe.name}: the compiled query fails: {exc}") from exc
     # ids several selected samples share (one orig_id in two sources, or twice in one): those samples
@@ -354,23 +353,26 @@ def sample_image_files_sql(con: duckdb.DuckDBPyConnection, selected: str) -> str
         from cleaned"""
 
 
-def decision_counts(con: duckdb.DuckDBPyConnection) -> dict:
+def decision_counts(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> dict:
     """Counts for the manifest: per source considered / selected / written, removals, problems, fixes."""
+    # `decisions` keeps a sample's source as its recipe position (narrow); the counts name it
+    source_name = f"[{', '.join(sql_literal(s.source) for s in recipe.sources)}][source_index + 1]"
     per_source: dict[str, dict] = {}
-    for source, considered, selected, written in con.execute("""
-            select source, count(*), count(*) filter (where removed_by is null),
+    for name, considered, selected, written in con.execute(f"""
+            select any_value({source_name}), count(*), count(*) filter (where removed_by is null),
                    coalesce(sum(repeat) filter (where removed_by is null), 0)
-            from decisions group by source, source_index order by source_index""").fetchall():
-        per_source[source] = {"considered": considered, "selected": selected, "written": int(written)}
-    removed, problems, fixes = _nested(con, """
-        select source, removed_by, count(*) from decisions where removed_by is not null group by all order by all"""), \
-        _nested(con, """
+            from decisions group by source_index order by source_index""").fetchall():
+        per_source[name] = {"considered": considered, "selected": selected, "written": int(written)}
+    removed, problems, fixes = _nested(con, f"""
+        select {source_name} as source, removed_by, count(*)
+        from decisions where removed_by is not null group by all order by all"""), \
+        _nested(con, f"""
         select source, p, count(*)
-        from (select source, unnest(problems) as p from decisions where removed_by = 'checks')
+        from (select {source_name} as source, unnest(problems) as p from decisions where removed_by = 'checks')
         group by all order by all"""), \
-        _nested(con, """
+        _nested(con, f"""
         select source, f, count(*)
-        from (select source, unnest(fixes) as f from decisions where removed_by is null)
+        from (select {source_name} as source, unnest(fixes) as f from decisions where removed_by is null)
         group by all order by all""")
     removed_total = Counter()
     for reasons in removed.values():
@@ -487,6 +489,8 @@ def stage_record_order(con: duckdb.DuckDBPyConnection, split_by_source: bool) ->
                repeat_index::integer as repeat_index, shared
         from (select *, unnest(range(repeat)) as repeat_index from picked)
         order by source_index, repeat_index, source_file, source_row, sample_id""")
+    # the table keeps the sorted insertion order (preserve_insertion_order, DuckDB's default): a row's
+    # `rowid` is its record's position in the export (write_json_files reads it by rowid ranges)
     return con.execute("select count(*) from record_order").fetchall()[0][0]
 
 
@@ -527,7 +531,7 @@ def records_sql(fmt: str, layout: str) -> str:
           from (select * replace (coalesce(fixes, []) as fixes) from record_batch) b
           {one_image}
           left join paths_of_multi_image_records multi on b.n_images > 1 and multi.pos = b.pos)
-    order by pos"""
+    order by pos  -- joins keep no order: the batch's own, restored (a sort of one batch)"""
 
 
 def taken_columns(fmt: str, layout: str) -> list[str]:

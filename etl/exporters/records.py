@@ -20,7 +20,6 @@ import duckdb
 from etl import schema as S
 from etl.export import BODY_SQL, ROW_OFFSET, SELECTED_IN_DECISIONS, attach_row_ids
 from etl.lake import Lake
-from etl.recipe import Recipe
 
 
 @dataclass
@@ -69,7 +68,7 @@ def selected_sql() -> str:
     order by d.source_index, d.repeat_index, d.source_file, d.source_row, d.sample_id"""
 
 
-def iter_selected(lake: Lake, con: duckdb.DuckDBPyConnection, recipe: Recipe, pins: dict[str, int],
+def iter_selected(lake: Lake, con: duckdb.DuckDBPyConnection, pins: dict[str, int],
                   batch_rows: int) -> Iterator[list[ExportRecord]]:
     """Batches of at most `batch_rows` selected records, in output order, image bytes included.
 

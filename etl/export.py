@@ -51,7 +51,7 @@ from etl.lake import Lake
 from etl.recipe import (REMOVAL_REASONS, CompiledRecipe, Recipe, check_derived_inputs, compile_recipe, lake_columns,
                         load_recipe)
 from etl.runlog import recorded_run
-from etl.sqlrun import connect, lake_tables, set_variables, sql_literal
+from etl.sqlrun import PushdownSafeDataset, connect, lake_tables, set_variables, sql_literal
 
 IMAGE_MODES = ("copy", "hardlink", "symlink", "none")
 LAYOUTS = ("hashed", "original")
@@ -79,9 +79,11 @@ class ExportOptions:
     force: bool = False
     image_cache: str | None = None
     threads: int = 8
-    batch_rows: int = 50_000
+    batch_rows: int = 25_000  # records per batch whose turns are taken and text made at once
     image_batch: int = 1000
-    memory_limit: str = "2GB"  # DuckDB spills sorts/joins to a temp dir beyond this
+    # DuckDB spills sorts, windows and joins to a temp dir beyond this: what keeps a 1M-sample export
+    # under ~500 MB (bench/results/commands_export.md); the staged tables are narrow, so spills are small
+    memory_limit: str = "200MB"
     strict: bool = False  # warnings (recipe_warnings) stop the export before DIR is touched
     shard_size: int = 512 << 20  # webdataset / hf-parquet: bytes per shard (about)
 
@@ -107,20 +109,27 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
         con = connect(lake, version=pins)
         con.execute(f"set temp_directory = {sql_literal(tmp)}")
         con.execute(f"set memory_limit = {sql_literal(opts.memory_limit)}")
+        expose_sample_row_offsets(con, lake, pins)
         compiled = compile_recipe(recipe, lake_columns(con))  # a bad recipe fails before DIR is touched
         dedup_inputs = check_derived_inputs(con, recipe, lake, pins)
         set_variables(con, compiled.variables())
-        stage_selection(con, compiled, opts)
-        counts = decision_counts(con)
+        stage_selection(con, compiled)
+        counts = decision_counts(con, recipe)
         check_sources_exist(con, recipe, counts)
         warnings = recipe_warnings(con, recipe, counts)
         if warnings and opts.strict:
             raise ExportError("--strict: " + "; ".join(warnings))
-        out = prepare_out_dir(Path(opts.out), opts.force)
+        sources = [s.source for s in recipe.sources]
         if opts.format in EXPORTERS:
+            stage_image_files(con, opts.layout, sources, SELECTED_IN_DECISIONS)
+            out = prepare_out_dir(Path(opts.out), opts.force)
             files, counts["images"] = exporter(opts.format).write(lake, con, out, recipe, opts, pins)
         else:
-            files = write_json_files(con, out, recipe, opts)
+            total = stage_record_order(con, opts.split_by_source)
+            con.execute("drop table decisions")  # counted and ordered: the rest reads record_order
+            stage_image_files(con, opts.layout, sources, SELECTED_IN_RECORD_ORDER)
+            out = prepare_out_dir(Path(opts.out), opts.force)
+            files = write_json_files(con, lake, out, recipe, opts, pins, total)
             files.update(write_loader_config(out, recipe, opts, files))
             counts["images"] = write_images(lake, con, out, opts, pins)
             if opts.images != "none":
@@ -247,48 +256,64 @@ def _versions_of_tag(lake: Lake, tag: str, current: dict[str, int]) -> dict[str,
 
 
 # -- selection ----------------------------------------------------------------------------------------
-def stage_selection(con: duckdb.DuckDBPyConnection, compiled: CompiledRecipe, opts: ExportOptions) -> None:
-    """Materialise the recipe's decisions and the image files to write. Without sampling, each selected
-    sample's id and the JSON of its fixed turns (`body`) are computed in the same pass, so the samples
-    are read once; a sampling recipe ranks samples with a window, which must not carry the turns (a
-    sort of every turn's text), so its records join the samples back (records_sql)."""
-    carried = ", case when removed_by is null then coalesce(orig_id, sample_id) end as id"
-    if carries_body(compiled.recipe):
-        carried += f", case when removed_by is null then {BODY_SQL[opts.format]} end as body"
+def stage_selection(con: duckdb.DuckDBPyConnection, compiled: CompiledRecipe) -> None:
+    """Materialise the recipe's decisions (`decisions`, one row per sample of the recipe's sources) and
+    the ids several selected samples share (`shared_ids`). `decisions` is narrow — keys, counts, each
+    sample's row offset in the pinned samples — never the turns or image ids, which are read again
+    where needed (stage_image_files, write_json_files): 1M samples take ~130 MB, not ~600."""
     try:
         con.execute("create temp table decisions as " + compiled.decisions_sql(
-            "source_index, source, sample_id, source_file, source_row, repeat, removed_by, problems, fixes, "
-            "n_images, n_image_tags, case when removed_by is null then image_ids end as image_ids" + carried))
+            "source_index, sample_id, source_file, source_row, repeat, removed_by, problems, fixes, "
+            "n_images::integer as n_images, n_image_tags::integer as n_image_tags, "
+            f"case when removed_by is null then coalesce(orig_id, sample_id) end as id, {ROW_OFFSET}"))
     except duckdb.Error as exc:
         raise ExportError(f"recipe {compiled.recipe.name}: the compiled query fails: {exc}") from exc
     # ids several selected samples share (one orig_id in two sources, or twice in one): those samples
     # are written under their sample_id, unique in the lake, so every record of an export has its own id
     con.execute("create temp table shared_ids as "
                 "select id from decisions where id is not null group by id having count(*) > 1")
-    stage_image_files(con, opts.layout)
 
 
-def carries_body(recipe: Recipe) -> bool:
-    """Whether `decisions` holds each selected record's id and body (no source samples)."""
-    return all(s.sampling.strategy == "all" for s in recipe.sources)
+ROW_OFFSET = "_rowoffset"  # a sample's position in the pinned samples version (Lance's `take` index)
 
 
-def stage_image_files(con: duckdb.DuckDBPyConnection, layout: str) -> None:
-    """`image_files` (image_id, path, nbytes: every image to write, once) and `sample_image_files`
-    (sample_id, n_images, pos, image_id, path per reference). In the hashed layout a path is a
-    function of the image alone, so only multi-image samples need per-reference rows (their ordered
-    path lists); one-image samples join image_files on their image id."""
+class SamplesWithRowOffsets(PushdownSafeDataset):
+    """The pinned samples dataset with one more column, Lance's `_rowoffset` (a row's position in this
+    version, what `take` reads by), so the decisions can name each selected sample's row."""
+
+    @property
+    def schema(self) -> pa.Schema:
+        return super().schema.append(pa.field(ROW_OFFSET, pa.uint64()))
+
+
+def expose_sample_row_offsets(con: duckdb.DuckDBPyConnection, lake: Lake, pins: dict[str, int]) -> None:
+    """Replace the connection's samples relation by one with `_rowoffset` (the views over it rebind)."""
+    con.register(f"{S.SAMPLES}_lance", SamplesWithRowOffsets(lake.uri(S.SAMPLES), version=pins[S.SAMPLES]))
+
+
+# the row offsets of the selected samples with images, in `decisions` or in `record_order`
+SELECTED_IN_DECISIONS = f"select {ROW_OFFSET} from decisions where removed_by is null and n_images > 0"
+SELECTED_IN_RECORD_ORDER = f"select {ROW_OFFSET} from record_order where n_images > 0"
+
+
+def stage_image_files(con: duckdb.DuckDBPyConnection, layout: str, sources: list[str], selected_rows: str) -> None:
+    """`image_files` (image_id, path, nbytes: every image to write, once) and, in the original layout,
+    `sample_image_files` (sample_id, pos, image_id, path per reference). The selected samples' image
+    ids are read again from the samples (one narrow scan of the recipe's sources), not kept in
+    `decisions`. In the hashed layout a path is a function of the image alone."""
+    selected = f"""
+        from samples s
+        where s.source in ({", ".join(sql_literal(x) for x in sources)})
+          and s.{ROW_OFFSET} in ({selected_rows})"""
     if layout == "hashed":
         con.execute(f"""
             create temp table image_files as
-            with ids as (select distinct unnest(image_ids) as image_id from decisions
-                         where removed_by is null and n_images > 0)
+            with ids as (select distinct unnest(s.image_ids) as image_id {selected})
             select distinct ids.image_id,
                    substr(ids.image_id, 1, 2) || '/' || ids.image_id || {extension_sql('i.format')} as path, i.nbytes
             from ids left join images i using (image_id)""")
-        con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, layout))
         return
-    con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, layout))
+    con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, selected))
     con.execute("""
         create temp table image_files as
         select distinct f.image_id, f.path, i.nbytes
@@ -301,27 +326,19 @@ def extension_sql(format_column: str) -> str:
     return f"(case upper({format_column}) {cases} else '.' || lower(coalesce({format_column}, 'bin')) end)"
 
 
-def sample_image_files_sql(con: duckdb.DuckDBPyConnection, layout: str) -> str:
-    """(sample_id, n_images, pos, image_id, path) for every image of every selected sample (hashed:
-    of every selected multi-image sample); `path` is relative to images/. hashed: `ab/abcdef….ext`
-    (from image_files). original: `<source>/<path as written>` with `..`, `.` and leading `/`
-    removed and the extension of the real format (a clash gets `~<image_id[:8]>`)."""
-    refs = """
-        select d.sample_id, d.source, d.n_images, unnest(d.image_ids) as image_id,
-               generate_subscripts(d.image_ids, 1) as pos{orig}
-        from decisions d{join}
-        where d.removed_by is null and d.n_images > 0"""
-    if layout == "hashed":
-        return f"""
-        with refs as ({refs.format(orig='', join='')} and d.n_images > 1)
-        select r.sample_id, r.n_images, r.pos, r.image_id, f.path
-        from refs r join image_files f using (image_id)"""
+def sample_image_files_sql(con: duckdb.DuckDBPyConnection, selected: str) -> str:
+    """(sample_id, pos, image_id, path) for every image of every selected sample in the original
+    layout, `path` relative to images/: `<source>/<path as written>` with `..`, `.` and leading `/`
+    removed and the extension of the real format (a clash gets `~<image_id[:8]>`). `selected`: the
+    FROM/WHERE of the selected samples (stage_image_files)."""
     if ORIGINAL_PATHS_COLUMN not in lake_columns(con).get(S.SAMPLES, []):
         raise ExportError(f"--layout original needs the image paths as written in each source (a samples column "
                           f"`{ORIGINAL_PATHS_COLUMN}`), which this lake does not keep; use --layout hashed")
     return f"""
-        with refs as ({refs.format(orig=f', unnest(s.{ORIGINAL_PATHS_COLUMN}) as written',
-                                   join=' join samples s using (sample_id)')}),
+        with refs as (
+            select s.sample_id, s.source, unnest(s.image_ids) as image_id, generate_subscripts(s.image_ids, 1) as pos,
+                   unnest(s.{ORIGINAL_PATHS_COLUMN}) as written {selected}
+        ),
         cleaned as (
             select r.*, regexp_replace(
                        array_to_string(list_filter(string_split(replace(r.source || '/' || r.written, '\\', '/'), '/'),
@@ -330,29 +347,32 @@ def sample_image_files_sql(con: duckdb.DuckDBPyConnection, layout: str) -> str:
             from refs r left join images i using (image_id)
         ),
         clashes as (select wanted from cleaned group by wanted having count(distinct image_id) > 1)
-        select sample_id, n_images, pos, image_id,
+        select sample_id, pos, image_id,
                case when wanted in (select wanted from clashes)
                     then regexp_replace(wanted, '(\\.[^./]*)$', '~' || substr(image_id, 1, 8) || '\\1') else wanted end as path
         from cleaned"""
 
 
-def decision_counts(con: duckdb.DuckDBPyConnection) -> dict:
+def decision_counts(con: duckdb.DuckDBPyConnection, recipe: Recipe) -> dict:
     """Counts for the manifest: per source considered / selected / written, removals, problems, fixes."""
+    # `decisions` keeps a sample's source as its recipe position (narrow); the counts name it
+    source_name = f"[{', '.join(sql_literal(s.source) for s in recipe.sources)}][source_index + 1]"
     per_source: dict[str, dict] = {}
-    for source, considered, selected, written in con.execute("""
-            select source, count(*), count(*) filter (where removed_by is null),
+    for name, considered, selected, written in con.execute(f"""
+            select any_value({source_name}), count(*), count(*) filter (where removed_by is null),
                    coalesce(sum(repeat) filter (where removed_by is null), 0)
-            from decisions group by source, source_index order by source_index""").fetchall():
-        per_source[source] = {"considered": considered, "selected": selected, "written": int(written)}
-    removed, problems, fixes = _nested(con, """
-        select source, removed_by, count(*) from decisions where removed_by is not null group by all order by all"""), \
-        _nested(con, """
+            from decisions group by source_index order by source_index""").fetchall():
+        per_source[name] = {"considered": considered, "selected": selected, "written": int(written)}
+    removed, problems, fixes = _nested(con, f"""
+        select {source_name} as source, removed_by, count(*)
+        from decisions where removed_by is not null group by all order by all"""), \
+        _nested(con, f"""
         select source, p, count(*)
-        from (select source, unnest(problems) as p from decisions where removed_by = 'checks')
+        from (select {source_name} as source, unnest(problems) as p from decisions where removed_by = 'checks')
         group by all order by all"""), \
-        _nested(con, """
+        _nested(con, f"""
         select source, f, count(*)
-        from (select source, unnest(fixes) as f from decisions where removed_by is null)
+        from (select {source_name} as source, unnest(fixes) as f from decisions where removed_by is null)
         group by all order by all""")
     removed_total = Counter()
     for reasons in removed.values():
@@ -448,49 +468,75 @@ RECORD_SQL = {
 }
 
 
-def records_sql(fmt: str, layout: str, split_by_source: bool, join_sources: list[str] | None = None) -> str:
-    """One JSON record + `,` + newline per selected row (repeats expanded), in output order, with its
-    file index. Ids are strings, unique in the export: orig_id, else (none, or shared by several
-    selected samples) sample_id; the k-th copy of a repeated sample (k ≥ 2) gets the suffix `#rk`. JsonArrayFile turns these into the array's
-    text. Sorted once, on the output order itself. The id and body come from `decisions`, or, with
-    `join_sources` (a sampling recipe: see stage_selection), from the samples of those sources joined
-    back. A SELECT over the sorted subquery keeps its order (DuckDB's documented order preservation,
-    with preserve_insertion_order on, its default; tests pin the bytes)."""
+def stage_record_order(con: duckdb.DuckDBPyConnection, split_by_source: bool) -> int:
+    """Table `record_order`: one narrow row per record to write (repeats expanded), stored in output
+    order, and the number of records. A row holds what the record's text needs besides the sample's
+    own columns (taken by row offset at write time, see records_sql): file index, row offset, the
+    fixes (NULL for none: nearly every sample), image and tag counts, repeat index, and whether the
+    sample's id is shared by several selected samples. The export's one sort moves only these rows."""
     file_index = "source_index" if split_by_source else "0"
-    # A one-image sample's path: in the hashed layout a function of the image alone, so those samples
-    # join the (small) per-image table on their image id instead of the per-reference one on sample_id.
-    one_image = ("left join image_files one on d.n_images = 1 and one.image_id = d.image_ids[1]"
-                 if layout == "hashed" else  # only the path: BODY_SQL reads d's n_images unqualified
-                 "left join (select sample_id, path from sample_image_files where n_images = 1) one\n"
-                 "          on d.n_images = 1 and one.sample_id = d.sample_id")
-    if join_sources is None:
-        record, samples = "d.body", ""
+    con.execute(f"""
+        create temp table record_order as
+        with picked as (
+            select d.source_index, d.repeat, d.source_file, d.source_row, d.sample_id, d.{ROW_OFFSET},
+                   case when len(d.fixes) > 0 then d.fixes end as fixes, d.n_images::integer as n_images,
+                   d.n_image_tags::integer as n_image_tags, shared.id is not null as shared
+            from decisions d
+            left join shared_ids shared on shared.id = d.id
+            where d.removed_by is null
+        )
+        select {file_index}::integer as file_index, {ROW_OFFSET}, fixes, n_images, n_image_tags,
+               repeat_index::integer as repeat_index, shared
+        from (select *, unnest(range(repeat)) as repeat_index from picked)
+        order by source_index, repeat_index, source_file, source_row, sample_id""")
+    # the table keeps the sorted insertion order (preserve_insertion_order, DuckDB's default): a row's
+    # `rowid` is its record's position in the export (write_json_files reads it by rowid ranges)
+    return con.execute("select count(*) from record_order").fetchall()[0][0]
+
+
+# A record's id: a string unique in the export: orig_id, else (none, or shared by several selected
+# samples) sample_id; the k-th copy of a repeated sample (k ≥ 2) gets the suffix `#rk`.
+RECORD_ID_SQL = """case when shared then sample_id else coalesce(orig_id, sample_id) end
+                   || case when repeat_index = 0 then '' else '#r' || (repeat_index + 1) end"""
+
+
+def records_sql(fmt: str, layout: str) -> str:
+    """One JSON record + `,` + newline, with its file index, per row of `record_batch` (rows of
+    record_order with `pos`, their rank, and the turns, image ids, meta, sample_id taken from the
+    samples), in `pos` order. A record's image paths: in the hashed layout a function of the image
+    alone (image_files; a one-image record joins it on its image id, no list aggregate), in the
+    original layout its references' (sample_image_files), in the sample's order."""
+    if layout == "hashed":
+        one_image = "left join image_files one on b.n_images = 1 and one.image_id = b.image_ids[1]"
+        multi = """select r.pos, list(f.path order by r.k) as paths
+            from (select pos, unnest(image_ids) as image_id, generate_subscripts(image_ids, 1) as k
+                  from record_batch where n_images > 1) r
+            join image_files f using (image_id)
+            group by r.pos"""
     else:
-        record, samples = f"{BODY_SQL[fmt]} as body", f"""
-        join (select sample_id as joined_id, conversations, meta from samples
-              where source in ({", ".join(sql_literal(s) for s in join_sources)})) s on s.joined_id = d.sample_id"""
+        one_image = ("left join (select sample_id as owner, path from sample_image_files where pos = 1) one\n"
+                     "          on b.n_images = 1 and one.owner = b.sample_id")
+        multi = """select r.pos, list(f.path order by f.pos) as paths
+            from record_batch r join sample_image_files f using (sample_id)
+            where r.n_images > 1
+            group by r.pos"""
     return f"""
-    with paths_of_multi_image_samples as (  -- one-image samples need no (costly) ordered list aggregate
-        select sample_id, list(path order by pos) as paths
-        from sample_image_files where n_images > 1 group by sample_id
-    ),
-    picked as (
-        select d.source_index, d.repeat, d.source_file, d.source_row, d.sample_id, {record},
-               case when shared.id is null then d.id else d.sample_id end as id,
-               case when d.n_images = 1 then [one.path] else multi.paths end as paths
-        from decisions d{samples}
-        left join shared_ids shared on shared.id = d.id
-        {one_image}
-        left join paths_of_multi_image_samples multi on d.n_images > 1 and multi.sample_id = d.sample_id
-        where d.removed_by is null
+    with paths_of_multi_image_records as (
+        {multi}
     )
     select file_index, {RECORD_SQL[fmt]} || ',' || chr(10) as line
-    from (  -- the sort moves the pieces; each record's text is assembled after it, batch by batch
-        select {file_index} as file_index, body, paths,
-               case when repeat_index = 0 then id else id || '#r' || (repeat_index + 1) end as id
-        from (select *, unnest(range(repeat)) as repeat_index from picked)
-        order by source_index, repeat_index, source_file, source_row, sample_id
-    )"""
+    from (select b.pos, b.file_index, {RECORD_ID_SQL} as id,
+                 case when b.n_images = 1 then [one.path] else multi.paths end as paths,
+                 {BODY_SQL[fmt]} as body
+          from (select * replace (coalesce(fixes, []) as fixes) from record_batch) b
+          {one_image}
+          left join paths_of_multi_image_records multi on b.n_images > 1 and multi.pos = b.pos)
+    order by pos  -- joins keep no order: the batch's own, restored (a sort of one batch)"""
+
+
+def taken_columns(fmt: str, layout: str) -> list[str]:
+    """The samples columns records_sql reads, taken by row offset batch by batch."""
+    return ["sample_id", "orig_id", "conversations", "image_ids", *(["meta"] if fmt == "messages" else [])]
 
 
 class JsonArrayFile:
@@ -539,31 +585,58 @@ def output_json_names(recipe: Recipe, opts: ExportOptions) -> list[str]:
     return names
 
 
-def write_json_files(con: duckdb.DuckDBPyConnection, out: Path, recipe: Recipe, opts: ExportOptions) -> dict:
-    """Stream the JSON lines from DuckDB in batches straight from Arrow buffers into their files.
+def write_json_files(con: duckdb.DuckDBPyConnection, lake: Lake, out: Path, recipe: Recipe, opts: ExportOptions,
+                     pins: dict[str, int], total: int) -> dict:
+    """Write the records in output order, batch by batch, straight from Arrow buffers into their files.
 
-    One writer thread hashes and writes a batch while DuckDB produces the next (both release the
-    GIL); at most two batches wait for it, so memory stays bounded."""
+    A batch is `batch_rows` rows of record_order plus the turns of their samples, taken by row
+    offset from the pinned samples (one Lance take); DuckDB makes its text (records_sql). One writer
+    thread hashes and writes a batch while the next is made (both release the GIL), so memory holds
+    about two batches of text and turns, whatever the export's size."""
     files = [JsonArrayFile(out / name) for name in output_json_names(recipe, opts)]
-    query = records_sql(opts.format, opts.layout, opts.split_by_source,
-                        None if carries_body(recipe) else [s.source for s in recipe.sources])
+    samples = lake.dataset(S.SAMPLES, pins.get(S.SAMPLES))
+    columns, query = taken_columns(opts.format, opts.layout), records_sql(opts.format, opts.layout)
 
-    def write(batch: pa.RecordBatch) -> None:
-        for file_index, data, rows in _runs_by_file(batch):
-            files[file_index].write(data, rows)
+    def write(lines: pa.Table) -> None:
+        for batch in lines.to_batches():
+            for file_index, data, rows in _runs_by_file(batch):
+                files[file_index].write(data, rows)
 
-    try:
-        reader = con.sql(query).to_arrow_reader(opts.batch_rows)
-    except duckdb.Error as exc:
-        raise ExportError(f"recipe {recipe.name}: writing the records fails: {exc}") from exc
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pending: list = []
-        for batch in reader:
-            if len(pending) == 2:
-                pending.pop(0).result()
-            pending.append(writer.submit(write, batch))
-        for job in pending:
+    def fetch(start: int) -> pa.Table:
+        """Rows [start, start + batch_rows) of record_order, `pos` their rank in the batch."""
+        return con.sql("select rowid - ? as pos, * from record_order where rowid >= ? and rowid < ?",
+                       params=[start, start, start + opts.batch_rows]).to_arrow_table()
+
+    def take(order: pa.Table) -> pa.Table:
+        """The rows with their samples' columns, taken from Lance by row offset (in the rows' order)."""
+        taken = samples.take(order.column(ROW_OFFSET).to_numpy(), columns=columns)
+        batch = order.drop_columns([ROW_OFFSET])
+        for name in columns:
+            batch = batch.append_column(name, taken.column(name))
+        return batch
+
+    # Lance takes the next batch while DuckDB renders this one and the writer writes the one before
+    # (the connection serves one query at a time: fetch and render stay on this thread). DuckDB renders
+    # on one thread: a batch is too small to share, a second DuckDB thread only spins (~0.5 s CPU per 1M)
+    starts = range(0, total, opts.batch_rows)
+    threads = con.execute("select current_setting('threads')").fetchall()[0][0]
+    con.execute("set threads = 1")
+    with ThreadPoolExecutor(max_workers=1) as taker, ThreadPoolExecutor(max_workers=1) as writer:
+        taking = taker.submit(take, fetch(0)) if total else None
+        writing: list = []
+        for i in range(len(starts)):
+            batch = taking.result()
+            if i + 1 < len(starts):
+                taking = taker.submit(take, fetch(starts[i + 1]))
+            con.register("record_batch", batch)
+            lines = con.sql(query).to_arrow_table()
+            con.unregister("record_batch")
+            if len(writing) == 2:
+                writing.pop(0).result()
+            writing.append(writer.submit(write, lines))
+        for job in writing:
             job.result()
+    con.execute(f"set threads = {int(threads)}")
     return {f.path.name: f.close() for f in files}
 
 

@@ -396,8 +396,8 @@ def pinned_text(gif: str, jpg: str) -> str:
 
 @pytest.mark.parametrize("fmt", ["llava", "messages"])
 def test_records_are_the_same_bytes_with_and_without_a_sampling_ranking(real_lake, tmp_path, fmt):
-    """A recipe without sampling builds each record in the pass that decides it; a sampling recipe
-    joins the samples back after ranking. Both paths must write the same files."""
+    """A sampling recipe ranks the samples with a window (its decisions come out in another order than
+    the scan's); the records' order and text must not depend on it: both write the same files."""
     everything = ", ".join(f"{{source: {s}, sampling: 'first:100%'}}" for s in ALL_SOURCES)
     texts = []
     for name, sources in (("plain", ", ".join(ALL_SOURCES)), ("sampled", everything)):
@@ -498,6 +498,41 @@ def test_repeated_samples_and_orig_ids_shared_by_two_sources_get_unique_stable_i
     assert [r["id"] for r in json.loads((tmp_path / "a" / "mix.json").read_text())] == \
         ["1", "2", "3", "1#r2", "2#r2", "3#r2"]  # no clash: the source's own ids
 
+
+
+@pytest.mark.parametrize("layout", ["hashed", "original"])
+@pytest.mark.parametrize("fmt", ["llava", "messages"])
+def test_records_are_the_same_bytes_whatever_the_write_batch_size(two_source_lake, tmp_path, layout, fmt):
+    """Records are written in batches (turns taken by row offset, text made per batch): a batch edge
+    inside a repeat, a source or a multi-image record changes no byte of any file."""
+    recipe = write_recipe(tmp_path / "r.yaml", "name: mix\nsources:\n  - {source: a, repeat: 2}\n"
+                                               "  - {source: b, sampling: 'random:2'}\n")
+    texts = []
+    for rows in (1, 2, 5, 25_000):
+        out = tmp_path / f"rows{rows}"
+        export(two_source_lake, recipe, ExportOptions(out=str(out), images="none", layout=layout, format=fmt,
+                                                      split_by_source=rows % 2 == 0, batch_rows=rows))
+        texts.append({p.name: p.read_bytes() for p in out.glob("*.json") if p.name not in ("manifest.json",)})
+    merged, split = texts[0], texts[1]
+    assert texts[2] == merged and texts[3] == split
+    assert json.loads(merged["mix.json"]) == json.loads(split["a.json"]) + json.loads(split["b.json"])
+    assert len(json.loads(merged["mix.json"])) == 3 * 2 + 2
+
+
+def test_an_export_after_samples_were_deleted_writes_each_record_from_its_own_row(two_source_lake, tmp_path):
+    """A deleted sample leaves a hole in the Lance rows: the records' turns are taken by row offset in
+    the pinned version, so each record keeps its own turns; pinned before the delete, it is back."""
+    before = two_source_lake.dataset(S.SAMPLES).version
+    two_source_lake.delete_rows(S.SAMPLES, "sample_id in ('a/data.json#0', 'b/data.json#1')")
+    recipe = write_recipe(tmp_path / "r.yaml", "name: mix\nsources: [a, b]\n")
+    written = {}
+    for name, version in (("now", None), ("before", str(before))):
+        export(two_source_lake, recipe, ExportOptions(out=str(tmp_path / name), images="none", version=version))
+        written[name] = [(r["id"], [t["value"] for t in r["conversations"]])
+                         for r in json.loads((tmp_path / name / "mix.json").read_text())]
+    assert written["now"] == [("2", ["<image>\n<image>\nSame?", "No."]), ("a/data.json#2", ["Text a?", "Yes."]),
+                              ("1", ["<image>\nColour?", "blue"]), ("b/data.json#2", ["Text b?", "Yes."])]
+    assert written["before"][0] == ("a/data.json#0", ["<image>\nColour?", "red"]) and len(written["before"]) == 6
 
 SLOW_EXPORT = """
 import sys, time

@@ -68,7 +68,7 @@ def write(lake: Lake, con: duckdb.DuckDBPyConnection, out: Path, recipe: Recipe,
     """Write the parquet shards and README.md; return (files for the manifest, image counts)."""
     shards = ParquetShards(out / DATA_DIR, opts.shard_size)
     images = {"written": 0, "bytes": 0, "missing": 0}
-    for batch in iter_selected(lake, con, recipe, pins, opts.image_batch):
+    for batch in iter_selected(lake, con, pins, opts.image_batch):
         for record in batch:
             shards.add(row_of(record))
             images["written"] += len(record.images)

@@ -18,9 +18,8 @@ from typing import Any
 import duckdb
 
 from etl import schema as S
-from etl.export import BODY_SQL, attach_row_ids, carries_body
+from etl.export import BODY_SQL, ROW_OFFSET, SELECTED_IN_DECISIONS, attach_row_ids
 from etl.lake import Lake
-from etl.recipe import Recipe
 
 
 @dataclass
@@ -47,38 +46,36 @@ class ExportRecord:
         return {"id": self.id, "conversations": self.conversations, **rest}
 
 
-def selected_sql(recipe: Recipe) -> str:
-    """(id, body, meta, written paths, blob row ids, image files) per selected record, in output order.
-
-    The order is the JSON export's (source, repeat, file, row); the turns are its fixed LLaVA body.
-    Without sampling the id and body come from `decisions`; otherwise from the samples joined back."""
-    record = "d.id, d.body" if carries_body(recipe) else \
-        f"coalesce(s.orig_id, s.sample_id) as id, {BODY_SQL['llava']} as body"
+def selected_sql() -> str:
+    """(id, body, meta, written paths, blob row ids, image files, image ids) per selected record, in
+    output order: the JSON export's (source, repeat, file, row); the turns are its fixed LLaVA body.
+    `decisions` is narrow (etl.export.stage_selection): the turns and image ids come from the samples."""
     return f"""
     with image_refs as (
         select sample_id, unnest(image_ids) as image_id, generate_subscripts(image_ids, 1) as pos
-        from decisions where removed_by is null and n_images > 0
+        from samples where {ROW_OFFSET} in ({SELECTED_IN_DECISIONS})
     ),
     located_images as (
         select r.sample_id, list(f.row_id order by r.pos) as row_ids, list(f.path order by r.pos) as files
         from image_refs r left join image_files_rows f using (image_id)
         group by r.sample_id
     )
-    select {record}, s.meta, s.image_paths as written, l.row_ids, l.files, d.image_ids
+    select coalesce(s.orig_id, s.sample_id) as id, {BODY_SQL['llava']} as body, s.meta, s.image_paths as written,
+           l.row_ids, l.files, s.image_ids
     from (select *, unnest(range(repeat)) as repeat_index from decisions where removed_by is null) d
     join samples s on s.sample_id = d.sample_id
     left join located_images l on l.sample_id = d.sample_id
     order by d.source_index, d.repeat_index, d.source_file, d.source_row, d.sample_id"""
 
 
-def iter_selected(lake: Lake, con: duckdb.DuckDBPyConnection, recipe: Recipe, pins: dict[str, int],
+def iter_selected(lake: Lake, con: duckdb.DuckDBPyConnection, pins: dict[str, int],
                   batch_rows: int) -> Iterator[list[ExportRecord]]:
     """Batches of at most `batch_rows` selected records, in output order, image bytes included.
 
     The next batch's rows and blobs are read on a thread while the caller writes this one (both
     wait on I/O with the GIL released), so memory holds two batches of image bytes at most."""
     attach_row_ids(lake, con, pins)
-    batches = iter(con.sql(selected_sql(recipe)).to_arrow_reader(batch_rows))
+    batches = iter(con.sql(selected_sql()).to_arrow_reader(batch_rows))
 
     def read_next() -> list[ExportRecord] | None:
         batch = next(batches, None)

@@ -44,7 +44,7 @@ def write(lake: Lake, con: duckdb.DuckDBPyConnection, out: Path, recipe: Recipe,
     shards = ShardWriter(out / SHARDS_DIR, prefix, opts.shard_size)
     images = {"written": 0, "bytes": 0, "missing": 0}
     key = 0
-    for batch in iter_selected(lake, con, recipe, pins, opts.image_batch):
+    for batch in iter_selected(lake, con, pins, opts.image_batch):
         for record in batch:
             shards.add(f"{key:09d}", sample_members(record))
             images["written"] += len(record.images)

@@ -46,6 +46,15 @@ def test_files_are_packed_into_segments_with_their_exact_bytes(tmp_path):
     assert len(arrays) > 1  # the reads did span segments
 
 
+def test_an_empty_file_read_first_is_stored_as_empty_bytes(tmp_path):
+    """The hostile-inputs story: `empty.jpg` was the batch's first file and no segment existed yet."""
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "next.bin").write_bytes(b"abc")
+    reads, arrays = read_all([tmp_path / "empty.jpg", tmp_path / "next.bin"], segment_bytes=64 << 10)
+    assert [bytes(r.data) for r in reads] == [b"", b"abc"]
+    assert [stored(r, arrays) for r in reads] == [b"", b"abc"]
+
+
 def test_a_fifo_or_a_swapped_in_symlink_is_refused_without_reading(tmp_path):
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)  # opening it for reading would block forever without O_NONBLOCK

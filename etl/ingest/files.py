@@ -80,7 +80,7 @@ class FileReader:
 
     def read_open(self, fd: int, size: int, path: str) -> FileRead:
         """The bytes of the open file `fd` (`size` by fstat) into the current segment."""
-        if size > self.free:
+        if size > self.free or not self.buffers:  # (an empty first file needs a segment too)
             self.new_segment(size)
         segment, start = len(self.buffers) - 1, self.offsets[-1][-1]
         view = self.views[-1][start: start + size]

@@ -458,6 +458,19 @@ def test_two_ingests_at_once_on_one_s3_lake_store_each_shared_image_once(service
     assert_same(content(lake), content(serial))
 
 
+@inside
+def test_an_ingest_and_a_phash_at_once_on_one_s3_lake_end_as_if_run_one_after_the_other(services, corpus, tmp_path):
+    lake = s3_lake("ingest-phash")
+    ingest = [["ingest", corpus[name], "--source", name, "--image-root", corpus["images"], "--batch-size", "50",
+               "--no-progress"] for name in ("a", "b")]
+    etl(lake, *ingest[0])
+    assert_all_ok(run_together(lake, [ingest[1], ["enrich", "phash", "--no-progress"]], random.Random(2), "lease"))
+    etl(lake, "enrich", "phash", "--no-progress")  # what the first phash could not see yet
+    serial = str(tmp_path / "serial")
+    for args in [*ingest, ["enrich", "phash", "--no-progress"]]:
+        etl(serial, *args)
+    assert_same(full_content(lake), full_content(serial))
+
 # -- faults (--runslow) ---------------------------------------------------------------------------------
 def busy_ray_worker(seconds: float = 120) -> int | None:
     """The pid of one of this test's Ray actor processes while it runs a task (its process title

@@ -182,14 +182,23 @@ def read_regular_file(path: str) -> bytes:
         except OSError as exc:
             storage.raise_if_unreachable(path, exc)
             raise UnreadableImage("unreadable_image", f"{path}: {exc}") from None
-    try:
-        fd = os.open(path, OPEN_FLAGS)
-    except OSError as exc:
-        raise UnreadableImage("unreadable_image", f"{path}: {exc.strerror or type(exc).__name__}") from None
+    fd, _ = open_regular_file(path)
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnreadableImage("unreadable_image", f"{path}: not a regular file")
         try:
             return f.read()
         except OSError as exc:
             raise UnreadableImage("unreadable_image", f"{path}: {exc.strerror or type(exc).__name__}") from None
+
+
+def open_regular_file(path: str) -> tuple[int, int]:
+    """(descriptor, size) of the regular file at the located local `path`, opened without following
+    a last-component symlink and without blocking on a FIFO; anything else is `UnreadableImage`."""
+    try:
+        fd = os.open(path, OPEN_FLAGS)
+    except OSError as exc:
+        raise UnreadableImage("unreadable_image", f"{path}: {exc.strerror or type(exc).__name__}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UnreadableImage("unreadable_image", f"{path}: not a regular file")
+    return fd, st.st_size

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from etl.commands.failure import FAILED, say
 from etl.commands.engine_args import add_engine_arguments, engine_spec
@@ -178,11 +177,12 @@ def workers_argument(value: str) -> int | str:
 def auto_workers(paths: list[str], opts, from_bytes: int = PARALLEL_FROM_BYTES) -> int:
     """Serial (1) unless the inputs the workers read themselves hold at least `from_bytes`; then one
     more worker per `from_bytes` of them, at most one per core this process may use."""
+    from etl.engine.base import available_cores
     from etl.ingest import expand_inputs
     from etl.sources import readers
     from etl.storage import stamp
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     seekable = sum(stamp(f.path)[0] for f in expand_inputs(paths, opts)
                    if readers()[f.format].splittable)
     return max(1, min(cores, 1 + seekable // from_bytes))

@@ -18,6 +18,7 @@ a spawn process pool, `etl/engine/local.py`) and `ray` (one Ray actor per worker
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import AbstractContextManager
@@ -28,6 +29,14 @@ ENGINES = ("local", "ray")
 IN_FLIGHT_PER_WORKER = 2  # tasks submitted ahead per worker: every worker stays busy, memory stays bounded
 
 Factory = Callable[[], Callable[[Any], Any]]
+
+
+def available_cores() -> int:
+    """The CPUs this process may use (its affinity mask; a container's CPU quota is not seen)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class Executor(Protocol):

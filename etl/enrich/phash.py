@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import os
 import sys
 import threading
 import warnings
@@ -53,6 +52,7 @@ import pyarrow as pa
 from PIL import Image
 
 from etl import schema as S
+from etl.engine.base import available_cores
 from etl.enrich.base import EnrichBatch, Enricher, EnrichFailure, EnrichResult
 from etl.images import exception_text
 
@@ -742,14 +742,6 @@ def phash_batch(datas: list[bytes | None], mode: str = "exact",
     return values, [o if isinstance(o, str) else None for o in outcomes]
 
 
-def default_threads() -> int:
-    """The CPUs this process may use (its affinity mask; a container's CPU quota is not seen)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 THREAD_CHUNK = 16  # images per task of the decoding threads
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
@@ -757,7 +749,7 @@ _POOLS_LOCK = threading.Lock()
 
 def decoding_pool(threads: int | None = None) -> ThreadPoolExecutor | None:
     """This process's pool of `threads` decoding threads (made once, then reused); None for one thread."""
-    threads = default_threads() if threads is None else threads
+    threads = available_cores() if threads is None else threads
     if threads <= 1:
         return None
     with _POOLS_LOCK:

@@ -15,14 +15,13 @@ throughput for twice the CPU, most of it in GIL hand-offs: 85 futex calls per im
 from __future__ import annotations
 
 import os
-import stat
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 
-from etl.imagerefs import OPEN_FLAGS
+from etl.imagerefs import UnreadableImage, open_regular_file
 
 AHEAD_FILES = 256  # files opened and announced before they are read (each holds a descriptor) ...
 AHEAD_BYTES = 128 << 20  # ... and at most this much announced and not read yet
@@ -118,18 +117,14 @@ def announce(path: str) -> tuple[int | None, int, tuple[str, str] | None]:
     """Open the located file `path` as `read_regular_file` does and ask the kernel to start reading
     it: (descriptor, size, None), or (None, 0, (kind, message)) when it must not or cannot be read."""
     try:
-        fd = os.open(path, OPEN_FLAGS)
-    except OSError as exc:
-        return None, 0, ("unreadable_image", f"{path}: {exc.strerror or type(exc).__name__}")
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        return None, 0, ("unreadable_image", f"{path}: not a regular file")
+        fd, size = open_regular_file(path)
+    except UnreadableImage as exc:
+        return None, 0, (exc.kind, str(exc))
     try:
-        os.posix_fadvise(fd, 0, st.st_size, os.POSIX_FADV_WILLNEED)
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
     except (AttributeError, OSError):  # only a hint (no such call here, or a file system without it)
         pass
-    return fd, st.st_size, None
+    return fd, size, None
 
 
 def announce_files(paths: list[str], max_bytes: int = AHEAD_BYTES) -> None:

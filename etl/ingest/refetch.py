@@ -22,7 +22,7 @@ from tqdm import tqdm
 from etl import schema as S
 from etl.errors import ErrorRow, errors_table
 from etl.faults import crash_point
-from etl.ingest.batches import Batch, Prepared, sample_id
+from etl.ingest.batches import Prepared, batches, sample_id
 from etl.ingest.inputs import STAGE, IngestOptions, InputFile
 from etl.ingest.resume import known_as
 from etl.ingest.serial import Ingestor
@@ -64,15 +64,10 @@ class Refetcher(Ingestor):
         bar.set_description(f"refetch {file.name}")
         options = {**self.opts.reader_options, "only_rows": set(failed)}
         reader = readers()[file.format](self.opts.image_roots, **options)
-        batch = Batch(file)
-        for record in reader.read_file(file.path, file.name, min(failed)):
-            batch.records.append(record)
-            batch.nbytes += sum(len(r.data) for r in record.images if r.data is not None)
-            if len(batch.records) >= self.opts.batch_records or batch.nbytes >= self.opts.batch_bytes:
+        records = reader.read_file(file.path, file.name, min(failed))
+        for batch in batches(file, records, min(failed), self.opts.batch_records, self.opts.batch_bytes):
+            if batch.records:
                 self.write_behind(self.prepare(batch, set()), None, bar)
-                batch = Batch(file)
-        if batch.records:
-            self.write_behind(self.prepare(batch, set()), None, bar)
         self.wait_for_writes()
 
     def failed_rows(self, file: InputFile) -> dict[int, str]:

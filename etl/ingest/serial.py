@@ -12,7 +12,6 @@ enrich and export runs on one lake end as if they had run one after another.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator, Set
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
@@ -30,6 +29,7 @@ from etl.ingest.files import FileRead, FileReader, announce_files
 from etl.ingest.images import LoadedImage, StoredPaths, images_table, load_image, sniffed
 from etl.ingest.inputs import STAGE, IngestOptions, InputFile
 from etl.ingest.resume import CommittedRows, start_file
+from etl.engine.base import available_cores
 from etl.lake import Lake
 from etl.pagecache import DropBehind
 from etl.runlog import Run
@@ -38,10 +38,6 @@ from etl.sources.base import ImageRef, SourceRecord
 
 
 HASH_RUN = 32  # files sniffed and hashed per task of the CPU pool
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def sniff_files(refs: list[ImageRef], run: list[tuple[int, str, FileRead]]) -> list[tuple]:
@@ -281,14 +277,10 @@ class Ingestor:
                     img.arrow = (arrays[segment], row)
                 loaded[i] = img
 
-    def load_run(self, refs: list[ImageRef], roots: ImageRoots) -> list[LoadedImage]:
-        return [self.load(ref, roots) for ref in refs]
-
-    def load(self, ref: ImageRef, roots: ImageRoots) -> LoadedImage:
-        located = roots.locate(ref) if ref.data is None and ref.path else None
-        if located and located.path and (info := self.stored_paths.get(located.path)):
-            return LoadedImage(info=info, path=located.path)
-        return load_image(ref, roots, located)
+    @staticmethod
+    def load_run(refs: list[ImageRef], roots: ImageRoots) -> list[LoadedImage]:
+        """Embedded bytes (or no reference at all): sniffed and hashed, or why they cannot be stored."""
+        return [load_image(ref, roots) for ref in refs]
 
     def error(self, file: InputFile, record: SourceRecord, sid: str, kind: str, message: str) -> ErrorRow:
         return ErrorRow(STAGE, sid, kind, message, source=file.source, file=file.name, row=record.source_row,

@@ -171,7 +171,7 @@ class Lake:
     def commit_fragments(self, name: str, fragments: list, keys: Iterable[str] = ()) -> int:
         """Commit fragments written by `write_fragments` as new rows of `name`; the new version.
         `keys`: the keys they add, remembered so that this process's later checks need not ask."""
-        files = {f.path for fragment in fragments for f in fragment.files}
+        files = files_of(fragments)
 
         def append(read_version: int | None) -> int:
             return lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Append(fragments),
@@ -240,7 +240,7 @@ class Lake:
         """Replace table `name` (created if absent) with the rows of `reader`: written as fragments
         first, then committed as one `Overwrite` inside the commit lock (older versions stay readable)."""
         fragments = lance.fragment.write_fragments(reader, self.uri(name), schema=schema, data_storage_version="2.2")
-        files = {f.path for fragment in fragments for f in fragment.files}
+        files = files_of(fragments)
 
         def replace(read_version: int | None) -> int:
             return lance.LanceDataset.commit(self.uri(name), lance.LanceOperation.Overwrite(schema, fragments),
@@ -439,9 +439,14 @@ def skipped_on_conflict() -> Iterator[None]:
         pass
 
 
+def files_of(fragments: Iterable) -> set[str]:
+    """The data files of fragments (FragmentMetadata)."""
+    return {f.path for fragment in fragments for f in fragment.files}
+
+
 def fragment_files(ds: lance.LanceDataset) -> set[str]:
     """The data files of a version of a table."""
-    return {f.path for fragment in ds.get_fragments() for f in fragment.metadata.files}
+    return files_of(fragment.metadata for fragment in ds.get_fragments())
 
 
 def _describe_indices(ds: lance.LanceDataset) -> list[dict]:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl import schema as S
+from etl import storage
 from etl.commitlock import CommitLock, commit_lock
 from etl.lakeformat import check_root, read_format, write_format
 
@@ -123,7 +124,7 @@ class Lake:
     def ensure_tables(self) -> None:
         """Create missing tables and add contract columns that an older lake lacks (metadata-only).
         Two commands opening a new lake at once create each table once (under the commit lock)."""
-        if "://" not in self.root:
+        if not storage.is_remote(self.root):
             os.makedirs(self.root, exist_ok=True)
         if all(self.exists(name) and not self.missing_columns(name) for name in S.SCHEMAS):
             return
@@ -221,7 +222,7 @@ class Lake:
 
     def local_files(self, name: str, fragments: list) -> list[str]:
         """Paths of the fragments' data files, for a lake on the local filesystem (else none)."""
-        if "://" in self.root:
+        if storage.is_remote(self.root):
             return []
         return [os.path.join(self.uri(name), "data", f.path) for fragment in fragments for f in fragment.files]
 

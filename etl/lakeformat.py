@@ -24,6 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from etl import storage
 from etl.commitlock import LOCK_DIR
 
 FORMAT = 1
@@ -43,7 +44,7 @@ def mmlake_version() -> str:
 
 
 def _fs(root: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in root:
+    if not storage.is_remote(root):
         return pafs.LocalFileSystem(), os.path.abspath(root)
     return pafs.FileSystem.from_uri(root)
 
@@ -70,7 +71,7 @@ def write_format(root: str, fmt: int = FORMAT) -> None:
     try:
         _write_format(root, fmt)
     except (OSError, ValueError, pa.ArrowException):
-        if "://" not in root:
+        if not storage.is_remote(root):
             raise
 
 
@@ -97,7 +98,7 @@ def check_root(root: str, tables: tuple[str, ...], create: bool) -> str:
     except LakeFormatError:
         raise
     except (OSError, ValueError, pa.ArrowException):
-        if "://" in root:
+        if storage.is_remote(root):
             return "unknown"
         raise
 

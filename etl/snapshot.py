@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from etl import schema as S
+from etl import storage
 from etl.lake import Lake
 from etl.lakeformat import MARKER
 
@@ -25,7 +26,7 @@ def lake_at(lake: Lake, pins: Mapping[str, int]) -> Iterator[Lake]:
     from etl.derived import committed_versions
     from etl.sqlrun import lake_tables
 
-    if "://" in lake.root:
+    if storage.is_remote(lake.root):
         raise ValueError("--version for `report` and `shell` needs a lake on a local filesystem")
     derived = committed_versions(lake)
     with tempfile.TemporaryDirectory(prefix="mmlake-version-") as folder:

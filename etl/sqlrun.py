@@ -20,6 +20,7 @@ import pyarrow.dataset as pads
 from lance.file import LanceFileSession
 
 from etl import schema as S
+from etl import storage
 from etl.derived import committed_versions
 from etl.lake import Lake
 
@@ -141,7 +142,7 @@ def shell_init_script(lake: Lake, extension_path: str) -> str:
     """The DuckDB shell's init: load the lance extension, map tables to files, then views.sql."""
     lines = [f"LOAD {sql_literal(extension_path)};"]
     for table in lake_tables(lake):
-        path = os.path.abspath(lake.uri(table)) if "://" not in lake.root else lake.uri(table)
+        path = os.path.abspath(lake.uri(table)) if not storage.is_remote(lake.root) else lake.uri(table)
         lines.append(f"create or replace view \"{table}_lance\" as select * from {sql_literal(path)};")
     lines.append(VIEWS_SQL.read_text())
     for table in lake_tables(lake):

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from etl import schema as S
+from etl import storage
 from etl.lake import Lake, now_utc, sql_string_list
 from etl.runlog import Run, recorded_run
 
@@ -369,7 +370,7 @@ def orphan_files(lake: Lake, table: str, min_age: timedelta, now: datetime) -> l
 
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" not in uri:
+    if not storage.is_remote(uri):
         import os
 
         return pafs.LocalFileSystem(), os.path.abspath(uri)

@@ -9,10 +9,11 @@ def open_lake(args: argparse.Namespace, create: bool = False):
     """The lake named by the arguments. Commands that read it (`create=False`) fail in one line on a
     root that is not a lake (missing, a file, a folder without the lake's tables); ingest creates it."""
     from etl import schema as S
+    from etl import storage
     from etl.lake import Lake, resolve_lake_uri
 
     root = resolve_lake_uri(args.lake)
-    local = "://" not in root
+    local = not storage.is_remote(root)
     if local and os.path.exists(root) and not os.path.isdir(root):
         raise ValueError(f"--lake {root} is a file, not a lake folder")
     lake = Lake.open(root, create=create)  # checks the lake format too (etl/lakeformat.py)

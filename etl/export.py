@@ -32,7 +32,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +45,7 @@ import yaml
 
 from etl import schema as S
 from etl.derived import committed_versions
+from etl.engine.base import available_cores
 from etl.images import EXTENSIONS
 from etl.exporters import EXPORTERS, exporter
 from etl.lake import Lake
@@ -79,11 +80,14 @@ class ExportOptions:
     force: bool = False
     image_cache: str | None = None
     threads: int = 8
-    batch_rows: int = 25_000  # records per batch whose turns are taken and text made at once
+    batch_rows: int = 50_000  # records per batch whose turns are taken and text made at once
     image_batch: int = 1000
     # DuckDB spills sorts, windows and joins to a temp dir beyond this: what keeps a 1M-sample export
     # under ~500 MB (bench/results/commands_export.md); the staged tables are narrow, so spills are small
     memory_limit: str = "200MB"
+    # ... and while records are written: by then DuckDB only makes each batch's text, and the memory it
+    # gives back holds the batches in flight (fewer, bigger batches: each joins the export's images)
+    write_memory_limit: str = "100MB"
     strict: bool = False  # warnings (recipe_warnings) stop the export before DIR is touched
     shard_size: int = 512 << 20  # webdataset / hf-parquet: bytes per shard (about)
 
@@ -300,22 +304,23 @@ def stage_image_files(con: duckdb.DuckDBPyConnection, layout: str, sources: list
     """`image_files` (image_id, path, nbytes: every image to write, once) and, in the original layout,
     `sample_image_files` (sample_id, pos, image_id, path per reference). The selected samples' image
     ids are read again from the samples (one narrow scan of the recipe's sources), not kept in
-    `decisions`. In the hashed layout a path is a function of the image alone."""
+    `decisions`. In the hashed layout a path is a function of the image alone. Both are tables of the
+    connection's database, not temp tables: the renderers' cursors join them (write_json_files)."""
     selected = f"""
         from samples s
         where s.source in ({", ".join(sql_literal(x) for x in sources)})
           and s.{ROW_OFFSET} in ({selected_rows})"""
     if layout == "hashed":
         con.execute(f"""
-            create temp table image_files as
+            create table image_files as
             with ids as (select distinct unnest(s.image_ids) as image_id {selected})
             select distinct ids.image_id,
                    substr(ids.image_id, 1, 2) || '/' || ids.image_id || {extension_sql('i.format')} as path, i.nbytes
             from ids left join images i using (image_id)""")
         return
-    con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, selected))
+    con.execute("create table sample_image_files as " + sample_image_files_sql(con, selected))
     con.execute("""
-        create temp table image_files as
+        create table image_files as
         select distinct f.image_id, f.path, i.nbytes
         from sample_image_files f left join images i using (image_id)""")
 
@@ -440,31 +445,39 @@ def _nested(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, dict[str, int
 
 # -- JSON ---------------------------------------------------------------------------------------------
 # A record is assembled as text from JSON pieces: '{"id":' to_json(id) [',"image":' to_json(path)]
-# ',"conversations":' body '}' is byte for byte what to_json of the struct writes, and the body (the
-# JSON of the fixed turns) is computed once per sample, in the pass over the samples that decides it.
-# The fixes (sql/checked_samples.sql reports them, sql/fixes.sql repairs them) are its macro, expanded inline.
+# ',"conversations":' body '}' is byte for byte what to_json of the struct writes; the body is the JSON
+# of the turns as exported. The fixes (sql/checked_samples.sql reports them, sql/fixes.sql repairs them)
+# are its macro, expanded inline, and only samples with a fix pay for it (records_sql).
 FIXED_CONVERSATIONS = "fixed_conversations(conversations, fixes, n_images, n_image_tags)"
 SYSTEM_SQL = "case when json_type(meta, '$.system') = 'VARCHAR' then json_extract_string(meta, '$.system') end"
-MESSAGES_SQL = f"""list_concat(
+
+
+def body_sql(fmt: str, turns: str) -> str:
+    """The JSON text of the turns `turns` (an SQL expression) in `fmt` (`null` for a NULL list, as
+    to_json of the struct wrote)."""
+    if fmt != "messages":
+        return f"coalesce(to_json({turns})::varchar, 'null')"
+    return f"""coalesce(to_json(list_concat(
             case when {SYSTEM_SQL} is not null then [{{'role': 'system', 'content': {SYSTEM_SQL}}}] else [] end,
-            list_transform({FIXED_CONVERSATIONS}, lambda t: {{
+            list_transform({turns}, lambda t: {{
                 'role': case t['from'] when 'human' then 'user' when 'gpt' then 'assistant' else t['from'] end,
-                'content': t.value}}))"""
-BODY_SQL = {  # the JSON text of a selected sample's turns (`null` for a NULL list, as to_json of the struct wrote)
-    "llava": f"coalesce(to_json({FIXED_CONVERSATIONS})::varchar, 'null')",
-    "messages": f"coalesce(to_json({MESSAGES_SQL})::varchar, 'null')",
-}
+                'content': t.value}})))::varchar, 'null')"""
+
+
+BODY_SQL = {fmt: body_sql(fmt, FIXED_CONVERSATIONS) for fmt in ("llava", "messages")}  # the turns with fixes
 BODY_SQL.update(dict.fromkeys(EXPORTERS, BODY_SQL["llava"]))  # formats with embedded images carry LLaVA turns
 RECORD_END = b",\n"  # after every record from records_sql; JsonArrayFile drops a file's last one
-RECORD_SQL = {
-    # three shapes so that text-only records carry no `image` key at all
-    "llava": """'{"id":' || to_json(id)
-                || case when paths is null then ''
-                        when len(paths) = 1 then ',"image":' || coalesce(to_json(paths[1]), 'null')
-                        else ',"image":' || to_json(paths) end
-                || ',"conversations":' || body || '}'""",
-    "messages": """'{"id":' || to_json(id) || ',"messages":' || body
-                   || case when paths is null then '' else ',"images":' || to_json(paths) end || '}'""",
+RECORD_SQL = {  # a record's text from its pieces, joined by one concat (a chain of || copies each prefix again)
+    "llava": """concat('{"id":', to_json(id), images_json, ',"conversations":', body, '}', ',' || chr(10))""",
+    "messages": """concat('{"id":', to_json(id), ',"messages":', body, images_json, '}', ',' || chr(10))""",
+}
+# a record's image key (none for a text-only record) from the path of its one image (`one.path`) or of
+# its several images (`multi.paths`): one image is a string in LLaVA's JSON, a list in messages
+IMAGES_JSON_SQL = {
+    "llava": """case when b.n_images = 1 then ',"image":' || coalesce(to_json(one.path), 'null')
+                     when multi.paths is null then '' else ',"image":' || to_json(multi.paths) end""",
+    "messages": """case when b.n_images = 1 then ',"images":' || to_json([one.path])
+                        when multi.paths is null then '' else ',"images":' || to_json(multi.paths) end""",
 }
 
 
@@ -523,14 +536,16 @@ def records_sql(fmt: str, layout: str) -> str:
     return f"""
     with paths_of_multi_image_records as (
         {multi}
+    ),
+    record_pieces as (
+        select b.pos, b.file_index, {RECORD_ID_SQL} as id, {IMAGES_JSON_SQL[fmt]} as images_json,
+               case when b.fixes is null then {body_sql(fmt, 'b.conversations')} else {BODY_SQL[fmt]} end as body
+        from record_batch b
+        {one_image}
+        left join paths_of_multi_image_records multi on b.n_images > 1 and multi.pos = b.pos
     )
-    select file_index, {RECORD_SQL[fmt]} || ',' || chr(10) as line
-    from (select b.pos, b.file_index, {RECORD_ID_SQL} as id,
-                 case when b.n_images = 1 then [one.path] else multi.paths end as paths,
-                 {BODY_SQL[fmt]} as body
-          from (select * replace (coalesce(fixes, []) as fixes) from record_batch) b
-          {one_image}
-          left join paths_of_multi_image_records multi on b.n_images > 1 and multi.pos = b.pos)
+    select file_index, {RECORD_SQL[fmt]} as line
+    from record_pieces
     order by pos  -- joins keep no order: the batch's own, restored (a sort of one batch)"""
 
 
@@ -590,54 +605,75 @@ def write_json_files(con: duckdb.DuckDBPyConnection, lake: Lake, out: Path, reci
     """Write the records in output order, batch by batch, straight from Arrow buffers into their files.
 
     A batch is `batch_rows` rows of record_order plus the turns of their samples, taken by row
-    offset from the pinned samples (one Lance take); DuckDB makes its text (records_sql). One writer
-    thread hashes and writes a batch while the next is made (both release the GIL), so memory holds
-    about two batches of text and turns, whatever the export's size."""
+    offset from the pinned samples (one Lance take); DuckDB makes its text (records_sql). One
+    renderer per core takes and renders batches side by side, each on its own DuckDB cursor (the
+    text of one batch is too little work to share among DuckDB's threads), and this thread writes
+    them in order, so memory holds about two batches per renderer, whatever the export's size."""
     files = [JsonArrayFile(out / name) for name in output_json_names(recipe, opts)]
-    samples = lake.dataset(S.SAMPLES, pins.get(S.SAMPLES))
-    columns, query = taken_columns(opts.format, opts.layout), records_sql(opts.format, opts.layout)
-
-    def write(lines: pa.Table) -> None:
-        for batch in lines.to_batches():
-            for file_index, data, rows in _runs_by_file(batch):
-                files[file_index].write(data, rows)
-
-    def fetch(start: int) -> pa.Table:
-        """Rows [start, start + batch_rows) of record_order, `pos` their rank in the batch."""
-        return con.sql("select rowid - ? as pos, * from record_order where rowid >= ? and rowid < ?",
-                       params=[start, start, start + opts.batch_rows]).to_arrow_table()
-
-    def take(order: pa.Table) -> pa.Table:
-        """The rows with their samples' columns, taken from Lance by row offset (in the rows' order)."""
-        taken = samples.take(order.column(ROW_OFFSET).to_numpy(), columns=columns)
-        batch = order.drop_columns([ROW_OFFSET])
-        for name in columns:
-            batch = batch.append_column(name, taken.column(name))
-        return batch
-
-    # Lance takes the next batch while DuckDB renders this one and the writer writes the one before
-    # (the connection serves one query at a time: fetch and render stay on this thread). DuckDB renders
-    # on one thread: a batch is too small to share, a second DuckDB thread only spins (~0.5 s CPU per 1M)
-    starts = range(0, total, opts.batch_rows)
+    renderer = BatchRenderer(con, lake.dataset(S.SAMPLES, pins.get(S.SAMPLES)), opts)
+    renderers = available_cores()
     threads = con.execute("select current_setting('threads')").fetchall()[0][0]
-    con.execute("set threads = 1")
-    with ThreadPoolExecutor(max_workers=1) as taker, ThreadPoolExecutor(max_workers=1) as writer:
-        taking = taker.submit(take, fetch(0)) if total else None
-        writing: list = []
-        for i in range(len(starts)):
-            batch = taking.result()
-            if i + 1 < len(starts):
-                taking = taker.submit(take, fetch(starts[i + 1]))
-            con.register("record_batch", batch)
-            lines = con.sql(query).to_arrow_table()
-            con.unregister("record_batch")
-            if len(writing) == 2:
-                writing.pop(0).result()
-            writing.append(writer.submit(write, lines))
-        for job in writing:
-            job.result()
-    con.execute(f"set threads = {int(threads)}")
+    con.execute("set threads = 1")  # a database-wide setting: every cursor renders on one thread
+    con.execute(f"set memory_limit = {sql_literal(opts.write_memory_limit)}")
+    try:
+        with ThreadPoolExecutor(max_workers=renderers) as pool:
+            rendering: deque = deque()
+            for start in range(0, total, opts.batch_rows):
+                rendering.append(pool.submit(renderer.render, renderer.fetch(start)))
+                if len(rendering) > renderers:
+                    _write_lines(files, rendering.popleft().result())
+            while rendering:
+                _write_lines(files, rendering.popleft().result())
+    finally:
+        renderer.close()
+        con.execute(f"set threads = {int(threads)}")
+        con.execute(f"set memory_limit = {sql_literal(opts.memory_limit)}")
     return {f.path.name: f.close() for f in files}
+
+
+class BatchRenderer:
+    """Makes the text of one batch of records: rows of record_order (fetched on the export's
+    connection) + their samples' columns taken from Lance by row offset → `file_index, line`, in
+    the batch's order. `render` runs on several threads at once, each with a cursor of its own (a
+    cursor sees the export's tables but not its temp tables: what records_sql joins is a table)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, samples, opts: ExportOptions):
+        self.con, self.samples, self.batch_rows = con, samples, opts.batch_rows
+        self.columns, self.query = taken_columns(opts.format, opts.layout), records_sql(opts.format, opts.layout)
+        self.local, self.cursors = threading.local(), []
+
+    def fetch(self, start: int) -> pa.Table:
+        """Rows [start, start + batch_rows) of record_order, `pos` their rank in the batch."""
+        return self.con.sql("select rowid - ? as pos, * from record_order where rowid >= ? and rowid < ?",
+                            params=[start, start, start + self.batch_rows]).to_arrow_table()
+
+    def render(self, order: pa.Table) -> pa.Table:
+        taken = self.samples.take(order.column(ROW_OFFSET).to_numpy(), columns=self.columns)
+        batch = order.drop_columns([ROW_OFFSET])
+        for name in self.columns:
+            batch = batch.append_column(name, taken.column(name))
+        cursor = self._cursor()
+        cursor.register("record_batch", batch)
+        try:
+            return cursor.sql(self.query).to_arrow_table()
+        finally:
+            cursor.unregister("record_batch")
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        if not hasattr(self.local, "cursor"):
+            self.local.cursor = self.con.cursor()
+            self.cursors.append(self.local.cursor)
+        return self.local.cursor
+
+    def close(self) -> None:
+        for cursor in self.cursors:
+            cursor.close()
+
+
+def _write_lines(files: list[JsonArrayFile], lines: pa.Table) -> None:
+    for batch in lines.to_batches():
+        for file_index, data, rows in _runs_by_file(batch):
+            files[file_index].write(data, rows)
 
 
 def _runs_by_file(batch: pa.RecordBatch) -> Iterator[tuple[int, memoryview, int]]:

@@ -66,8 +66,11 @@ def unique_jpeg(pool: list[bytes], i: int) -> bytes:
 
 def build(workdir: Path, n_samples: int, n_images: int) -> dict:
     """The source folder and the lake (reused when already built with the same sizes)."""
+    from etl.lakeformat import FORMAT
+
     marker = workdir / "data.json"
-    wanted = {"samples": n_samples, "images": n_images, "data_version": 2}
+    # a lake built by an older mmlake (another lake format) is rebuilt, not handed to commands that refuse it
+    wanted = {"samples": n_samples, "images": n_images, "data_version": 2, "lake_format": FORMAT}
     if marker.exists() and json.loads(marker.read_text()).get("sizes") == wanted:
         return json.loads(marker.read_text())
     shutil.rmtree(workdir, ignore_errors=True)

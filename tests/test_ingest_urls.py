@@ -295,6 +295,19 @@ def test_format_auto_downloads_a_parquet_of_urls_and_captions_and_leaves_path_an
     assert [(e["row"], e["kind"]) for e in errors_of(lake, "cc3m")] == [(1, "malformed_record")]
 
 
+def test_format_auto_leaves_a_web_text_dump_with_page_urls_alone_but_takes_a_bare_list_of_image_urls(tmp_path):
+    """C4 / FineWeb keep the page's `url` beside its `text`: auto must not start downloading web pages."""
+    pq.write_table(pa.table({"text": ["An article about boats."] * 2, "url": ["https://news.example/boats",
+                                                                           "https://blog.example/2023/05/boats.html"],
+                             "timestamp": ["2023-05-01", "2023-05-02"]}), tmp_path / "c4.parquet")
+    pq.write_table(pa.table({"url": ["https://cdn.example/a.JPG?w=512", "https://cdn.example/b.webp"]}),
+                   tmp_path / "bare.parquet")
+    pq.write_table(pa.table({"URL": ["https://cdn.example/img/123"], "TEXT": ["a dog"], "WIDTH": [640]}),
+                   tmp_path / "laion.parquet")
+    assert [detect_format(str(tmp_path / f)) for f in ("c4.parquet", "bare.parquet", "laion.parquet")] \
+        == ["hf-parquet", "urls", "urls"]
+
+
 def test_format_auto_takes_img2dataset_s_own_url_list_for_a_url_list(realdata):
     listed = realdata / "img2dataset/tests/test_files/sample_image.parquet"
     needs_realdata(listed)

@@ -34,6 +34,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 from itertools import takewhile
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -254,7 +255,7 @@ def text_input(path: str, encoding: str, newline: str | None = None) -> io.TextI
 # -- helpers ------------------------------------------------------------------------------------------
 def parquet_url_column(path: str, peek: int = 16) -> str | None:
     """The URL column of a parquet file without embedded images whose first `peek` values (nulls
-    aside) are all http(s) URLs, else None (paths, an unreadable footer, ...)."""
+    aside) are all http(s) URLs of images, else None (paths, web pages, an unreadable footer, ...)."""
     try:
         with parquet_source(path) as source:
             f = pq.ParquetFile(source)
@@ -268,7 +269,24 @@ def parquet_url_column(path: str, peek: int = 16) -> str | None:
     except (pa.ArrowException, OSError, StopIteration):
         return None
     values = [u for v in batch.column(0).to_pylist() for u in as_list(v) if u]
-    return column if values and all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in values) else None
+    if not values or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in values):
+        return None
+    named_for_images = column.lower() != "url" or IMAGE_HINT_KEYS & {name.lower() for name in f.schema_arrow.names}
+    return column if named_for_images or looks_like_image_urls(values) else None
+
+
+# a plain `url` column is also what web-text dumps (C4, FineWeb, RedPajama) keep beside `text`: a list
+# is taken for image URLs only with a column image-text lists carry (LAION, CC3M, COYO, DataComp,
+# img2dataset) or with URLs that name image files
+IMAGE_HINT_KEYS = {"caption", "txt", "alt", "width", "height", "original_width", "original_height", "similarity",
+                   "punsafe", "pwatermark", "aesthetic", "clip_score", "sha256", "sha256hash", "image_phash"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
+
+
+def looks_like_image_urls(urls: list[str]) -> bool:
+    """At least half of `urls` end (before any query) in an image file suffix."""
+    named = sum(urlsplit(u).path.lower().endswith(IMAGE_SUFFIXES) for u in urls)
+    return 2 * named >= len(urls)
 
 
 def first_key(keys: dict[str, str], candidates: tuple[str, ...]) -> str | None:

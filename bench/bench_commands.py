@@ -337,6 +337,7 @@ def job_phash(args, work: Path) -> dict:
                                     for i, p in enumerate(images)]))
         run_once(cli(base, "ingest", str(data), "--image-root", str(root), "--source", "bench", "--no-progress"),
                  work / "setup.log")
+    run_once(cli(base, "migrate"), work / "setup.log")  # a lake cached by an older mmlake: as a user would
     listing = work / "phash_files.txt"
     listing.write_text("\n".join(map(str, images)))
     lake, out = work / "lake", work / "hashes.json"

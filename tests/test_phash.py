@@ -468,3 +468,19 @@ def test_enrich_phash_fills_the_column_records_errors_and_a_rerun_computes_nothi
     # blob data files are never rewritten: the old ones are all still there
     blob_files_after = sorted(p.name for p in Path(lake.uri(S.IMAGES)).rglob("*") if p.is_file())
     assert set(f for f in blob_files_before if f.endswith((".blob", ".lance"))) <= set(blob_files_after)
+
+
+def test_local_workers_share_the_cores_and_a_ray_worker_decodes_on_the_cpus_it_reserves(monkeypatch):
+    """`enrich phash --workers 2` on a 2-core machine must not run 2 workers × 2 decoding threads."""
+    from argparse import Namespace
+
+    monkeypatch.setattr(P, "available_cores", lambda: 8)
+
+    def threads(**given):
+        args = {"engine": "local", "workers": 1, "cpus_per_worker": 1.0, "threads": None, **given}
+        return P.PhashEnricher.from_args(Namespace(**args)).threads
+
+    assert threads() is None  # one local worker: a thread per core
+    assert threads(workers=2) == 4 and threads(workers=3) == 2 and threads(workers=16) == 1
+    assert threads(engine="ray", workers=0, cpus_per_worker=2.0) == 2
+    assert threads(workers=4, threads=8) == 8  # --threads as given

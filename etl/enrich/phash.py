@@ -743,6 +743,17 @@ def phash_batch(datas: list[bytes | None], mode: str = "exact",
 
 
 THREAD_CHUNK = 16  # images per task of the decoding threads
+
+
+def threads_per_worker(engine: str, workers: int, cpus_per_worker: float) -> int | None:
+    """Decoding threads per worker when `--threads` is not given: the CPUs a Ray worker reserves, or
+    this machine's cores shared among N local workers (a thread per core in each of them would
+    oversubscribe the machine N times); None (one per core) for a single local worker."""
+    if engine == "ray":
+        return max(1, int(cpus_per_worker))
+    if workers > 1:
+        return max(1, available_cores() // workers)
+    return None
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
@@ -797,13 +808,18 @@ class PhashEnricher(Enricher):
         )
         parser.add_argument(
             "--threads", type=int, metavar="N",
-            help="decoding threads per worker (default: one per CPU this process may use; "
-            "Pillow's decoder releases the GIL, so one worker uses every core)",
+            help="decoding threads per worker (default: one per CPU this process may use, shared among "
+            "--workers N; a Ray worker's --cpus-per-worker. Pillow's decoder releases the GIL, so one "
+            "worker uses every core)",
         )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "PhashEnricher":
-        return cls(mode=getattr(args, "mode", "exact"), threads=getattr(args, "threads", None))
+        threads = getattr(args, "threads", None)
+        if threads is None:
+            threads = threads_per_worker(getattr(args, "engine", "local"), getattr(args, "workers", 1),
+                                         getattr(args, "cpus_per_worker", 1.0))
+        return cls(mode=getattr(args, "mode", "exact"), threads=threads)
 
     def setup(self) -> None:
         """Compile the resampler once per worker (numba caches it on disk after the first run)."""

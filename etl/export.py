@@ -611,7 +611,7 @@ def write_json_files(con: duckdb.DuckDBPyConnection, lake: Lake, out: Path, reci
     them in order, so memory holds about two batches per renderer, whatever the export's size."""
     files = [JsonArrayFile(out / name) for name in output_json_names(recipe, opts)]
     renderer = BatchRenderer(con, lake.dataset(S.SAMPLES, pins.get(S.SAMPLES)), opts)
-    renderers = available_cores()
+    renderers = min(available_cores(), MAX_RENDERERS)
     threads = con.execute("select current_setting('threads')").fetchall()[0][0]
     con.execute("set threads = 1")  # a database-wide setting: every cursor renders on one thread
     con.execute(f"set memory_limit = {sql_literal(opts.write_memory_limit)}")
@@ -629,6 +629,9 @@ def write_json_files(con: duckdb.DuckDBPyConnection, lake: Lake, out: Path, reci
         con.execute(f"set threads = {int(threads)}")
         con.execute(f"set memory_limit = {sql_literal(opts.memory_limit)}")
     return {f.path.name: f.close() for f in files}
+
+
+MAX_RENDERERS = 4  # each holds a batch or two in flight: memory grows with them, the write does not speed up
 
 
 class BatchRenderer:

@@ -631,7 +631,7 @@ def write_json_files(con: duckdb.DuckDBPyConnection, lake: Lake, out: Path, reci
     return {f.path.name: f.close() for f in files}
 
 
-MAX_RENDERERS = 4  # memory grows with the batches in flight (about two per renderer); 4 outrun one writer thread
+MAX_RENDERERS = 4  # memory grows with the batches in flight: about two per renderer
 
 
 class BatchRenderer:

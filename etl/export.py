@@ -605,10 +605,11 @@ def write_json_files(con: duckdb.DuckDBPyConnection, lake: Lake, out: Path, reci
     """Write the records in output order, batch by batch, straight from Arrow buffers into their files.
 
     A batch is `batch_rows` rows of record_order plus the turns of their samples, taken by row
-    offset from the pinned samples (one Lance take); DuckDB makes its text (records_sql). One
-    renderer per core takes and renders batches side by side, each on its own DuckDB cursor (the
-    text of one batch is too little work to share among DuckDB's threads), and this thread writes
-    them in order, so memory holds about two batches per renderer, whatever the export's size."""
+    offset from the pinned samples (one Lance take); DuckDB makes its text (records_sql). A renderer
+    per core (at most MAX_RENDERERS) takes and renders batches side by side, each on its own DuckDB
+    cursor (one batch's text is too little work to share among DuckDB's threads), and this thread
+    hashes and writes them in order, so memory holds about two batches per renderer, whatever the
+    export's size."""
     files = [JsonArrayFile(out / name) for name in output_json_names(recipe, opts)]
     renderer = BatchRenderer(con, lake.dataset(S.SAMPLES, pins.get(S.SAMPLES)), opts)
     renderers = min(available_cores(), MAX_RENDERERS)

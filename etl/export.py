@@ -129,9 +129,12 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
             out = prepare_out_dir(Path(opts.out), opts.force)
             files, counts["images"] = exporter(opts.format).write(lake, con, out, recipe, opts, pins)
         else:
-            total = stage_record_order(con, opts.split_by_source)
+            if opts.layout == "original":  # record_order carries each sample's own paths (OWN_PATHS)
+                stage_image_files(con, opts.layout, sources, SELECTED_IN_DECISIONS)
+            total = stage_record_order(con, opts.split_by_source, opts.layout)
             con.execute("drop table decisions")  # counted and ordered: the rest reads record_order
-            stage_image_files(con, opts.layout, sources, SELECTED_IN_RECORD_ORDER)
+            if opts.layout == "hashed":  # staged once `decisions` is gone: a lower peak of memory
+                stage_image_files(con, opts.layout, sources, SELECTED_IN_RECORD_ORDER)
             out = prepare_out_dir(Path(opts.out), opts.force)
             files = write_json_files(con, lake, out, recipe, opts, pins, total)
             files.update(write_loader_config(out, recipe, opts, files))
@@ -304,8 +307,8 @@ def stage_image_files(con: duckdb.DuckDBPyConnection, layout: str, sources: list
     """`image_files` (image_id, path, nbytes: every image to write, once) and, in the original layout,
     `sample_image_files` (sample_id, pos, image_id, path per reference). The selected samples' image
     ids are read again from the samples (one narrow scan of the recipe's sources), not kept in
-    `decisions`. In the hashed layout a path is a function of the image alone. Both are tables of the
-    connection's database, not temp tables: the renderers' cursors join them (write_json_files)."""
+    `decisions`. In the hashed layout a path is a function of the image alone. `image_files` is a table
+    of the connection's database, not a temp table: the renderers' cursors join it (write_json_files)."""
     selected = f"""
         from samples s
         where s.source in ({", ".join(sql_literal(x) for x in sources)})
@@ -318,7 +321,7 @@ def stage_image_files(con: duckdb.DuckDBPyConnection, layout: str, sources: list
                    substr(ids.image_id, 1, 2) || '/' || ids.image_id || {extension_sql('i.format')} as path, i.nbytes
             from ids left join images i using (image_id)""")
         return
-    con.execute("create table sample_image_files as " + sample_image_files_sql(con, selected))
+    con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, selected))
     con.execute("""
         create table image_files as
         select distinct f.image_id, f.path, i.nbytes
@@ -471,40 +474,61 @@ RECORD_SQL = {  # a record's text from its pieces, joined by one concat (a chain
     "llava": """concat('{"id":', to_json(id), images_json, ',"conversations":', body, '}', ',' || chr(10))""",
     "messages": """concat('{"id":', to_json(id), ',"messages":', body, images_json, '}', ',' || chr(10))""",
 }
-# a record's image key (none for a text-only record) from the path of its one image (`one.path`) or of
-# its several images (`multi.paths`): one image is a string in LLaVA's JSON, a list in messages
-IMAGES_JSON_SQL = {
-    "llava": """case when b.n_images = 1 then ',"image":' || coalesce(to_json(one.path), 'null')
-                     when multi.paths is null then '' else ',"image":' || to_json(multi.paths) end""",
-    "messages": """case when b.n_images = 1 then ',"images":' || to_json([one.path])
-                        when multi.paths is null then '' else ',"images":' || to_json(multi.paths) end""",
-}
+def images_json_sql(fmt: str, one_path: str, paths: str) -> str:
+    """A record's image key as JSON text (none for a text-only record) from the path of its one image
+    (`one_path`) or of its several images (`paths`): one image is a string in LLaVA's JSON, a list in
+    messages."""
+    key, one = {"llava": ('"image"', f"coalesce(to_json({one_path}), 'null')"),
+                "messages": ('"images"', f"to_json([{one_path}])")}[fmt]
+    return f"""case when b.n_images = 1 then ',{key}:' || {one}
+                    when {paths} is null then '' else ',{key}:' || to_json({paths}) end"""
 
 
-def stage_record_order(con: duckdb.DuckDBPyConnection, split_by_source: bool) -> int:
+def stage_record_order(con: duckdb.DuckDBPyConnection, split_by_source: bool, layout: str) -> int:
     """Table `record_order`: one narrow row per record to write (repeats expanded), stored in output
     order, and the number of records. A row holds what the record's text needs besides the sample's
     own columns (taken by row offset at write time, see records_sql): file index, row offset, the
     fixes (NULL for none: nearly every sample), image and tag counts, repeat index, and whether the
-    sample's id is shared by several selected samples. The export's one sort moves only these rows."""
+    sample's id is shared by several selected samples (+ OWN_PATHS in the original layout). The
+    export's one sort moves only these rows."""
     file_index = "source_index" if split_by_source else "0"
+    own = OWN_PATHS if layout == "original" else dict.fromkeys(OWN_PATHS, "")
     con.execute(f"""
         create temp table record_order as
-        with picked as (
+        with {own["ctes"]}
+        picked as (
             select d.source_index, d.repeat, d.source_file, d.source_row, d.sample_id, d.{ROW_OFFSET},
                    case when len(d.fixes) > 0 then d.fixes end as fixes, d.n_images::integer as n_images,
-                   d.n_image_tags::integer as n_image_tags, shared.id is not null as shared
+                   d.n_image_tags::integer as n_image_tags, shared.id is not null as shared{own["picked"]}
             from decisions d
-            left join shared_ids shared on shared.id = d.id
+            left join shared_ids shared on shared.id = d.id{own["joins"]}
             where d.removed_by is null
         )
         select {file_index}::integer as file_index, {ROW_OFFSET}, fixes, n_images, n_image_tags,
-               repeat_index::integer as repeat_index, shared
+               repeat_index::integer as repeat_index, shared{own["carried"]}
         from (select *, unnest(range(repeat)) as repeat_index from picked)
         order by source_index, repeat_index, source_file, source_row, sample_id""")
     # the table keeps the sorted insertion order (preserve_insertion_order, DuckDB's default): a row's
     # `rowid` is its record's position in the export (write_json_files reads it by rowid ranges)
     return con.execute("select count(*) from record_order").fetchall()[0][0]
+
+
+# In the original layout a record's image paths are its sample's own (sample_image_files): record_order
+# carries them (`one_path` for one image, else `paths`), picked once, rather than joining every batch
+# with all of sample_image_files (a scan of every image reference of the export per batch)
+OWN_PATHS = {
+    "ctes": """paths_of_multi_image_samples as (
+            select sample_id, list(path order by pos) as paths
+            from sample_image_files
+            group by sample_id
+            having count(*) > 1
+        ),""",
+    "picked": ", one.path as one_path, multi.paths",
+    "joins": """
+            left join sample_image_files one on d.n_images = 1 and one.sample_id = d.sample_id
+            left join paths_of_multi_image_samples multi on d.n_images > 1 and multi.sample_id = d.sample_id""",
+    "carried": ", one_path, paths",
+}
 
 
 # A record's id: a string unique in the export: orig_id, else (none, or shared by several selected
@@ -518,30 +542,27 @@ def records_sql(fmt: str, layout: str) -> str:
     record_order with `pos`, their rank, and the turns, image ids, meta, sample_id taken from the
     samples), in `pos` order. A record's image paths: in the hashed layout a function of the image
     alone (image_files; a one-image record joins it on its image id, no list aggregate), in the
-    original layout its references' (sample_image_files), in the sample's order."""
-    if layout == "hashed":
-        one_image = "left join image_files one on b.n_images = 1 and one.image_id = b.image_ids[1]"
-        multi = """select r.pos, list(f.path order by r.k) as paths
-            from (select pos, unnest(image_ids) as image_id, generate_subscripts(image_ids, 1) as k
-                  from record_batch where n_images > 1) r
-            join image_files f using (image_id)
-            group by r.pos"""
-    else:
-        one_image = ("left join (select sample_id as owner, path from sample_image_files where pos = 1) one\n"
-                     "          on b.n_images = 1 and one.owner = b.sample_id")
-        multi = """select r.pos, list(f.path order by f.pos) as paths
-            from record_batch r join sample_image_files f using (sample_id)
-            where r.n_images > 1
-            group by r.pos"""
+    original layout its sample's own, carried in record_order."""
+    if layout == "original":
+        return f"""
+    select file_index, {RECORD_SQL[fmt]} as line
+    from (select b.pos, b.file_index, {RECORD_ID_SQL} as id, {images_json_sql(fmt, 'b.one_path', 'b.paths')} as images_json,
+                 {record_body_sql(fmt)} as body
+          from record_batch b)
+    order by pos"""
     return f"""
     with paths_of_multi_image_records as (
-        {multi}
+        select r.pos, list(f.path order by r.k) as paths
+        from (select pos, unnest(image_ids) as image_id, generate_subscripts(image_ids, 1) as k
+              from record_batch where n_images > 1) r
+        join image_files f using (image_id)
+        group by r.pos
     ),
     record_pieces as (
-        select b.pos, b.file_index, {RECORD_ID_SQL} as id, {IMAGES_JSON_SQL[fmt]} as images_json,
-               case when b.fixes is null then {body_sql(fmt, 'b.conversations')} else {BODY_SQL[fmt]} end as body
+        select b.pos, b.file_index, {RECORD_ID_SQL} as id, {images_json_sql(fmt, 'one.path', 'multi.paths')} as images_json,
+               {record_body_sql(fmt)} as body
         from record_batch b
-        {one_image}
+        left join image_files one on b.n_images = 1 and one.image_id = b.image_ids[1]
         left join paths_of_multi_image_records multi on b.n_images > 1 and multi.pos = b.pos
     )
     select file_index, {RECORD_SQL[fmt]} as line
@@ -549,9 +570,15 @@ def records_sql(fmt: str, layout: str) -> str:
     order by pos  -- joins keep no order: the batch's own, restored (a sort of one batch)"""
 
 
+def record_body_sql(fmt: str) -> str:
+    """The body of a record of `record_batch` (`b`): only a sample with a fix pays for the fixes macro."""
+    return f"case when b.fixes is null then {body_sql(fmt, 'b.conversations')} else {BODY_SQL[fmt]} end"
+
+
 def taken_columns(fmt: str, layout: str) -> list[str]:
     """The samples columns records_sql reads, taken by row offset batch by batch."""
-    return ["sample_id", "orig_id", "conversations", "image_ids", *(["meta"] if fmt == "messages" else [])]
+    paths = ["image_ids"] if layout == "hashed" else []  # the original layout's paths come with record_order
+    return ["sample_id", "orig_id", "conversations", *paths, *(["meta"] if fmt == "messages" else [])]
 
 
 class JsonArrayFile:

@@ -546,8 +546,8 @@ def records_sql(fmt: str, layout: str) -> str:
     if layout == "original":
         return f"""
     select file_index, {RECORD_SQL[fmt]} as line
-    from (select b.pos, b.file_index, {RECORD_ID_SQL} as id, {images_json_sql(fmt, 'b.one_path', 'b.paths')} as images_json,
-                 {record_body_sql(fmt)} as body
+    from (select b.pos, b.file_index, {RECORD_ID_SQL} as id,
+                 {images_json_sql(fmt, 'b.one_path', 'b.paths')} as images_json, {record_body_sql(fmt)} as body
           from record_batch b)
     order by pos"""
     return f"""
@@ -559,8 +559,8 @@ def records_sql(fmt: str, layout: str) -> str:
         group by r.pos
     ),
     record_pieces as (
-        select b.pos, b.file_index, {RECORD_ID_SQL} as id, {images_json_sql(fmt, 'one.path', 'multi.paths')} as images_json,
-               {record_body_sql(fmt)} as body
+        select b.pos, b.file_index, {RECORD_ID_SQL} as id,
+               {images_json_sql(fmt, 'one.path', 'multi.paths')} as images_json, {record_body_sql(fmt)} as body
         from record_batch b
         left join image_files one on b.n_images = 1 and one.image_id = b.image_ids[1]
         left join paths_of_multi_image_records multi on b.n_images > 1 and multi.pos = b.pos

@@ -88,6 +88,11 @@ class ExportOptions:
     # ... and while records are written: by then DuckDB only makes each batch's text, and the memory it
     # gives back holds the batches in flight (fewer, bigger batches: each joins the export's images)
     write_memory_limit: str = "100MB"
+    # from this many image references among the selected samples on, record_order carries each
+    # record's image paths (picked once per sample) instead of each batch joining the export's images:
+    # such a join reads every image of the export for every batch (0.15 CPU-s per 50k-record batch at
+    # 1M images, 0.38 at 3M), carrying costs ~1.6 CPU-s per 1M references (both measured on 2 cores)
+    carry_paths_from: int = 2_000_000
     strict: bool = False  # warnings (recipe_warnings) stop the export before DIR is touched
     shard_size: int = 512 << 20  # webdataset / hf-parquet: bytes per shard (about)
 
@@ -129,14 +134,15 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
             out = prepare_out_dir(Path(opts.out), opts.force)
             files, counts["images"] = exporter(opts.format).write(lake, con, out, recipe, opts, pins)
         else:
-            if opts.layout == "original":  # record_order carries each sample's own paths (OWN_PATHS)
-                stage_image_files(con, opts.layout, sources, SELECTED_IN_DECISIONS)
-            total = stage_record_order(con, opts.split_by_source, opts.layout)
+            carried = paths_carried(con, opts)
+            if carried:  # record_order carries each sample's own paths (CARRIED_PATHS)
+                stage_image_files(con, opts.layout, sources, SELECTED_IN_DECISIONS, per_reference=True)
+            total = stage_record_order(con, opts.split_by_source, carried)
             con.execute("drop table decisions")  # counted and ordered: the rest reads record_order
-            if opts.layout == "hashed":  # staged once `decisions` is gone: a lower peak of memory
+            if not carried:  # staged once `decisions` is gone: a lower peak of memory
                 stage_image_files(con, opts.layout, sources, SELECTED_IN_RECORD_ORDER)
             out = prepare_out_dir(Path(opts.out), opts.force)
-            files = write_json_files(con, lake, out, recipe, opts, pins, total)
+            files = write_json_files(con, lake, out, recipe, opts, pins, total, carried)
             files.update(write_loader_config(out, recipe, opts, files))
             counts["images"] = write_images(lake, con, out, opts, pins)
             if opts.images != "none":
@@ -303,29 +309,44 @@ SELECTED_IN_DECISIONS = f"select {ROW_OFFSET} from decisions where removed_by is
 SELECTED_IN_RECORD_ORDER = f"select {ROW_OFFSET} from record_order where n_images > 0"
 
 
-def stage_image_files(con: duckdb.DuckDBPyConnection, layout: str, sources: list[str], selected_rows: str) -> None:
-    """`image_files` (image_id, path, nbytes: every image to write, once) and, in the original layout,
-    `sample_image_files` (sample_id, pos, image_id, path per reference). The selected samples' image
-    ids are read again from the samples (one narrow scan of the recipe's sources), not kept in
-    `decisions`. In the hashed layout a path is a function of the image alone. `image_files` is a table
-    of the connection's database, not a temp table: the renderers' cursors join it (write_json_files)."""
+def paths_carried(con: duckdb.DuckDBPyConnection, opts: ExportOptions) -> bool:
+    """Whether record_order carries each record's image paths (ExportOptions.carry_paths_from): always
+    in the original layout, where a path is the sample's own, else from that many image references."""
+    if opts.layout == "original":
+        return True
+    refs = con.execute("select coalesce(sum(n_images), 0) from decisions where removed_by is null").fetchall()[0][0]
+    return refs >= opts.carry_paths_from
+
+
+def stage_image_files(con: duckdb.DuckDBPyConnection, layout: str, sources: list[str], selected_rows: str,
+                      per_reference: bool = False) -> None:
+    """`image_files` (image_id, path, nbytes: every image to write, once) and, with `per_reference`
+    (always in the original layout), `sample_image_files` (sample_id, n_images, pos, image_id, path
+    per reference). The selected samples' image ids are read again from the samples (one narrow scan of
+    the recipe's sources), not kept in `decisions`. In the hashed layout a path is a function of the
+    image alone. `image_files` is a table of the connection's database, not a temp table: the
+    renderers' cursors join it (write_json_files)."""
     selected = f"""
         from samples s
         where s.source in ({", ".join(sql_literal(x) for x in sources)})
           and s.{ROW_OFFSET} in ({selected_rows})"""
-    if layout == "hashed":
+    if layout == "hashed" and not per_reference:
         con.execute(f"""
             create table image_files as
             with ids as (select distinct unnest(s.image_ids) as image_id {selected})
-            select distinct ids.image_id,
-                   substr(ids.image_id, 1, 2) || '/' || ids.image_id || {extension_sql('i.format')} as path, i.nbytes
+            select distinct ids.image_id, {hashed_path_sql('ids.image_id', 'i.format')} as path, i.nbytes
             from ids left join images i using (image_id)""")
         return
-    con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, selected))
+    con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, layout, selected))
     con.execute("""
         create table image_files as
         select distinct f.image_id, f.path, i.nbytes
         from sample_image_files f left join images i using (image_id)""")
+
+
+def hashed_path_sql(image_id: str, format_column: str) -> str:
+    """An image's path in the hashed layout: `ab/<sha256>.<ext of its real format>`."""
+    return f"substr({image_id}, 1, 2) || '/' || {image_id} || {extension_sql(format_column)}"
 
 
 def extension_sql(format_column: str) -> str:
@@ -334,18 +355,27 @@ def extension_sql(format_column: str) -> str:
     return f"(case upper({format_column}) {cases} else '.' || lower(coalesce({format_column}, 'bin')) end)"
 
 
-def sample_image_files_sql(con: duckdb.DuckDBPyConnection, selected: str) -> str:
-    """(sample_id, pos, image_id, path) for every image of every selected sample in the original
-    layout, `path` relative to images/: `<source>/<path as written>` with `..`, `.` and leading `/`
-    removed and the extension of the real format (a clash gets `~<image_id[:8]>`). `selected`: the
-    FROM/WHERE of the selected samples (stage_image_files)."""
+def sample_image_files_sql(con: duckdb.DuckDBPyConnection, layout: str, selected: str) -> str:
+    """(sample_id, n_images, pos, image_id, path) for every image of every selected sample, `path` relative to
+    images/: in the hashed layout the image's own (hashed_path_sql), in the original layout
+    `<source>/<path as written>` with `..`, `.` and leading `/` removed and the extension of the real
+    format (a clash gets `~<image_id[:8]>`). `selected`: the FROM/WHERE of the selected samples
+    (stage_image_files)."""
+    if layout == "hashed":
+        return f"""
+        with refs as (
+            select s.sample_id, len(s.image_ids) as n_images, unnest(s.image_ids) as image_id,
+                   generate_subscripts(s.image_ids, 1) as pos {selected}
+        )
+        select r.sample_id, r.n_images, r.pos, r.image_id, {hashed_path_sql('r.image_id', 'i.format')} as path
+        from refs r left join images i using (image_id)"""
     if ORIGINAL_PATHS_COLUMN not in lake_columns(con).get(S.SAMPLES, []):
         raise ExportError(f"--layout original needs the image paths as written in each source (a samples column "
                           f"`{ORIGINAL_PATHS_COLUMN}`), which this lake does not keep; use --layout hashed")
     return f"""
         with refs as (
-            select s.sample_id, s.source, unnest(s.image_ids) as image_id, generate_subscripts(s.image_ids, 1) as pos,
-                   unnest(s.{ORIGINAL_PATHS_COLUMN}) as written {selected}
+            select s.sample_id, s.source, len(s.image_ids) as n_images, unnest(s.image_ids) as image_id,
+                   generate_subscripts(s.image_ids, 1) as pos, unnest(s.{ORIGINAL_PATHS_COLUMN}) as written {selected}
         ),
         cleaned as (
             select r.*, regexp_replace(
@@ -355,7 +385,7 @@ def sample_image_files_sql(con: duckdb.DuckDBPyConnection, selected: str) -> str
             from refs r left join images i using (image_id)
         ),
         clashes as (select wanted from cleaned group by wanted having count(distinct image_id) > 1)
-        select sample_id, pos, image_id,
+        select sample_id, n_images, pos, image_id,
                case when wanted in (select wanted from clashes)
                     then regexp_replace(wanted, '(\\.[^./]*)$', '~' || substr(image_id, 1, 8) || '\\1') else wanted end as path
         from cleaned"""
@@ -484,15 +514,15 @@ def images_json_sql(fmt: str, one_path: str, paths: str) -> str:
                     when {paths} is null then '' else ',{key}:' || to_json({paths}) end"""
 
 
-def stage_record_order(con: duckdb.DuckDBPyConnection, split_by_source: bool, layout: str) -> int:
+def stage_record_order(con: duckdb.DuckDBPyConnection, split_by_source: bool, carried: bool) -> int:
     """Table `record_order`: one narrow row per record to write (repeats expanded), stored in output
     order, and the number of records. A row holds what the record's text needs besides the sample's
     own columns (taken by row offset at write time, see records_sql): file index, row offset, the
     fixes (NULL for none: nearly every sample), image and tag counts, repeat index, and whether the
-    sample's id is shared by several selected samples (+ OWN_PATHS in the original layout). The
+    sample's id is shared by several selected samples (+ CARRIED_PATHS when `carried`). The
     export's one sort moves only these rows."""
     file_index = "source_index" if split_by_source else "0"
-    own = OWN_PATHS if layout == "original" else dict.fromkeys(OWN_PATHS, "")
+    own = CARRIED_PATHS if carried else dict.fromkeys(CARRIED_PATHS, "")
     con.execute(f"""
         create temp table record_order as
         with {own["ctes"]}
@@ -513,15 +543,15 @@ def stage_record_order(con: duckdb.DuckDBPyConnection, split_by_source: bool, la
     return con.execute("select count(*) from record_order").fetchall()[0][0]
 
 
-# In the original layout a record's image paths are its sample's own (sample_image_files): record_order
-# carries them (`one_path` for one image, else `paths`), picked once, rather than joining every batch
-# with all of sample_image_files (a scan of every image reference of the export per batch)
-OWN_PATHS = {
+# A record's image paths (sample_image_files) carried in record_order, `one_path` for one image, else
+# `paths`: picked once per sample rather than joined with the export's images for every batch
+# (ExportOptions.carry_paths_from; always in the original layout, where a path is the sample's own)
+CARRIED_PATHS = {
     "ctes": """paths_of_multi_image_samples as (
             select sample_id, list(path order by pos) as paths
             from sample_image_files
+            where n_images > 1
             group by sample_id
-            having count(*) > 1
         ),""",
     "picked": ", one.path as one_path, multi.paths",
     "joins": """
@@ -537,13 +567,13 @@ RECORD_ID_SQL = """case when shared then sample_id else coalesce(orig_id, sample
                    || case when repeat_index = 0 then '' else '#r' || (repeat_index + 1) end"""
 
 
-def records_sql(fmt: str, layout: str) -> str:
+def records_sql(fmt: str, carried: bool) -> str:
     """One JSON record + `,` + newline, with its file index, per row of `record_batch` (rows of
     record_order with `pos`, their rank, and the turns, image ids, meta, sample_id taken from the
-    samples), in `pos` order. A record's image paths: in the hashed layout a function of the image
-    alone (image_files; a one-image record joins it on its image id, no list aggregate), in the
-    original layout its sample's own, carried in record_order."""
-    if layout == "original":
+    samples), in `pos` order. A record's image paths: carried in record_order (CARRIED_PATHS), else
+    joined from image_files (hashed layout: a path is a function of the image alone; a one-image
+    record joins it on its image id, no list aggregate)."""
+    if carried:
         return f"""
     select file_index, {RECORD_SQL[fmt]} as line
     from (select b.pos, b.file_index, {RECORD_ID_SQL} as id,
@@ -575,9 +605,9 @@ def record_body_sql(fmt: str) -> str:
     return f"case when b.fixes is null then {body_sql(fmt, 'b.conversations')} else {BODY_SQL[fmt]} end"
 
 
-def taken_columns(fmt: str, layout: str) -> list[str]:
+def taken_columns(fmt: str, carried: bool) -> list[str]:
     """The samples columns records_sql reads, taken by row offset batch by batch."""
-    paths = ["image_ids"] if layout == "hashed" else []  # the original layout's paths come with record_order
+    paths = [] if carried else ["image_ids"]  # carried paths come with record_order
     return ["sample_id", "orig_id", "conversations", *paths, *(["meta"] if fmt == "messages" else [])]
 
 
@@ -628,7 +658,7 @@ def output_json_names(recipe: Recipe, opts: ExportOptions) -> list[str]:
 
 
 def write_json_files(con: duckdb.DuckDBPyConnection, lake: Lake, out: Path, recipe: Recipe, opts: ExportOptions,
-                     pins: dict[str, int], total: int) -> dict:
+                     pins: dict[str, int], total: int, carried: bool) -> dict:
     """Write the records in output order, batch by batch, straight from Arrow buffers into their files.
 
     A batch is `batch_rows` rows of record_order plus the turns of their samples, taken by row
@@ -638,7 +668,7 @@ def write_json_files(con: duckdb.DuckDBPyConnection, lake: Lake, out: Path, reci
     hashes and writes them in order, so memory holds about two batches per renderer, whatever the
     export's size."""
     files = [JsonArrayFile(out / name) for name in output_json_names(recipe, opts)]
-    renderer = BatchRenderer(con, lake.dataset(S.SAMPLES, pins.get(S.SAMPLES)), opts)
+    renderer = BatchRenderer(con, lake.dataset(S.SAMPLES, pins.get(S.SAMPLES)), opts, carried)
     renderers = min(available_cores(), MAX_RENDERERS)
     threads = con.execute("select current_setting('threads')").fetchall()[0][0]
     con.execute("set threads = 1")  # a database-wide setting: every cursor renders on one thread
@@ -668,9 +698,9 @@ class BatchRenderer:
     the batch's order. `render` runs on several threads at once, each with a cursor of its own (a
     cursor sees the export's tables but not its temp tables: what records_sql joins is a table)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, samples, opts: ExportOptions):
+    def __init__(self, con: duckdb.DuckDBPyConnection, samples, opts: ExportOptions, carried: bool):
         self.con, self.samples, self.batch_rows = con, samples, opts.batch_rows
-        self.columns, self.query = taken_columns(opts.format, opts.layout), records_sql(opts.format, opts.layout)
+        self.columns, self.query = taken_columns(opts.format, carried), records_sql(opts.format, carried)
         self.local, self.cursors = threading.local(), []
 
     def fetch(self, start: int) -> pa.Table:

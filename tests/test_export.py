@@ -504,17 +504,19 @@ def test_repeated_samples_and_orig_ids_shared_by_two_sources_get_unique_stable_i
 @pytest.mark.parametrize("fmt", ["llava", "messages"])
 def test_records_are_the_same_bytes_whatever_the_write_batch_size(two_source_lake, tmp_path, layout, fmt):
     """Records are written in batches (turns taken by row offset, text made per batch): a batch edge
-    inside a repeat, a source or a multi-image record changes no byte of any file."""
+    inside a repeat, a source or a multi-image record changes no byte of any file, nor do image paths
+    carried in record_order (a big export) instead of joined per batch."""
     recipe = write_recipe(tmp_path / "r.yaml", "name: mix\nsources:\n  - {source: a, repeat: 2}\n"
                                                "  - {source: b, sampling: 'random:2'}\n")
     texts = []
-    for rows in (1, 2, 5, 25_000):
-        out = tmp_path / f"rows{rows}"
+    for rows in (1, 2, 5, 25_000, 3):
+        out = tmp_path / f"rows{rows}"  # 3 rows: paths carried in record_order, as in a big export
         export(two_source_lake, recipe, ExportOptions(out=str(out), images="none", layout=layout, format=fmt,
-                                                      split_by_source=rows % 2 == 0, batch_rows=rows))
+                                                      split_by_source=rows % 2 == 0, batch_rows=rows,
+                                                      carry_paths_from=0 if rows == 3 else 2_000_000))
         texts.append({p.name: p.read_bytes() for p in out.glob("*.json") if p.name not in ("manifest.json",)})
     merged, split = texts[0], texts[1]
-    assert texts[2] == merged and texts[3] == split
+    assert texts[2] == merged and texts[3] == split and texts[4] == merged
     assert json.loads(merged["mix.json"]) == json.loads(split["a.json"]) + json.loads(split["b.json"])
     assert len(json.loads(merged["mix.json"])) == 3 * 2 + 2
 

@@ -14,6 +14,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from etl import schema as S
 from etl.faults import ENV as FAULT
@@ -306,6 +307,15 @@ def test_format_auto_leaves_a_web_text_dump_with_page_urls_alone_but_takes_a_bar
                    tmp_path / "laion.parquet")
     assert [detect_format(str(tmp_path / f)) for f in ("c4.parquet", "bare.parquet", "laion.parquet")] \
         == ["hf-parquet", "urls", "urls"]
+
+
+def test_format_auto_takes_csv_and_tsv_lists_of_image_urls_but_not_a_csv_of_web_pages(tmp_path):
+    (tmp_path / "cc.tsv").write_text("caption\turl\na dog\thttps://cdn.example/p/123\n")
+    (tmp_path / "laion.csv").write_text('URL,TEXT\n"https://cdn.example/a.jpg","a ""red"" car"\n')
+    (tmp_path / "pages.csv").write_text("url,text\nhttps://news.example/boats,An article.\n")
+    assert [detect_format(str(tmp_path / f)) for f in ("cc.tsv", "laion.csv")] == ["urls", "urls"]
+    with pytest.raises(ValueError, match="cannot detect the format"):
+        detect_format(str(tmp_path / "pages.csv"))
 
 
 def test_format_auto_takes_img2dataset_s_own_url_list_for_a_url_list(realdata):

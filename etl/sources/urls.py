@@ -79,9 +79,12 @@ class UrlListReader(SourceReader):
 
     @classmethod
     def sniff(cls, path: str) -> bool:
-        """A parquet list of image URLs (LAION, CC3M, img2dataset's input): no image bytes, and a URL
-        column whose first values are http(s) URLs; what else could such a file be ingested for.
-        CSV/TSV/JSON/txt lists are read only with `--format urls`."""
+        """A list of image URLs: a parquet without image bytes (LAION, CC3M, img2dataset's input) or a
+        CSV/TSV with a header, whose URL column's first values are http(s) URLs of images (see
+        image_url_column); what else could such a file be ingested for. JSON/txt lists are read only
+        with `--format urls`."""
+        if path.lower().endswith((".csv", ".tsv")):
+            return csv_url_column(path) is not None
         return HFParquetReader.sniff(path) and parquet_url_column(path) is not None
 
     @classmethod
@@ -268,11 +271,31 @@ def parquet_url_column(path: str, peek: int = 16) -> str | None:
             batch = next(f.iter_batches(batch_size=peek, columns=[column]))
     except (pa.ArrowException, OSError, StopIteration):
         return None
-    values = [u for v in batch.column(0).to_pylist() for u in as_list(v) if u]
-    if not values or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in values):
+    return image_url_column(column, f.schema_arrow.names, batch.column(0).to_pylist())
+
+
+def csv_url_column(path: str, peek: int = 16, head_bytes: int = 1 << 16) -> str | None:
+    """The URL column of a CSV/TSV list (a header, then rows) by its first `peek` rows, as for parquet."""
+    try:
+        head = storage.read_head(path, head_bytes)
+    except OSError:
         return None
-    named_for_images = column.lower() != "url" or IMAGE_HINT_KEYS & {name.lower() for name in f.schema_arrow.names}
-    return column if named_for_images or looks_like_image_urls(values) else None
+    lines = head.decode("utf-8-sig", errors="replace").splitlines()
+    if len(head) == head_bytes:
+        lines = lines[:-1]  # cut short by the read
+    rows = list(csv.DictReader(lines[: peek + 1], delimiter="\t" if path.lower().endswith(".tsv") else ","))
+    names = [n for n in (rows and rows[0].keys()) or [] if n is not None]
+    column = first_key({n.lower(): n for n in names}, URL_KEYS)
+    return image_url_column(column, names, [r.get(column) for r in rows]) if column else None
+
+
+def image_url_column(column: str, names: list[str], values: list) -> str | None:
+    """`column` if its `values` (nulls aside) are all http(s) URLs of images, else None."""
+    urls = [u for v in values for u in as_list(v) if u]
+    if not urls or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in urls):
+        return None
+    named_for_images = column.lower() != "url" or IMAGE_HINT_KEYS & {name.lower() for name in names}
+    return column if named_for_images or looks_like_image_urls(urls) else None
 
 
 # a plain `url` column is also what web-text dumps (C4, FineWeb, RedPajama) keep beside `text`: a list

@@ -28,7 +28,7 @@ from etl.ingest.batches import Batch, Prepared, batches, sample_id, sample_row, 
 from etl.ingest.files import FileRead, FileReader, announce_files
 from etl.ingest.images import LoadedImage, StoredPaths, images_table, load_image, sniffed
 from etl.ingest.inputs import STAGE, IngestOptions, InputFile
-from etl.ingest.resume import CommittedRows, start_file
+from etl.ingest.resume import CommittedRows, FileStart, start_file
 from etl.engine.base import available_cores
 from etl.lake import Lake
 from etl.pagecache import DropBehind
@@ -91,6 +91,7 @@ class Ingestor:
         self.images_stored_last: list[str] = []  # the image ids the last `store_images` added
         self.rows = CommittedRows(lake)
         self.inputs: Set[tuple[str, str]] = frozenset()  # (source, name) of every file of the run
+        self.begun: set[tuple[str, str]] = set()  # (source, name) of the files started so far
         self.images_empty_at = empty_version(lake, S.IMAGES)  # a first ingest: no key scan per batch
 
     def shutdown(self) -> None:
@@ -101,8 +102,10 @@ class Ingestor:
 
     def ingest_file(self, file: InputFile, bar: tqdm) -> None:
         """Read, resolve and write `file` batch by batch; batch N is written (on the writer thread)
-        while batch N+1 is read and resolved here, and batches commit in file order."""
-        started = start_file(self.lake, file, self.rows, self.run.counts, self.inputs)
+        while batch N+1 is read and resolved here, and batches commit in file order. The file's
+        last batch may still be writing when this returns: the next file is read meanwhile
+        (`wait_for_writes` after the last file)."""
+        started = self.start(file)
         if started is None:
             return
         file, committed = started.file, started.committed
@@ -115,20 +118,32 @@ class Ingestor:
                 if batch.records:
                     self.write_behind(self.prepare(batch, committed), partial(mark, done=batch.last), bar)
                 else:  # the file ended on a cut (or had no rows left): only the checkpoint moves
-                    self.wait_for_writes()
-                    with self.lake.committing():
-                        mark(batch.start_row, done=True)
-            self.wait_for_writes()
-        finally:
-            if self.pending is not None:  # an error here: never leave a write running behind it
+                    self.pending = self.writer.submit(self.mark_after, self.pending, partial(mark, batch.start_row, done=True))
+        except BaseException:
+            if self.pending is not None:  # never leave a write running behind an error
                 wait([self.pending])
                 self.pending = None
+            raise
         self.run.counts["files"] += 1
+
+    def start(self, file: InputFile) -> FileStart | None:
+        """Where `file` starts (`start_file`). A file the run already started (named twice, or
+        two paths the lake knows by one name) starts only once the writes before it committed:
+        its checkpoint must be the one they leave."""
+        started = start_file(self.lake, file, self.rows, self.run.counts, self.inputs)
+        if started is not None and (started.file.source, started.file.name) in self.begun and self.pending:
+            self.wait_for_writes()
+            started = start_file(self.lake, file, self.rows, self.run.counts, self.inputs)
+        if started is not None:
+            self.begun.add((started.file.source, started.file.name))
+        return started
 
     def looking_ahead(self, cut: Iterator[Batch], roots: ImageRoots) -> Iterator[Batch]:
         """The batches of `cut`, one behind: before batch N is yielded (to be read, hashed and
         written), batch N+1 is parsed, its image files located and the kernel asked to read them,
-        so the disk is busy while this process parses, waits for a write or hashes a batch's tail."""
+        so the disk is busy while this process parses, waits for a write or hashes a batch's tail.
+        A batch without files to look up (embedded bytes) has nothing to read ahead: it is yielded
+        at once, so the first batch of an HF parquet file is hashed while the next is decoded."""
         previous = None
         for batch in cut:
             refs = [ref for record in batch.records if not record.error for ref in record.images
@@ -139,6 +154,9 @@ class Ingestor:
             if previous is not None:
                 yield previous
             previous = batch
+            if not refs:
+                yield previous
+                previous = None
         if previous is not None:
             yield previous
 
@@ -146,6 +164,13 @@ class Ingestor:
         """Write `prepared`, then `checkpoint` its next row, on the writer thread, after the batch before."""
         self.wait_for_writes()
         self.pending = self.writer.submit(self.write, prepared, bar, checkpoint)
+
+    def mark_after(self, before: Future | None, checkpoint: Callable[[], None]) -> None:
+        """On the writer thread, after the write `before` (a failed one raises here): commit `checkpoint`."""
+        if before is not None:
+            before.result()
+        with self.lake.committing():
+            checkpoint()
 
     def wait_for_writes(self) -> None:
         pending, self.pending = self.pending, None
@@ -354,5 +379,6 @@ def ingest_files_serially(lake: Lake, files: list[InputFile], opts: IngestOption
         for file in files:
             bar.set_description(f"ingest {file.name}")
             ingestor.ingest_file(file, bar)
+        ingestor.wait_for_writes()
     finally:
         ingestor.shutdown()

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Set
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from functools import partial
+from itertools import islice
 
 import pyarrow as pa
 from tqdm import tqdm
@@ -38,12 +40,15 @@ from etl.sources.base import ImageRef, SourceRecord
 
 
 HASH_RUN = 32  # files sniffed and hashed per task of the CPU pool
+# files of the next batch announced while this one is read: its reader announces the rest itself (up to
+# files.AHEAD_FILES ahead), so these only cover its first reads (each file announced here is opened twice)
+NEXT_BATCH_ANNOUNCED = 64
 
 
 def sniff_files(refs: list[ImageRef], run: list[tuple[int, str, FileRead]]) -> list[tuple]:
     """(index, LoadedImage, segment, row) of each file read of `run`: sniffed and hashed, or failed."""
-    return [(i, sniffed(refs[i], read.data, path) if read.error is None else LoadedImage(error=read.error),
-             read.segment, read.row) for i, path, read in run]
+    return [(i, sniffed(refs[i], read.data, path, stamp=read.stamp) if read.error is None
+             else LoadedImage(error=read.error), read.segment, read.row) for i, path, read in run]
 
 
 def empty_version(lake: Lake, name: str) -> int | None:
@@ -74,14 +79,25 @@ class KeyIndexUpkeep:
         return False
 
 
+@dataclass
+class RowFragments:
+    """A batch's error rows and samples written as uncommitted fragments, before its commit."""
+
+    errors: list
+    samples: list
+
+
 class Ingestor:
     """Runs one ingest: files → batches → commits, counting into the run's counters."""
+
+    writes_rows_ahead = True  # a batch's errors and samples are written while its images are
 
     def __init__(self, lake: Lake, opts: IngestOptions, run: Run):
         self.lake, self.opts, self.run = lake, opts, run
         self.cores = max(1, available_cores() // max(1, opts.workers))
         self.hashers = ThreadPoolExecutor(max_workers=self.cores, thread_name_prefix="ingest-hash")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+        self.rows_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-rows-writer")
         self.fetchers = ThreadPoolExecutor(max_workers=opts.io_threads, thread_name_prefix="ingest-fetch")
         self.pending: Future | None = None  # the batch being written
         self.stored_paths = StoredPaths()
@@ -98,6 +114,7 @@ class Ingestor:
         self.hashers.shutdown()
         self.fetchers.shutdown()
         self.writer.shutdown()
+        self.rows_writer.shutdown()
         self.drop_behind.close()
 
     def ingest_file(self, file: InputFile, bar: tqdm) -> None:
@@ -140,7 +157,7 @@ class Ingestor:
 
     def looking_ahead(self, cut: Iterator[Batch], roots: ImageRoots) -> Iterator[Batch]:
         """The batches of `cut`, one behind: before batch N is yielded (to be read, hashed and
-        written), batch N+1 is parsed, its image files located and the kernel asked to read them,
+        written), batch N+1 is parsed, its image files located and the kernel asked to read its first ones,
         so the disk is busy while this process parses, waits for a write or hashes a batch's tail.
         A batch without files to look up (embedded bytes) has nothing to read ahead: it is yielded
         at once, so the first batch of an HF parquet file is hashed while the next is decoded."""
@@ -149,8 +166,8 @@ class Ingestor:
             refs = [ref for record in batch.records if not record.error for ref in record.images
                     if ref.data is None and ref.path]
             batch.located = {id(ref): roots.locate(ref) for ref in refs}
-            announce_files([where.path for where in batch.located.values()
-                            if where.path and not storage.is_remote(where.path)])
+            local = (where.path for where in batch.located.values() if where.path and not storage.is_remote(where.path))
+            announce_files(list(islice(local, NEXT_BATCH_ANNOUNCED)))
             if previous is not None:
                 yield previous
             previous = batch
@@ -189,14 +206,21 @@ class Ingestor:
 
     def write(self, prepared: Prepared, bar: tqdm, checkpoint: Callable[[int], None] | None = None) -> int:
         """Images, errors, samples, then `checkpoint` of the next row, in that order and inside the
-        lake's commit lock (image bytes are written before it); the next row to read."""
+        lake's commit lock; the next row to read. The image bytes are written before the lock, and
+        so are the errors and samples, by a second thread at the same time (Lance writes release
+        the GIL): only the commits wait for the lock."""
+        ahead = self.rows_writer.submit(self.write_rows, prepared.samples, prepared.errors) \
+            if self.writes_rows_ahead else None
         new, fragments, checked_at = self.write_new_images(prepared.images)
+        written = ahead.result() if ahead is not None else None
         with self.lake.committing():
             self.commit_images(new, fragments, checked_at)
             self.store_again_if_deleted(prepared.images, checked_at)
             crash_point("after_images")
             samples, errors = self.not_added_by_others(prepared)
-            self.commit_rows(prepared, samples, errors)
+            if written is not None and (samples is not prepared.samples or errors is not prepared.errors):
+                written = None  # another ingest of the file committed some of them: written again without
+            self.commit_rows(prepared, samples, errors, written)
             next_row = prepared.batch.records[-1].source_row + 1
             if checkpoint is not None:
                 checkpoint(next_row)
@@ -207,12 +231,24 @@ class Ingestor:
                         errors=sum(v for k, v in self.run.counts.items() if k.startswith("errors.")))
         return next_row
 
-    def commit_rows(self, prepared: Prepared, samples: list[dict], errors: list[ErrorRow]) -> None:
-        """Under the commit lock: the batch's errors, then its samples."""
-        self.lake.append(S.ERRORS, errors_table(errors))
-        crash_point("after_errors")
-        self.lake.append(S.SAMPLES, pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA))
-        crash_point("after_samples")
+    def write_rows(self, samples: list[dict], errors: list[ErrorRow]) -> RowFragments:
+        """`errors` and `samples` as uncommitted fragments of their tables."""
+        return RowFragments(self.fragments(S.ERRORS, errors_table(errors)),
+                            self.fragments(S.SAMPLES, pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA)))
+
+    def fragments(self, name: str, table: pa.Table) -> list:
+        return self.lake.write_fragments(name, table) if table.num_rows else []
+
+    def commit_rows(self, prepared: Prepared, samples: list[dict], errors: list[ErrorRow],
+                    written: RowFragments | None = None) -> None:
+        """Under the commit lock: the batch's errors, then its samples (`written`: their fragments,
+        written ahead; else written now)."""
+        written = written or self.write_rows(samples, errors)
+        for name, fragments, point in ((S.ERRORS, written.errors, "after_errors"),
+                                       (S.SAMPLES, written.samples, "after_samples")):
+            if fragments:
+                self.lake.commit_fragments(name, fragments)
+            crash_point(point)
 
     def not_added_by_others(self, prepared: Prepared) -> tuple[list[dict], list[ErrorRow]]:
         """The batch's samples and errors but those another command committed meanwhile (the same
@@ -319,7 +355,7 @@ class Ingestor:
         self.run.counts["images_already_in_lake"] += len(images) - len(new)
         for img in images.values():
             if img.path:
-                self.stored_paths.put(img.path, img.info)
+                self.stored_paths.put(img.path, img.info, img.stamp)
         return new, self.lake.write_fragments(S.IMAGES, images_table(new)) if new else [], checked_at
 
     def commit_images(self, new: list[LoadedImage], fragments: list, checked_at: int) -> None:

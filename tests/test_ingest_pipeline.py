@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import errors_of, samples_of
 from etl import schema as S
+from etl.cli import main
 from etl.images import sniff
 from etl.imagerefs import ImageRoots
 from etl.ingest import IngestOptions, Ingestor, LoadedImage, StoredPaths, ingest
@@ -154,3 +155,16 @@ def test_a_stored_file_is_known_by_its_stamp_when_opened_and_read_again_once_it_
     assert stored.get(str(path)) == sniff(jpeg(1))
     path.write_bytes(jpeg(2) + b"\0")  # another size: another file now
     assert stored.get(str(path)) is None
+
+
+def test_a_folder_whose_files_all_gave_samples_ends_with_0_and_one_that_gave_none_is_named(lake, tmp_path, folder, capsys):
+    data = tmp_path / "data"
+    llava_file(data / "a.json", ["0.jpg", "1.jpg"])
+    llava_file(data / "b.json", [None])
+    args = ["--lake", lake.root, "ingest", str(data), "--source", "s", "--image-root", str(folder), "--no-progress"]
+    assert main(args) == 0
+    assert "gave no sample" not in capsys.readouterr().err
+    llava_file(data / "c.json", ["missing.jpg"])
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "1 file(s) gave no sample: c.json (read as llava: missing_image 1;" in err

@@ -126,22 +126,35 @@ def run(args: argparse.Namespace) -> int:
 def files_without_samples(lake, paths: list[str], opts, counts=None) -> list[str]:
     """What went wrong with each input file that has no sample in the lake (from this run or before):
     its errors, and the format its content looks like when that is not the one it was read as.
-    A single file that this run's `counts` show adding samples needs no look at the lake."""
+    A single file that this run's `counts` show adding samples needs no look at the lake; files
+    that each have a sample need no DuckDB (its import and views cost more than the look)."""
     from etl.ingest import expand_inputs, known_as
     from etl.sources.base import file_fingerprint
 
     named = expand_inputs(paths, opts)
     if len(named) == 1 and counts and counts["samples_added"]:
         return []
-    from etl.sqlrun import connect, run_file  # DuckDB: only when some file may have no sample
-
     inputs = {(f.source, f.name) for f in named}  # a file reached by another path keeps its earlier name
     files = [known_as(lake, f, file_fingerprint(f.path), inputs)[0] for f in named]
+    if all(has_samples(lake, f) for f in files):
+        return []
+    from etl.sqlrun import connect, run_file  # DuckDB: only when some file has no sample
+
     con = connect(lake)
     rows = run_file(con, "ingest_files", {"ingest_sources": [f.source for f in files],
                                           "ingest_files": [f.name for f in files]}).fetchall()
     by_key = {(f.source, f.name): f for f in files}
     return [why_empty(by_key[(source, name)], errors or {}) for source, name, samples, errors in rows if samples == 0]
+
+
+def has_samples(lake, file) -> bool:
+    """Whether the lake holds a sample of `file` (a scan of its rows that stops at the first)."""
+    import pyarrow.compute as pc
+
+    from etl import schema as S
+
+    mine = (pc.field("source") == file.source) & (pc.field("source_file") == file.name)
+    return lake.dataset(S.SAMPLES).scanner(columns=[S.KEYS[S.SAMPLES]], filter=mine, limit=1).to_table().num_rows > 0
 
 
 def why_empty(file, errors: dict[str, int]) -> str:

@@ -168,3 +168,4 @@ def test_a_folder_whose_files_all_gave_samples_ends_with_0_and_one_that_gave_non
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "1 file(s) gave no sample: c.json (read as llava: missing_image 1;" in err
+

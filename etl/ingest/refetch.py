@@ -48,8 +48,6 @@ def refetch_failed(lake: Lake, files: list[InputFile], opts: IngestOptions, run:
 class Refetcher(Ingestor):
     """An ingestor that reads only the failed rows of a file and replaces their errors rows."""
 
-    writes_rows_ahead = False  # its errors rows replace others' (an upsert), written at commit
-
     def refetch_file(self, file: InputFile, bar: tqdm) -> None:
         fingerprint = file_fingerprint(file.path)
         file, cp = known_as(self.lake, file, fingerprint, self.inputs)
@@ -98,7 +96,7 @@ class Refetcher(Ingestor):
             for row in recovered:
                 del failed[row]
 
-    def commit_rows(self, prepared: Prepared, samples: list[dict], errors: list[ErrorRow], written=None) -> None:
+    def commit_rows(self, prepared: Prepared, samples: list[dict], errors: list[ErrorRow]) -> None:
         """Under the commit lock: the recovered records' samples, then the errors rows of those that
         failed again (replacing theirs), then the deletion of the recovered records' errors rows."""
         self.lake.append(S.SAMPLES, pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA))

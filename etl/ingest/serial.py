@@ -80,14 +80,6 @@ class KeyIndexUpkeep:
 
 
 @dataclass
-class RowFragments:
-    """A batch's error rows and samples written as uncommitted fragments, before its commit."""
-
-    errors: list
-    samples: list
-
-
-@dataclass
 class WrittenBatch:
     """A batch whose bytes are written as uncommitted fragments: what its commit needs."""
 
@@ -95,7 +87,6 @@ class WrittenBatch:
     new: list[LoadedImage]  # the images it stores
     fragments: list  # theirs
     checked_at: int  # the images version the lake was checked at for them
-    rows: RowFragments | None  # its errors and samples, if written ahead
 
 
 def after(before: Future | None, step: Callable, *args):
@@ -108,14 +99,11 @@ def after(before: Future | None, step: Callable, *args):
 class Ingestor:
     """Runs one ingest: files → batches → commits, counting into the run's counters."""
 
-    writes_rows_ahead = True  # a batch's errors and samples are written while its images are
-
     def __init__(self, lake: Lake, opts: IngestOptions, run: Run):
         self.lake, self.opts, self.run = lake, opts, run
         self.cores = max(1, available_cores() // max(1, opts.workers))
         self.hashers = ThreadPoolExecutor(max_workers=self.cores, thread_name_prefix="ingest-hash")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
-        self.rows_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-rows-writer")
         self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-committer")
         self.fetchers = ThreadPoolExecutor(max_workers=opts.io_threads, thread_name_prefix="ingest-fetch")
         self.pending: Future | None = None  # the batch being written (on the writer thread)
@@ -136,7 +124,6 @@ class Ingestor:
         self.fetchers.shutdown()
         self.writer.shutdown()
         self.committer.shutdown()
-        self.rows_writer.shutdown()
         self.drop_behind.close()
 
     def ingest_file(self, file: InputFile, bar: tqdm) -> None:
@@ -262,27 +249,22 @@ class Ingestor:
         return self.commit_written(self.write_bytes(prepared), bar, checkpoint)
 
     def write_bytes(self, prepared: Prepared) -> WrittenBatch:
-        """Outside the commit lock: the images the lake lacks as uncommitted fragments, and its
-        errors and samples too, by a second thread at the same time (Lance writes release the GIL)."""
-        ahead = self.rows_writer.submit(self.write_rows, prepared.samples, prepared.errors) \
-            if self.writes_rows_ahead else None
+        """Outside the commit lock: the images the lake lacks, as uncommitted fragments."""
         new, fragments, checked_at = self.write_new_images(prepared.images)
         self.in_flight.update(img.info.image_id for img in new)
-        return WrittenBatch(prepared, new, fragments, checked_at, ahead.result() if ahead is not None else None)
+        return WrittenBatch(prepared, new, fragments, checked_at)
 
     def commit_written(self, written: WrittenBatch, bar: tqdm, checkpoint: Callable[[int], None] | None = None) -> int:
         """Images, errors, samples, then `checkpoint` of the next row, in that order and inside the
         lake's commit lock; the next row to read."""
-        prepared, rows = written.prepared, written.rows
+        prepared = written.prepared
         try:
             with self.lake.committing():
                 self.commit_images(written.new, written.fragments, written.checked_at)
                 self.store_again_if_deleted(prepared.images, written.checked_at)
                 crash_point("after_images")
                 samples, errors = self.not_added_by_others(prepared)
-                if rows is not None and (samples is not prepared.samples or errors is not prepared.errors):
-                    rows = None  # another ingest of the file committed some of them: written again without
-                self.commit_rows(prepared, samples, errors, rows)
+                self.commit_rows(prepared, samples, errors)
                 next_row = prepared.batch.records[-1].source_row + 1
                 if checkpoint is not None:
                     checkpoint(next_row)
@@ -295,24 +277,12 @@ class Ingestor:
                         errors=sum(v for k, v in self.run.counts.items() if k.startswith("errors.")))
         return next_row
 
-    def write_rows(self, samples: list[dict], errors: list[ErrorRow]) -> RowFragments:
-        """`errors` and `samples` as uncommitted fragments of their tables."""
-        return RowFragments(self.fragments(S.ERRORS, errors_table(errors)),
-                            self.fragments(S.SAMPLES, pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA)))
-
-    def fragments(self, name: str, table: pa.Table) -> list:
-        return self.lake.write_fragments(name, table) if table.num_rows else []
-
-    def commit_rows(self, prepared: Prepared, samples: list[dict], errors: list[ErrorRow],
-                    written: RowFragments | None = None) -> None:
-        """Under the commit lock: the batch's errors, then its samples (`written`: their fragments,
-        written ahead; else written now)."""
-        written = written or self.write_rows(samples, errors)
-        for name, fragments, point in ((S.ERRORS, written.errors, "after_errors"),
-                                       (S.SAMPLES, written.samples, "after_samples")):
-            if fragments:
-                self.lake.commit_fragments(name, fragments)
-            crash_point(point)
+    def commit_rows(self, prepared: Prepared, samples: list[dict], errors: list[ErrorRow]) -> None:
+        """Under the commit lock: the batch's errors, then its samples."""
+        self.lake.append(S.ERRORS, errors_table(errors))
+        crash_point("after_errors")
+        self.lake.append(S.SAMPLES, pa.Table.from_pylist(samples, schema=S.SAMPLES_SCHEMA))
+        crash_point("after_samples")
 
     def not_added_by_others(self, prepared: Prepared) -> tuple[list[dict], list[ErrorRow]]:
         """The batch's samples and errors but those another command committed meanwhile (the same

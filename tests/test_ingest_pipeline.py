@@ -1,7 +1,7 @@
-"""The serial ingest's pipeline (etl/ingest/serial.py): while batch N commits (committer thread), batch
-N+1's bytes are written (writer thread, its errors and samples by a second one) and batch N+2 is read;
-the next file is read while the last batch of a file is still being written. The lake must end exactly
-as if every batch had been written and committed one after another."""
+"""The serial ingest's pipeline (etl/ingest/serial.py): batch N is written and committed (writer thread)
+while batch N+1 is read, and the next file is read while the last batch of a file is still being written
+(its checkpoint follows on the writer thread). The lake must end exactly as if every batch had been
+written and committed one after another."""
 from __future__ import annotations
 
 import io
@@ -17,9 +17,8 @@ from etl import schema as S
 from etl.cli import main
 from etl.images import sniff
 from etl.imagerefs import ImageRoots
-from etl.ingest import IngestOptions, Ingestor, LoadedImage, StoredPaths, ingest
+from etl.ingest import IngestOptions, Ingestor, StoredPaths, ingest
 from etl.ingest import files as F
-from etl.runlog import Run
 from etl.sources.base import ImageRef
 
 
@@ -85,23 +84,11 @@ def test_a_file_named_twice_in_one_run_is_ingested_once(lake, tmp_path, folder):
 
 
 def test_the_same_image_in_consecutive_batches_is_stored_once(lake, tmp_path, folder):
-    """copy.jpg holds 0.jpg's bytes under another path: the second batch finds it written by the first,
-    committed or not yet."""
+    """copy.jpg holds 0.jpg's bytes under another path: the second batch finds it stored by the first."""
     a = llava_file(tmp_path / "a.json", ["0.jpg", "copy.jpg", "1.jpg", "copy.jpg", "0.jpg"])
     counts = run(lake, [a], image_roots=[str(folder)], batch_records=1)
     assert counts["samples_added"] == 5 and counts["images_added"] == 2
     assert sorted(image_ids(lake)) == sorted({sniff(jpeg(0)).image_id, sniff(jpeg(1)).image_id})
-
-
-def test_images_written_by_a_batch_not_committed_yet_are_not_new_to_the_next(lake):
-    ingestor = Ingestor(lake, IngestOptions(source="s"), Run("run", "ingest", {}))
-    try:
-        loaded = {sniff(jpeg(i)).image_id: LoadedImage(info=sniff(jpeg(i)), data=jpeg(i)) for i in range(3)}
-        in_flight = frozenset(list(loaded)[:2])
-        assert [img.info.image_id for img in ingestor.new_images(loaded, in_flight)] == list(loaded)[2:]
-        assert len(ingestor.new_images(loaded)) == 3
-    finally:
-        ingestor.shutdown()
 
 
 def test_a_failed_commit_stops_the_run_before_any_later_batch_commits_and_a_rerun_completes_it(
@@ -118,7 +105,7 @@ def test_a_failed_commit_stops_the_run_before_any_later_batch_commits_and_a_reru
     monkeypatch.setattr(Ingestor, "commit_rows", fails_on_the_second_batch)
     with pytest.raises(OSError, match="disk full"):
         run(lake, [a], image_roots=[str(folder)], batch_records=2)
-    assert len(calls) == 2  # the batches written behind the failed one never committed
+    assert len(calls) == 2  # no batch after the failed one committed
     assert [r["orig_id"] for r in samples_of(lake, "s")] == ["a-0", "a-1"]
     assert checkpoints(lake) == {"a.json": (2, False)}
     monkeypatch.setattr(Ingestor, "commit_rows", original)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Set
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from functools import partial
 from itertools import islice
 
@@ -79,23 +78,6 @@ class KeyIndexUpkeep:
         return False
 
 
-@dataclass
-class WrittenBatch:
-    """A batch whose bytes are written as uncommitted fragments: what its commit needs."""
-
-    prepared: Prepared
-    new: list[LoadedImage]  # the images it stores
-    fragments: list  # theirs
-    checked_at: int  # the images version the lake was checked at for them
-
-
-def after(before: Future | None, step: Callable, *args):
-    """`step(*args)` once the future `before` is done; if it failed, its error instead."""
-    if before is not None:
-        before.result()
-    return step(*args)
-
-
 class Ingestor:
     """Runs one ingest: files → batches → commits, counting into the run's counters."""
 
@@ -104,11 +86,8 @@ class Ingestor:
         self.cores = max(1, available_cores() // max(1, opts.workers))
         self.hashers = ThreadPoolExecutor(max_workers=self.cores, thread_name_prefix="ingest-hash")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
-        self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-committer")
         self.fetchers = ThreadPoolExecutor(max_workers=opts.io_threads, thread_name_prefix="ingest-fetch")
-        self.pending: Future | None = None  # the batch being written (on the writer thread)
-        self.last_commit: Future | None = None  # the last commit handed to the committer thread
-        self.in_flight: set[str] = set()  # image ids written by this run, not committed yet
+        self.pending: Future | None = None  # the batch being written
         self.stored_paths = StoredPaths()
         self.image_roots = ImageRoots(opts.image_roots, opts.allow_outside_roots)
         self.key_index = KeyIndexUpkeep(lake)
@@ -123,7 +102,6 @@ class Ingestor:
         self.hashers.shutdown()
         self.fetchers.shutdown()
         self.writer.shutdown()
-        self.committer.shutdown()
         self.drop_behind.close()
 
     def ingest_file(self, file: InputFile, bar: tqdm) -> None:
@@ -144,9 +122,11 @@ class Ingestor:
                 if batch.records:
                     self.write_behind(self.prepare(batch, committed), partial(mark, done=batch.last), bar)
                 else:  # the file ended on a cut (or had no rows left): only the checkpoint moves
-                    self.mark_behind(partial(mark, batch.start_row, done=True))
+                    self.pending = self.writer.submit(self.mark_after, self.pending, partial(mark, batch.start_row, done=True))
         except BaseException:
-            self.settle()  # never leave a write running behind an error
+            if self.pending is not None:  # never leave a write running behind an error
+                wait([self.pending])
+                self.pending = None
             raise
         self.run.counts["files"] += 1
 
@@ -155,8 +135,7 @@ class Ingestor:
         two paths the lake knows by one name) starts only once the writes before it committed:
         its checkpoint must be the one they leave."""
         started = start_file(self.lake, file, self.rows, self.run.counts, self.inputs)
-        if started is not None and (started.file.source, started.file.name) in self.begun and \
-                (self.pending or self.last_commit):
+        if started is not None and (started.file.source, started.file.name) in self.begun and self.pending:
             self.wait_for_writes()
             started = start_file(self.lake, file, self.rows, self.run.counts, self.inputs)
         if started is not None:
@@ -186,53 +165,21 @@ class Ingestor:
             yield previous
 
     def write_behind(self, prepared: Prepared, checkpoint: Callable[[int], None], bar: tqdm) -> None:
-        """Write the bytes of `prepared` on the writer thread once those of the batch before are
-        written; its commit (then `checkpoint` of its next row) follows on the committer thread,
-        after the commit before. So batch N commits while N+1 is written and N+2 is read here."""
-        self.wait_for_bytes()
-        self.pending = self.writer.submit(self.write_then_commit, prepared, bar, checkpoint)
+        """Write `prepared`, then `checkpoint` its next row, on the writer thread, after the batch before."""
+        self.wait_for_writes()
+        self.pending = self.writer.submit(self.write, prepared, bar, checkpoint)
 
-    def write_then_commit(self, prepared: Prepared, bar: tqdm, checkpoint: Callable[[int], None]) -> None:
-        """On the writer thread: write the batch's bytes, hand its commit to the committer."""
-        self.then_commit(self.commit_written, self.write_bytes(prepared), bar, checkpoint)
-
-    def mark_behind(self, checkpoint: Callable[[], None]) -> None:
-        """Commit `checkpoint` after the batches handed over before it (not if one of them failed)."""
-        self.pending = self.writer.submit(after, self.pending, self.then_commit, self.mark, checkpoint)
-
-    def mark(self, checkpoint: Callable[[], None]) -> None:
+    def mark_after(self, before: Future | None, checkpoint: Callable[[], None]) -> None:
+        """On the writer thread, after the write `before` (a failed one raises here): commit `checkpoint`."""
+        if before is not None:
+            before.result()
         with self.lake.committing():
             checkpoint()
 
-    def then_commit(self, commit: Callable, *args) -> None:
-        """On the writer thread (which hands commits over in its order): `commit(*args)` on the
-        committer thread after the commit before it, and never if that one failed. Waits for that
-        one first: one commit at a time runs beside the writer, none queue up (bounded memory)."""
-        if self.last_commit is not None:
-            wait([self.last_commit])
-        self.last_commit = self.committer.submit(after, self.last_commit, commit, *args)
-
-    def wait_for_bytes(self) -> None:
-        """Until the batch on the writer thread is written (and its commit handed over)."""
+    def wait_for_writes(self) -> None:
         pending, self.pending = self.pending, None
         if pending is not None:
             pending.result()  # a failed write raises here
-
-    def wait_for_writes(self) -> None:
-        """Until every batch handed over is written and committed; a failure raises here."""
-        self.wait_for_bytes()
-        last, self.last_commit = self.last_commit, None
-        if last is not None:
-            last.result()
-
-    def settle(self) -> None:
-        """Until nothing runs on the writer or committer thread (after an error: raises nothing).
-        The writer first: the last commit is the one it handed over last."""
-        if self.pending is not None:
-            wait([self.pending])
-        if self.last_commit is not None:
-            wait([self.last_commit])
-        self.pending = self.last_commit = None
 
     def commit(self, batch: Batch, committed: set[str], bar: tqdm) -> int:
         """Write one batch now (images, then errors, then samples); return the next row to read."""
@@ -245,31 +192,18 @@ class Ingestor:
         return Prepared(batch, *self.resolve(batch.file, records, batch.located))
 
     def write(self, prepared: Prepared, bar: tqdm, checkpoint: Callable[[int], None] | None = None) -> int:
-        """Write and commit `prepared` now (see `write_bytes`, `commit_written`); the next row to read."""
-        return self.commit_written(self.write_bytes(prepared), bar, checkpoint)
-
-    def write_bytes(self, prepared: Prepared) -> WrittenBatch:
-        """Outside the commit lock: the images the lake lacks, as uncommitted fragments."""
-        new, fragments, checked_at = self.write_new_images(prepared.images)
-        self.in_flight.update(img.info.image_id for img in new)
-        return WrittenBatch(prepared, new, fragments, checked_at)
-
-    def commit_written(self, written: WrittenBatch, bar: tqdm, checkpoint: Callable[[int], None] | None = None) -> int:
         """Images, errors, samples, then `checkpoint` of the next row, in that order and inside the
-        lake's commit lock; the next row to read."""
-        prepared = written.prepared
-        try:
-            with self.lake.committing():
-                self.commit_images(written.new, written.fragments, written.checked_at)
-                self.store_again_if_deleted(prepared.images, written.checked_at)
-                crash_point("after_images")
-                samples, errors = self.not_added_by_others(prepared)
-                self.commit_rows(prepared, samples, errors)
-                next_row = prepared.batch.records[-1].source_row + 1
-                if checkpoint is not None:
-                    checkpoint(next_row)
-        finally:
-            self.in_flight.difference_update(img.info.image_id for img in written.new)
+        lake's commit lock (image bytes are written before it); the next row to read."""
+        new, fragments, checked_at = self.write_new_images(prepared.images)
+        with self.lake.committing():
+            self.commit_images(new, fragments, checked_at)
+            self.store_again_if_deleted(prepared.images, checked_at)
+            crash_point("after_images")
+            samples, errors = self.not_added_by_others(prepared)
+            self.commit_rows(prepared, samples, errors)
+            next_row = prepared.batch.records[-1].source_row + 1
+            if checkpoint is not None:
+                checkpoint(next_row)
         self.run.counts["samples_added"] += len(samples)
         self.run.counts.update(f"errors.{e.kind}" for e in errors)
         bar.update(len(prepared.batch.records))
@@ -385,7 +319,7 @@ class Ingestor:
         """The images the lake lacks, written as uncommitted fragments; and the images version the
         check saw (outside the commit lock: `commit_images` looks again at what came after)."""
         checked_at = self.lake.latest_version(S.IMAGES)
-        new = self.new_images(images, frozenset(self.in_flight))
+        new = self.new_images(images)
         self.run.counts["images_already_in_lake"] += len(images) - len(new)
         for img in images.values():
             if img.path:
@@ -427,11 +361,9 @@ class Ingestor:
             self.lake.append(S.IMAGES, images_table(again), sorted(gone))
             self.run.counts["images_stored_again_after_cleanup"] += len(again)
 
-    def new_images(self, images: dict[str, LoadedImage], in_flight: Set[str] = frozenset()) -> list[LoadedImage]:
-        """The images whose bytes the lake does not hold yet (those loaded without bytes are stored),
-        but those `in_flight` (written by a batch before, which commits first). `in_flight` is
-        taken before the lake is asked: an image is then in one or the other."""
-        carried = [iid for iid, img in images.items() if img.data is not None and iid not in in_flight]
+    def new_images(self, images: dict[str, LoadedImage]) -> list[LoadedImage]:
+        """The images whose bytes the lake does not hold yet (those loaded without bytes are stored)."""
+        carried = [iid for iid, img in images.items() if img.data is not None]
         if self.images_empty_at is None:
             present = self.lake.existing_keys(S.IMAGES, carried)
         else:  # what the table holds is what came since it was empty: known here, unless others wrote

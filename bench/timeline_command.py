@@ -29,14 +29,13 @@ EVENTS: list[tuple[str, str, float, float, float]] = []  # (thread, stage, start
 STAGES = {  # module: {class or None: [functions]}
     "etl.lake": {"Lake": ["write_fragments", "commit_fragments", "commit_once", "latest_version", "existing_keys",
                           "keys_added_since", "set_checkpoint", "compact", "ensure_key_index", "ensure_tables"]},
-    "etl.ingest.serial": {"Ingestor": ["prepare", "read_files", "write_bytes", "commit_written", "write_rows",
-                                       "commit_rows", "commit_images", "wait_for_bytes", "wait_for_writes"],
+    "etl.ingest.serial": {"Ingestor": ["prepare", "read_files", "write", "write_new_images", "commit_images",
+                                       "commit_rows", "wait_for_writes"],
                           None: ["images_table", "sniff_files", "start_file"]},
     "etl.imagerefs": {"ImageRoots": ["locate"]},
     "etl.commands.ingest": {None: ["files_without_samples"]},
 }
-SHOWN = {"Ingestor.prepare", "Ingestor.write_bytes", "Ingestor.commit_written", "Ingestor.wait_for_bytes",
-         "Ingestor.wait_for_writes", "start_file", "files_without_samples"}
+SHOWN = {"Ingestor.prepare", "Ingestor.write", "Ingestor.wait_for_writes", "start_file", "files_without_samples"}
 
 
 def wrap(owner, name: str, label: str) -> None:

@@ -74,7 +74,8 @@ def report() -> str:
         entry[2] += cpu
     first = {label: min((s for _, l, s, _, _ in EVENTS if l == label), default=None)
              for label in ("Ingestor.read_files", "Lake.write_fragments")}
-    lines = [f"first file read at {first['Ingestor.read_files']}, first fragment write at {first['Lake.write_fragments']}"]
+    lines = [f"first file read at {first['Ingestor.read_files']}, "
+             f"first fragment write at {first['Lake.write_fragments']}"]
     for thread, stages in per_thread.items():
         lines.append(f"-- thread {thread}")
         lines += [f"   {label:36s} {n:6d} calls {wall:7.3f} s wall {cpu:7.3f} s CPU"

@@ -62,14 +62,16 @@ def folder(tmp_path) -> Path:
     return images
 
 
-def test_files_read_while_the_last_batch_of_the_one_before_commits_end_as_if_ingested_one_by_one(lake, tmp_path, folder):
+def test_files_read_while_the_last_batch_of_the_one_before_commits_end_as_if_ingested_one_by_one(
+        lake, tmp_path, folder):
     # batches of 2 records: a.json (4 rows) and c.json (2 rows) end on a cut, b.json (3 rows) does not
     a = llava_file(tmp_path / "a.json", ["0.jpg", "1.jpg", "2.jpg", None])
     b = llava_file(tmp_path / "b.json", ["3.jpg", "missing.jpg", "4.jpg"])
     c = llava_file(tmp_path / "c.json", ["5.jpg", "6.jpg"])
     counts = run(lake, [a, b, c], image_roots=[str(folder)], batch_records=2)
     assert counts["files"] == 3 and counts["samples_added"] == 8 and counts["images_added"] == 7
-    assert sorted(r["orig_id"] for r in samples_of(lake, "s")) == ["a-0", "a-1", "a-2", "a-3", "b-0", "b-2", "c-0", "c-1"]
+    assert sorted(r["orig_id"] for r in samples_of(lake, "s")) == [
+        "a-0", "a-1", "a-2", "a-3", "b-0", "b-2", "c-0", "c-1"]
     assert [e["orig_id"] for e in errors_of(lake, "s")] == ["b-1"]
     assert checkpoints(lake) == {"a.json": (4, True), "b.json": (3, True), "c.json": (2, True)}
     assert len(image_ids(lake)) == len(set(image_ids(lake))) == 7
@@ -144,7 +146,8 @@ def test_a_stored_file_is_known_by_its_stamp_when_opened_and_read_again_once_it_
     assert stored.get(str(path)) is None
 
 
-def test_a_folder_whose_files_all_gave_samples_ends_with_0_and_one_that_gave_none_is_named(lake, tmp_path, folder, capsys):
+def test_a_folder_whose_files_all_gave_samples_ends_with_0_and_one_that_gave_none_is_named(
+        lake, tmp_path, folder, capsys):
     data = tmp_path / "data"
     llava_file(data / "a.json", ["0.jpg", "1.jpg"])
     llava_file(data / "b.json", [None])

@@ -122,7 +122,8 @@ class Ingestor:
                 if batch.records:
                     self.write_behind(self.prepare(batch, committed), partial(mark, done=batch.last), bar)
                 else:  # the file ended on a cut (or had no rows left): only the checkpoint moves
-                    self.pending = self.writer.submit(self.mark_after, self.pending, partial(mark, batch.start_row, done=True))
+                    done = partial(mark, batch.start_row, done=True)
+                    self.pending = self.writer.submit(self.mark_after, self.pending, done)
         except BaseException:
             if self.pending is not None:  # never leave a write running behind an error
                 wait([self.pending])

@@ -42,6 +42,7 @@ OUTSIDE_ROOTS = "image_outside_roots"
 KERNEL_TREES = ("/proc", "/sys")  # pseudo-files that stat as regular files (/proc/self/environ)
 OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 DIR_CACHE_SIZE = 4096  # real paths of image folders: most references share a few folders
+UNKNOWN = object()  # a file mode not looked up yet
 
 
 class UnreadableImage(OSError):
@@ -83,7 +84,7 @@ class ImageRoots:
             return Located(error=("missing_image", f"image path {ref.path!r} contains a NUL byte"))
         escaped = special = None
         for candidate in self.candidates(ref):
-            real = self.real_path(candidate)
+            real, mode = self.resolved(candidate)
             if storage.is_remote(real):
                 if self.allow_outside or within(real, self.allowed(ref)):
                     if storage.kind(real) == "file":  # a store that does not answer stops the run
@@ -94,7 +95,7 @@ class ImageRoots:
             if within(real, KERNEL_TREES):
                 return Located(error=(OUTSIDE_ROOTS, f"image path {ref.path} resolves to {real}: kernel files are never read"))
             if self.allow_outside or within(real, self.allowed(ref)):
-                mode = file_mode(real)
+                mode = file_mode(real) if mode is UNKNOWN else mode
                 if mode is not None and stat.S_ISREG(mode):
                     return Located(real)
                 if special is None and mode is not None and not stat.S_ISDIR(mode):
@@ -124,16 +125,23 @@ class ImageRoots:
     def allowed(self, ref: ImageRef) -> list[str]:
         return [*self.fixed_roots, self.real_dir(ref.base_dir)] if ref.base_dir else self.fixed_roots
 
-    def real_path(self, path: str) -> str:
-        """os.path.realpath(path), with the folder's real path cached (one lstat per file, not per part);
-        a URL with its `..` collapsed."""
+    def resolved(self, path: str) -> tuple[str, int | None | object]:
+        """(os.path.realpath(path), its file mode: None if nothing is there, UNKNOWN if not looked
+        at); a URL with its `..` collapsed.
+
+        One `lstat` per local file (its folder's real path is cached): what it finds is the file
+        itself unless it is a symlink, which is then resolved (and its target not looked at yet)."""
         if storage.is_remote(path):
-            return storage.normalize(path)
+            return storage.normalize(path), UNKNOWN
         head, tail = os.path.split(path)
         if tail in ("", ".", ".."):
-            return os.path.realpath(path)
+            return os.path.realpath(path), UNKNOWN
         joined = os.path.join(self.real_dir(head or "."), tail)
-        return os.path.realpath(joined) if os.path.islink(joined) else joined
+        try:
+            mode = os.lstat(joined).st_mode
+        except (OSError, ValueError):  # missing, or a name the OS refuses
+            return joined, None
+        return (os.path.realpath(joined), UNKNOWN) if stat.S_ISLNK(mode) else (joined, mode)
 
     def real_dir(self, folder: str) -> str:
         if storage.is_remote(folder):
@@ -190,8 +198,8 @@ def read_regular_file(path: str) -> bytes:
             raise UnreadableImage("unreadable_image", f"{path}: {exc.strerror or type(exc).__name__}") from None
 
 
-def open_regular_file(path: str) -> tuple[int, int]:
-    """(descriptor, size) of the regular file at the located local `path`, opened without following
+def open_regular_file(path: str) -> tuple[int, os.stat_result]:
+    """(descriptor, fstat) of the regular file at the located local `path`, opened without following
     a last-component symlink and without blocking on a FIFO; anything else is `UnreadableImage`."""
     try:
         fd = os.open(path, OPEN_FLAGS)
@@ -201,4 +209,4 @@ def open_regular_file(path: str) -> tuple[int, int]:
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise UnreadableImage("unreadable_image", f"{path}: not a regular file")
-    return fd, st.st_size
+    return fd, st

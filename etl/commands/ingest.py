@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from etl.commands.failure import FAILED, say
 from etl.commands.engine_args import add_engine_arguments, engine_spec
@@ -27,7 +28,14 @@ READER_OPTIONS = ("prompt", "concurrency", "timeout", "retries", "max_bytes", "p
                   "caption_column")
 
 
+# numpy (imported by pyarrow) starts a BLAS thread per core that spins for a while (0.06 CPU-s per
+# process here); ingest never calls BLAS. Set before the first import of numpy, unless the user set it.
+INGEST_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1"}
+
+
 def configure(p: argparse.ArgumentParser) -> None:
+    for name, value in INGEST_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     from etl.sources import readers  # pyarrow: only when ingesting
 
     p.add_argument("paths", nargs="*", metavar="PATH",
@@ -118,22 +126,35 @@ def run(args: argparse.Namespace) -> int:
 def files_without_samples(lake, paths: list[str], opts, counts=None) -> list[str]:
     """What went wrong with each input file that has no sample in the lake (from this run or before):
     its errors, and the format its content looks like when that is not the one it was read as.
-    A single file that this run's `counts` show adding samples needs no look at the lake."""
+    A single file that this run's `counts` show adding samples needs no look at the lake; files
+    that each have a sample need no DuckDB (its import and views cost more than the look)."""
     from etl.ingest import expand_inputs, known_as
     from etl.sources.base import file_fingerprint
 
     named = expand_inputs(paths, opts)
     if len(named) == 1 and counts and counts["samples_added"]:
         return []
-    from etl.sqlrun import connect, run_file  # DuckDB: only when some file may have no sample
-
     inputs = {(f.source, f.name) for f in named}  # a file reached by another path keeps its earlier name
     files = [known_as(lake, f, file_fingerprint(f.path), inputs)[0] for f in named]
+    if all(has_samples(lake, f) for f in files):
+        return []
+    from etl.sqlrun import connect, run_file  # DuckDB: only when some file has no sample
+
     con = connect(lake)
     rows = run_file(con, "ingest_files", {"ingest_sources": [f.source for f in files],
                                           "ingest_files": [f.name for f in files]}).fetchall()
     by_key = {(f.source, f.name): f for f in files}
     return [why_empty(by_key[(source, name)], errors or {}) for source, name, samples, errors in rows if samples == 0]
+
+
+def has_samples(lake, file) -> bool:
+    """Whether the lake holds a sample of `file` (a scan of its rows that stops at the first)."""
+    import pyarrow.compute as pc
+
+    from etl import schema as S
+
+    mine = (pc.field("source") == file.source) & (pc.field("source_file") == file.name)
+    return lake.dataset(S.SAMPLES).scanner(columns=[S.KEYS[S.SAMPLES]], filter=mine, limit=1).to_table().num_rows > 0
 
 
 def why_empty(file, errors: dict[str, int]) -> str:

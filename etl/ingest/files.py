@@ -36,6 +36,7 @@ class FileRead:
     segment: int | None = None  # None: `data` is its own bytes (a file that grew while read)
     row: int = 0
     error: tuple[str, str] | None = None  # (kind, message)
+    stamp: tuple[int, int] | None = None  # (size, mtime_ns) by fstat when it was opened
 
 
 class FileReader:
@@ -54,23 +55,24 @@ class FileReader:
 
     def read(self, paths: list[str]) -> Iterator[FileRead]:
         most_open = files_open_ahead()
-        ahead: deque[tuple[int | None, int, tuple[str, str] | None]] = deque()  # (fd, size, error)
+        ahead: deque[tuple[int | None, os.stat_result | None, tuple[str, str] | None]] = deque()  # (fd, fstat, error)
         ahead_bytes, opened = 0, 0
         try:
             for path in paths:
                 while opened < len(paths) and (not ahead or (len(ahead) < most_open and ahead_bytes < AHEAD_BYTES)):
                     ahead.append(announce(paths[opened]))
-                    ahead_bytes += ahead[-1][1]
+                    ahead_bytes += size_of(ahead[-1][1])
                     opened += 1
-                fd, size, error = ahead.popleft()
-                ahead_bytes -= size
+                fd, st, error = ahead.popleft()
+                ahead_bytes -= size_of(st)
                 if error:
                     yield FileRead(error=error)
                     continue
                 try:
-                    read = self.read_open(fd, size, path)
+                    read = self.read_open(fd, st.st_size, path)
                 finally:
                     os.close(fd)
+                read.stamp = (st.st_size, st.st_mtime_ns)
                 yield read
         finally:  # a consumer that stops early: close what was opened ahead
             for fd, _, _ in ahead:
@@ -113,28 +115,32 @@ class FileReader:
                 for buffer, offsets in zip(self.buffers, self.offsets)]
 
 
-def announce(path: str) -> tuple[int | None, int, tuple[str, str] | None]:
+def announce(path: str) -> tuple[int | None, os.stat_result | None, tuple[str, str] | None]:
     """Open the located file `path` as `read_regular_file` does and ask the kernel to start reading
-    it: (descriptor, size, None), or (None, 0, (kind, message)) when it must not or cannot be read."""
+    it: (descriptor, fstat, None), or (None, None, (kind, message)) when it must not or cannot be read."""
     try:
-        fd, size = open_regular_file(path)
+        fd, st = open_regular_file(path)
     except UnreadableImage as exc:
-        return None, 0, (exc.kind, str(exc))
+        return None, None, (exc.kind, str(exc))
     try:
-        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+        os.posix_fadvise(fd, 0, st.st_size, os.POSIX_FADV_WILLNEED)
     except (AttributeError, OSError):  # only a hint (no such call here, or a file system without it)
         pass
-    return fd, size, None
+    return fd, st, None
+
+
+def size_of(st: os.stat_result | None) -> int:
+    return st.st_size if st is not None else 0
 
 
 def announce_files(paths: list[str], max_bytes: int = AHEAD_BYTES) -> None:
     """Ask the kernel to start reading the located files `paths` (their first `max_bytes` in all),
     which the next batch will read: its reads then find them cached."""
     for path in paths:
-        fd, size, _ = announce(path)
+        fd, st, _ = announce(path)
         if fd is not None:
             os.close(fd)
-            max_bytes -= size
+            max_bytes -= st.st_size
             if max_bytes <= 0:
                 return
 

@@ -23,6 +23,7 @@ class LoadedImage:
     error: tuple[str, str] | None = None  # (kind, message)
     path: str | None = None  # the file it came from, if any
     arrow: tuple[pa.Array, int] | None = None  # the Arrow array and row `data` views (ImageRef.arrow)
+    stamp: tuple[int, int] | None = None  # the file's (size, mtime_ns) when it was opened, if known
 
 
 class StoredPaths:
@@ -47,12 +48,15 @@ class StoredPaths:
             self.entries.move_to_end(path)
             return entry[1]
 
-    def put(self, path: str, info: ImageInfo) -> None:
+    def put(self, path: str, info: ImageInfo, stamp: tuple[int, int] | None = None) -> None:
+        """Remember `info` for the file at `path`, whose (size, mtime_ns) is `stamp` (else stat now)."""
         if is_remote(path):
             return
-        st = os.stat(path)
+        if stamp is None:
+            st = os.stat(path)
+            stamp = (st.st_size, st.st_mtime_ns)
         with self.lock:
-            self.entries[path] = ((st.st_size, st.st_mtime_ns), info)
+            self.entries[path] = (stamp, info)
             self.entries.move_to_end(path)
             while len(self.entries) > self.capacity:
                 self.entries.popitem(last=False)
@@ -75,11 +79,11 @@ def load_image(ref: ImageRef, roots: ImageRoots, located: Located | None = None)
 
 
 def sniffed(ref: ImageRef, data: bytes | memoryview, path: str | None = None,
-            arrow: tuple[pa.Array, int] | None = None) -> LoadedImage:
-    """`data` (the bytes of `ref`, read from `path` if any) with its header info and image id, or
-    the error saying it is not an image."""
+            arrow: tuple[pa.Array, int] | None = None, stamp: tuple[int, int] | None = None) -> LoadedImage:
+    """`data` (the bytes of `ref`, read from `path` if any, whose (size, mtime_ns) was `stamp`) with
+    its header info and image id, or the error saying it is not an image."""
     try:
-        return LoadedImage(info=sniff(data), data=data, path=path, arrow=arrow)
+        return LoadedImage(info=sniff(data), data=data, path=path, arrow=arrow, stamp=stamp)
     except NotAnImage as exc:
         return LoadedImage(error=(exc.kind, f"{ref.path or 'embedded bytes'}: {exc}"))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Set
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from functools import partial
+from itertools import islice
 
 import pyarrow as pa
 from tqdm import tqdm
@@ -28,7 +29,7 @@ from etl.ingest.batches import Batch, Prepared, batches, sample_id, sample_row, 
 from etl.ingest.files import FileRead, FileReader, announce_files
 from etl.ingest.images import LoadedImage, StoredPaths, images_table, load_image, sniffed
 from etl.ingest.inputs import STAGE, IngestOptions, InputFile
-from etl.ingest.resume import CommittedRows, start_file
+from etl.ingest.resume import CommittedRows, FileStart, start_file
 from etl.engine.base import available_cores
 from etl.lake import Lake
 from etl.pagecache import DropBehind
@@ -38,12 +39,15 @@ from etl.sources.base import ImageRef, SourceRecord
 
 
 HASH_RUN = 32  # files sniffed and hashed per task of the CPU pool
+# files of the next batch announced while this one is read: its reader announces the rest itself (up to
+# files.AHEAD_FILES ahead), so these only cover its first reads (each file announced here is opened twice)
+NEXT_BATCH_ANNOUNCED = 64
 
 
 def sniff_files(refs: list[ImageRef], run: list[tuple[int, str, FileRead]]) -> list[tuple]:
     """(index, LoadedImage, segment, row) of each file read of `run`: sniffed and hashed, or failed."""
-    return [(i, sniffed(refs[i], read.data, path) if read.error is None else LoadedImage(error=read.error),
-             read.segment, read.row) for i, path, read in run]
+    return [(i, sniffed(refs[i], read.data, path, stamp=read.stamp) if read.error is None
+             else LoadedImage(error=read.error), read.segment, read.row) for i, path, read in run]
 
 
 def empty_version(lake: Lake, name: str) -> int | None:
@@ -91,6 +95,7 @@ class Ingestor:
         self.images_stored_last: list[str] = []  # the image ids the last `store_images` added
         self.rows = CommittedRows(lake)
         self.inputs: Set[tuple[str, str]] = frozenset()  # (source, name) of every file of the run
+        self.begun: set[tuple[str, str]] = set()  # (source, name) of the files started so far
         self.images_empty_at = empty_version(lake, S.IMAGES)  # a first ingest: no key scan per batch
 
     def shutdown(self) -> None:
@@ -101,8 +106,10 @@ class Ingestor:
 
     def ingest_file(self, file: InputFile, bar: tqdm) -> None:
         """Read, resolve and write `file` batch by batch; batch N is written (on the writer thread)
-        while batch N+1 is read and resolved here, and batches commit in file order."""
-        started = start_file(self.lake, file, self.rows, self.run.counts, self.inputs)
+        while batch N+1 is read and resolved here, and batches commit in file order. The file's
+        last batch may still be writing when this returns: the next file is read meanwhile
+        (`wait_for_writes` after the last file)."""
+        started = self.start(file)
         if started is None:
             return
         file, committed = started.file, started.committed
@@ -115,30 +122,46 @@ class Ingestor:
                 if batch.records:
                     self.write_behind(self.prepare(batch, committed), partial(mark, done=batch.last), bar)
                 else:  # the file ended on a cut (or had no rows left): only the checkpoint moves
-                    self.wait_for_writes()
-                    with self.lake.committing():
-                        mark(batch.start_row, done=True)
-            self.wait_for_writes()
-        finally:
-            if self.pending is not None:  # an error here: never leave a write running behind it
+                    done = partial(mark, batch.start_row, done=True)
+                    self.pending = self.writer.submit(self.mark_after, self.pending, done)
+        except BaseException:
+            if self.pending is not None:  # never leave a write running behind an error
                 wait([self.pending])
                 self.pending = None
+            raise
         self.run.counts["files"] += 1
+
+    def start(self, file: InputFile) -> FileStart | None:
+        """Where `file` starts (`start_file`). A file the run already started (named twice, or
+        two paths the lake knows by one name) starts only once the writes before it committed:
+        its checkpoint must be the one they leave."""
+        started = start_file(self.lake, file, self.rows, self.run.counts, self.inputs)
+        if started is not None and (started.file.source, started.file.name) in self.begun and self.pending:
+            self.wait_for_writes()
+            started = start_file(self.lake, file, self.rows, self.run.counts, self.inputs)
+        if started is not None:
+            self.begun.add((started.file.source, started.file.name))
+        return started
 
     def looking_ahead(self, cut: Iterator[Batch], roots: ImageRoots) -> Iterator[Batch]:
         """The batches of `cut`, one behind: before batch N is yielded (to be read, hashed and
-        written), batch N+1 is parsed, its image files located and the kernel asked to read them,
-        so the disk is busy while this process parses, waits for a write or hashes a batch's tail."""
+        written), batch N+1 is parsed, its image files located and the kernel asked to read its first ones,
+        so the disk is busy while this process parses, waits for a write or hashes a batch's tail.
+        A batch without files to look up (embedded bytes) has nothing to read ahead: it is yielded
+        at once, so the first batch of an HF parquet file is hashed while the next is decoded."""
         previous = None
         for batch in cut:
             refs = [ref for record in batch.records if not record.error for ref in record.images
                     if ref.data is None and ref.path]
             batch.located = {id(ref): roots.locate(ref) for ref in refs}
-            announce_files([where.path for where in batch.located.values()
-                            if where.path and not storage.is_remote(where.path)])
+            local = (where.path for where in batch.located.values() if where.path and not storage.is_remote(where.path))
+            announce_files(list(islice(local, NEXT_BATCH_ANNOUNCED)))
             if previous is not None:
                 yield previous
             previous = batch
+            if not refs:
+                yield previous
+                previous = None
         if previous is not None:
             yield previous
 
@@ -146,6 +169,13 @@ class Ingestor:
         """Write `prepared`, then `checkpoint` its next row, on the writer thread, after the batch before."""
         self.wait_for_writes()
         self.pending = self.writer.submit(self.write, prepared, bar, checkpoint)
+
+    def mark_after(self, before: Future | None, checkpoint: Callable[[], None]) -> None:
+        """On the writer thread, after the write `before` (a failed one raises here): commit `checkpoint`."""
+        if before is not None:
+            before.result()
+        with self.lake.committing():
+            checkpoint()
 
     def wait_for_writes(self) -> None:
         pending, self.pending = self.pending, None
@@ -294,7 +324,7 @@ class Ingestor:
         self.run.counts["images_already_in_lake"] += len(images) - len(new)
         for img in images.values():
             if img.path:
-                self.stored_paths.put(img.path, img.info)
+                self.stored_paths.put(img.path, img.info, img.stamp)
         return new, self.lake.write_fragments(S.IMAGES, images_table(new)) if new else [], checked_at
 
     def commit_images(self, new: list[LoadedImage], fragments: list, checked_at: int) -> None:
@@ -354,5 +384,6 @@ def ingest_files_serially(lake: Lake, files: list[InputFile], opts: IngestOption
         for file in files:
             bar.set_description(f"ingest {file.name}")
             ingestor.ingest_file(file, bar)
+        ingestor.wait_for_writes()
     finally:
         ingestor.shutdown()

@@ -80,14 +80,11 @@ class ExportOptions:
     force: bool = False
     image_cache: str | None = None
     threads: int = 8
-    batch_rows: int = 50_000  # records per batch whose turns are taken and text made at once
+    batch_rows: int = 25_000  # records per batch whose turns are taken and text made at once
     image_batch: int = 1000
     # DuckDB spills sorts, windows and joins to a temp dir beyond this: what keeps a 1M-sample export
     # under ~500 MB (bench/results/commands_export.md); the staged tables are narrow, so spills are small
     memory_limit: str = "200MB"
-    # ... and while records are written: by then DuckDB only makes each batch's text, and the memory it
-    # gives back holds the batches in flight (fewer, bigger batches: each joins the export's images)
-    write_memory_limit: str = "100MB"
     # from this many image references among the selected samples on, record_order carries each
     # record's image paths (picked once per sample) instead of each batch joining the export's images:
     # such a join reads every image of the export for every batch (0.15 CPU-s per 50k-record batch at
@@ -672,7 +669,6 @@ def write_json_files(con: duckdb.DuckDBPyConnection, lake: Lake, out: Path, reci
     renderers = min(available_cores(), MAX_RENDERERS)
     threads = con.execute("select current_setting('threads')").fetchall()[0][0]
     con.execute("set threads = 1")  # a database-wide setting: every cursor renders on one thread
-    con.execute(f"set memory_limit = {sql_literal(opts.write_memory_limit)}")
     try:
         with ThreadPoolExecutor(max_workers=renderers) as pool:
             rendering: deque = deque()
@@ -685,7 +681,6 @@ def write_json_files(con: duckdb.DuckDBPyConnection, lake: Lake, out: Path, reci
     finally:
         renderer.close()
         con.execute(f"set threads = {int(threads)}")
-        con.execute(f"set memory_limit = {sql_literal(opts.memory_limit)}")
     return {f.path.name: f.close() for f in files}
 
 

@@ -519,20 +519,20 @@ def stage_record_order(con: duckdb.DuckDBPyConnection, split_by_source: bool, ca
     sample's id is shared by several selected samples (+ CARRIED_PATHS when `carried`). The
     export's one sort moves only these rows."""
     file_index = "source_index" if split_by_source else "0"
-    own = CARRIED_PATHS if carried else dict.fromkeys(CARRIED_PATHS, "")
+    paths = CARRIED_PATHS if carried else dict.fromkeys(CARRIED_PATHS, "")
     con.execute(f"""
         create temp table record_order as
-        with {own["ctes"]}
+        with {paths["ctes"]}
         picked as (
             select d.source_index, d.repeat, d.source_file, d.source_row, d.sample_id, d.{ROW_OFFSET},
                    case when len(d.fixes) > 0 then d.fixes end as fixes, d.n_images::integer as n_images,
-                   d.n_image_tags::integer as n_image_tags, shared.id is not null as shared{own["picked"]}
+                   d.n_image_tags::integer as n_image_tags, shared.id is not null as shared{paths["picked"]}
             from decisions d
-            left join shared_ids shared on shared.id = d.id{own["joins"]}
+            left join shared_ids shared on shared.id = d.id{paths["joins"]}
             where d.removed_by is null
         )
         select {file_index}::integer as file_index, {ROW_OFFSET}, fixes, n_images, n_image_tags,
-               repeat_index::integer as repeat_index, shared{own["carried"]}
+               repeat_index::integer as repeat_index, shared{paths["carried"]}
         from (select *, unnest(range(repeat)) as repeat_index from picked)
         order by source_index, repeat_index, source_file, source_row, sample_id""")
     # the table keeps the sorted insertion order (preserve_insertion_order, DuckDB's default): a row's
@@ -568,33 +568,34 @@ def records_sql(fmt: str, carried: bool) -> str:
     """One JSON record + `,` + newline, with its file index, per row of `record_batch` (rows of
     record_order with `pos`, their rank, and the turns, image ids, meta, sample_id taken from the
     samples), in `pos` order. A record's image paths: carried in record_order (CARRIED_PATHS), else
-    joined from image_files (hashed layout: a path is a function of the image alone; a one-image
-    record joins it on its image id, no list aggregate)."""
-    if carried:
-        return f"""
-    select file_index, {RECORD_SQL[fmt]} as line
-    from (select b.pos, b.file_index, {RECORD_ID_SQL} as id,
-                 {images_json_sql(fmt, 'b.one_path', 'b.paths')} as images_json, {record_body_sql(fmt)} as body
-          from record_batch b)
-    order by pos"""
+    joined from image_files (JOINED_PATHS)."""
+    joined = dict.fromkeys(JOINED_PATHS, "") if carried else JOINED_PATHS
+    images = images_json_sql(fmt, *(("b.one_path", "b.paths") if carried else ("one.path", "multi.paths")))
     return f"""
-    with paths_of_multi_image_records as (
+    with {joined["ctes"]}
+    record_pieces as (
+        select b.pos, b.file_index, {RECORD_ID_SQL} as id, {images} as images_json, {record_body_sql(fmt)} as body
+        from record_batch b{joined["joins"]}
+    )
+    select file_index, {RECORD_SQL[fmt]} as line
+    from record_pieces
+    order by pos  -- joins keep no order: the batch's own, restored (a sort of one batch)"""
+
+
+# A record's image paths joined from image_files, batch by batch (hashed layout: a path is a function of
+# the image alone; a one-image record joins it on its image id, no list aggregate)
+JOINED_PATHS = {
+    "ctes": """paths_of_multi_image_records as (
         select r.pos, list(f.path order by r.k) as paths
         from (select pos, unnest(image_ids) as image_id, generate_subscripts(image_ids, 1) as k
               from record_batch where n_images > 1) r
         join image_files f using (image_id)
         group by r.pos
-    ),
-    record_pieces as (
-        select b.pos, b.file_index, {RECORD_ID_SQL} as id,
-               {images_json_sql(fmt, 'one.path', 'multi.paths')} as images_json, {record_body_sql(fmt)} as body
-        from record_batch b
+    ),""",
+    "joins": """
         left join image_files one on b.n_images = 1 and one.image_id = b.image_ids[1]
-        left join paths_of_multi_image_records multi on b.n_images > 1 and multi.pos = b.pos
-    )
-    select file_index, {RECORD_SQL[fmt]} as line
-    from record_pieces
-    order by pos  -- joins keep no order: the batch's own, restored (a sort of one batch)"""
+        left join paths_of_multi_image_records multi on b.n_images > 1 and multi.pos = b.pos""",
+}
 
 
 def record_body_sql(fmt: str) -> str:

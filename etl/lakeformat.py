@@ -43,20 +43,14 @@ def mmlake_version() -> str:
         return "dev"
 
 
-def _fs(root: str) -> tuple[pafs.FileSystem, str]:
-    if not storage.is_remote(root):
-        return pafs.LocalFileSystem(), os.path.abspath(root)
-    return pafs.FileSystem.from_uri(root)
-
-
 def _info(root: str, rel: str = "") -> pafs.FileInfo:
-    fs, path = _fs(root)
+    fs, path = storage.arrow_filesystem(root)
     return fs.get_file_info(f"{path}/{rel}" if rel else path)
 
 
 def read_format(root: str) -> int | None:
     """The recorded format, or None when the root has no marker."""
-    fs, path = _fs(root)
+    fs, path = storage.arrow_filesystem(root)
     try:
         with fs.open_input_stream(f"{path}/{MARKER}") as f:
             return int(json.loads(f.read())["format"])
@@ -76,7 +70,7 @@ def write_format(root: str, fmt: int = FORMAT) -> None:
 
 
 def _write_format(root: str, fmt: int) -> None:
-    fs, path = _fs(root)
+    fs, path = storage.arrow_filesystem(root)
     fs.create_dir(f"{path}/{LOCK_DIR}", recursive=True)
     data = json.dumps({"format": fmt, "written_by": f"mmlake {mmlake_version()}"}).encode()
     tmp = f"{path}/{MARKER}.{os.getpid()}.tmp"
@@ -128,7 +122,7 @@ def _check_root(root: str, tables: tuple[str, ...], create: bool) -> str:
 
 
 def _foreign_entries(root: str) -> list[str]:
-    fs, path = _fs(root)
+    fs, path = storage.arrow_filesystem(root)
     entries = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     return [e.base_name for e in entries if e.base_name not in IGNORED_ENTRIES and not e.base_name.startswith(".")]
 

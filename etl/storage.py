@@ -61,6 +61,16 @@ class Remote:
         return f"{self.scheme}://{inner}"
 
 
+def arrow_filesystem(uri: str):
+    """(pyarrow.fs.FileSystem, path inside it) for a lake path: local paths made absolute, URLs by
+    pyarrow's own scheme lookup (what Lance opens them with)."""
+    import pyarrow.fs as pafs
+
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
 def filesystem_for(url: str) -> tuple[Remote, str]:
     """The file system holding `url` and the path inside it."""
     scheme, rest = URL.match(url).groups()

@@ -358,7 +358,7 @@ def referenced_files(lake: Lake, table: str) -> set[str]:
 def orphan_files(lake: Lake, table: str, min_age: timedelta, now: datetime) -> list[tuple[str, int]]:
     """(path, size) of the files in `table`'s data folder that no version references and that
     were last written more than `min_age` ago (younger ones may belong to a live writer)."""
-    fs, path = _fs(lake.uri(table))
+    fs, path = storage.arrow_filesystem(lake.uri(table))
     try:
         entries = fs.get_file_info(pafs.FileSelector(f"{path}/data", recursive=False))
     except FileNotFoundError:
@@ -369,16 +369,8 @@ def orphan_files(lake: Lake, table: str, min_age: timedelta, now: datetime) -> l
             and now - _utc(e.mtime) > min_age]
 
 
-def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    if not storage.is_remote(uri):
-        import os
-
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
-    return pafs.FileSystem.from_uri(uri)
-
-
 def _fs_delete(uri: str) -> None:
-    fs, path = _fs(uri)
+    fs, path = storage.arrow_filesystem(uri)
     fs.delete_file(path)
 
 

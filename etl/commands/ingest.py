@@ -136,7 +136,7 @@ def files_without_samples(lake, paths: list[str], opts, counts=None) -> list[str
         return []
     inputs = {(f.source, f.name) for f in named}  # a file reached by another path keeps its earlier name
     files = [known_as(lake, f, file_fingerprint(f.path), inputs)[0] for f in named]
-    if all(has_samples(lake, f) for f in files):
+    if all_have_samples(lake, files):
         return []
     from etl.sqlrun import connect, run_file  # DuckDB: only when some file has no sample
 
@@ -147,14 +147,18 @@ def files_without_samples(lake, paths: list[str], opts, counts=None) -> list[str
     return [why_empty(by_key[(source, name)], errors or {}) for source, name, samples, errors in rows if samples == 0]
 
 
-def has_samples(lake, file) -> bool:
-    """Whether the lake holds a sample of `file` (a scan of its rows that stops at the first)."""
+def all_have_samples(lake, files) -> bool:
+    """Whether the lake holds a sample of each of `files` (per file, a scan that stops at the first)."""
     import pyarrow.compute as pc
 
     from etl import schema as S
 
-    mine = (pc.field("source") == file.source) & (pc.field("source_file") == file.name)
-    return lake.dataset(S.SAMPLES).scanner(columns=[S.KEYS[S.SAMPLES]], filter=mine, limit=1).to_table().num_rows > 0
+    samples = lake.dataset(S.SAMPLES)  # opened once: each opening reads the table's manifest
+    for file in files:
+        mine = (pc.field("source") == file.source) & (pc.field("source_file") == file.name)
+        if samples.scanner(columns=[S.KEYS[S.SAMPLES]], filter=mine, limit=1).to_table().num_rows == 0:
+            return False
+    return True
 
 
 def why_empty(file, errors: dict[str, int]) -> str:

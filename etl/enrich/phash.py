@@ -754,6 +754,8 @@ def threads_per_worker(engine: str, workers: int, cpus_per_worker: float) -> int
     if workers > 1:
         return max(1, available_cores() // workers)
     return None
+
+
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 

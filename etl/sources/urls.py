@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl import storage
+from etl.images import EXTENSIONS
 from etl.sources import register
 from etl.sources.base import ImageRef, SourceReader, SourceRecord, as_text_id, raw_json
 from etl.sources.hf_parquet import (ColumnLayout, HFParquetReader, element_type, is_string, iter_row_batches,
@@ -221,7 +222,7 @@ def iter_rows(path: str, start_row: int) -> Iterator[tuple[int, Any]]:
     if lower.endswith((".parquet", ".pq")):
         yield from iter_parquet_rows(path, start_row)
     elif lower.endswith((".csv", ".tsv")):
-        yield from iter_csv_rows(path, start_row, "\t" if lower.endswith(".tsv") else ",")
+        yield from iter_csv_rows(path, start_row, csv_delimiter(path))
     elif lower.endswith(".txt"):
         yield from iter_txt_rows(path, start_row)
     else:
@@ -231,6 +232,10 @@ def iter_rows(path: str, start_row: int) -> Iterator[tuple[int, Any]]:
 def iter_parquet_rows(path: str, start_row: int) -> Iterator[tuple[int, dict]]:
     for first, batch in iter_row_batches(path, parquet_metadata(path), start_row):
         yield from enumerate(batch.to_pylist(), start=first)
+
+
+def csv_delimiter(path: str) -> str:
+    return "\t" if path.lower().endswith(".tsv") else ","
 
 
 def iter_csv_rows(path: str, start_row: int, delimiter: str) -> Iterator[tuple[int, dict]]:
@@ -283,7 +288,7 @@ def csv_url_column(path: str, peek: int = 16, head_bytes: int = 1 << 16) -> str 
     lines = head.decode("utf-8-sig", errors="replace").splitlines()
     if len(head) == head_bytes:
         lines = lines[:-1]  # cut short by the read
-    rows = list(csv.DictReader(lines[: peek + 1], delimiter="\t" if path.lower().endswith(".tsv") else ","))
+    rows = list(csv.DictReader(lines[: peek + 1], delimiter=csv_delimiter(path)))
     names = [n for n in (rows and rows[0].keys()) or [] if n is not None]
     column = first_key({n.lower(): n for n in names}, URL_KEYS)
     return image_url_column(column, names, [r.get(column) for r in rows]) if column else None
@@ -303,7 +308,7 @@ def image_url_column(column: str, names: list[str], values: list) -> str | None:
 # img2dataset) or with URLs that name image files
 IMAGE_HINT_KEYS = {"caption", "txt", "alt", "width", "height", "original_width", "original_height", "similarity",
                    "punsafe", "pwatermark", "aesthetic", "clip_score", "sha256", "sha256hash", "image_phash"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif")
+IMAGE_SUFFIXES = tuple(sorted({*EXTENSIONS.values(), ".jpeg", ".tiff"}))  # the formats' own, and common spellings
 
 
 def looks_like_image_urls(urls: list[str]) -> bool:

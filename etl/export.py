@@ -41,6 +41,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from etl import schema as S
@@ -84,12 +85,12 @@ class ExportOptions:
     image_batch: int = 1000
     # DuckDB spills sorts, windows and joins to a temp dir beyond this: what keeps a 1M-sample export
     # under ~500 MB (bench/results/commands_export.md); the staged tables are narrow, so spills are small
-    memory_limit: str = "200MB"
-    # from this many image references among the selected samples on, record_order carries each
-    # record's image paths (picked once per sample) instead of each batch joining the export's images:
-    # such a join reads every image of the export for every batch (0.15 CPU-s per 50k-record batch at
-    # 1M images, 0.38 at 3M), carrying costs ~1.6 CPU-s per 1M references (both measured on 2 cores)
-    carry_paths_from: int = 2_000_000
+    memory_limit: str = "175MB"
+    # from a lake of this many images on, record_order carries each record's image paths (picked once
+    # per sample) instead of each batch looking its image ids up among the lake's images (ImagePaths): a
+    # lookup hashes every image of the lake for every batch (~3.7 ms per 50k images per 25k-record
+    # batch), carrying costs ~1 CPU-s per 1M references (both measured on 2 cores): they cross near 350k
+    carry_paths_from: int = 250_000
     strict: bool = False  # warnings (recipe_warnings) stop the export before DIR is touched
     shard_size: int = 512 << 20  # webdataset / hf-parquet: bytes per shard (about)
 
@@ -131,15 +132,16 @@ def export(lake: Lake, recipe_path: str, opts: ExportOptions) -> ExportResult:
             out = prepare_out_dir(Path(opts.out), opts.force)
             files, counts["images"] = exporter(opts.format).write(lake, con, out, recipe, opts, pins)
         else:
-            carried = paths_carried(con, opts)
+            carried = paths_carried(lake, opts, pins)
             if carried:  # record_order carries each sample's own paths (CARRIED_PATHS)
                 stage_image_files(con, opts.layout, sources, SELECTED_IN_DECISIONS, per_reference=True)
             total = stage_record_order(con, opts.split_by_source, carried)
             con.execute("drop table decisions")  # counted and ordered: the rest reads record_order
-            if not carried:  # staged once `decisions` is gone: a lower peak of memory
-                stage_image_files(con, opts.layout, sources, SELECTED_IN_RECORD_ORDER)
+            image_paths = None if carried else ImagePaths(con)  # else looked up batch by batch
             out = prepare_out_dir(Path(opts.out), opts.force)
-            files = write_json_files(con, lake, out, recipe, opts, pins, total, carried)
+            files = write_json_files(con, lake, out, recipe, opts, pins, total, image_paths)
+            if image_paths:
+                image_paths.stage_image_files(con)
             files.update(write_loader_config(out, recipe, opts, files))
             counts["images"] = write_images(lake, con, out, opts, pins)
             if opts.images != "none":
@@ -301,18 +303,15 @@ def expose_sample_row_offsets(con: duckdb.DuckDBPyConnection, lake: Lake, pins: 
     con.register(f"{S.SAMPLES}_lance", SamplesWithRowOffsets(lake.uri(S.SAMPLES), version=pins[S.SAMPLES]))
 
 
-# the row offsets of the selected samples with images, in `decisions` or in `record_order`
+# the row offsets of the selected samples with images
 SELECTED_IN_DECISIONS = f"select {ROW_OFFSET} from decisions where removed_by is null and n_images > 0"
-SELECTED_IN_RECORD_ORDER = f"select {ROW_OFFSET} from record_order where n_images > 0"
 
 
-def paths_carried(con: duckdb.DuckDBPyConnection, opts: ExportOptions) -> bool:
+def paths_carried(lake: Lake, opts: ExportOptions, pins: dict[str, int]) -> bool:
     """Whether record_order carries each record's image paths (ExportOptions.carry_paths_from): always
-    in the original layout, where a path is the sample's own, else from that many image references."""
-    if opts.layout == "original":
-        return True
-    refs = con.execute("select coalesce(sum(n_images), 0) from decisions where removed_by is null").fetchall()[0][0]
-    return refs >= opts.carry_paths_from
+    in the original layout, where a path is the sample's own, else for a lake of that many images."""
+    return opts.layout == "original" or \
+        lake.dataset(S.IMAGES, pins.get(S.IMAGES)).count_rows() >= opts.carry_paths_from
 
 
 def stage_image_files(con: duckdb.DuckDBPyConnection, layout: str, sources: list[str], selected_rows: str,
@@ -321,22 +320,21 @@ def stage_image_files(con: duckdb.DuckDBPyConnection, layout: str, sources: list
     (always in the original layout), `sample_image_files` (sample_id, n_images, pos, image_id, path
     per reference). The selected samples' image ids are read again from the samples (one narrow scan of
     the recipe's sources), not kept in `decisions`. In the hashed layout a path is a function of the
-    image alone. `image_files` is a table of the connection's database, not a temp table: the
-    renderers' cursors join it (write_json_files)."""
+    image alone."""
     selected = f"""
         from samples s
         where s.source in ({", ".join(sql_literal(x) for x in sources)})
           and s.{ROW_OFFSET} in ({selected_rows})"""
     if layout == "hashed" and not per_reference:
         con.execute(f"""
-            create table image_files as
+            create temp table image_files as
             with ids as (select distinct unnest(s.image_ids) as image_id {selected})
             select distinct ids.image_id, {hashed_path_sql('ids.image_id', 'i.format')} as path, i.nbytes
             from ids left join images i using (image_id)""")
         return
     con.execute("create temp table sample_image_files as " + sample_image_files_sql(con, layout, selected))
     con.execute("""
-        create table image_files as
+        create temp table image_files as
         select distinct f.image_id, f.path, i.nbytes
         from sample_image_files f left join images i using (image_id)""")
 
@@ -508,7 +506,7 @@ def images_json_sql(fmt: str, one_path: str, paths: str) -> str:
     key, one = {"llava": ('"image"', f"coalesce(to_json({one_path}), 'null')"),
                 "messages": ('"images"', f"to_json([{one_path}])")}[fmt]
     return f"""case when b.n_images = 1 then ',{key}:' || {one}
-                    when {paths} is null then '' else ',{key}:' || to_json({paths}) end"""
+                    when b.n_images = 0 or {paths} is null then '' else ',{key}:' || to_json({paths}) end"""
 
 
 def stage_record_order(con: duckdb.DuckDBPyConnection, split_by_source: bool, carried: bool) -> int:
@@ -566,36 +564,18 @@ RECORD_ID_SQL = """case when shared then sample_id else coalesce(orig_id, sample
 
 def records_sql(fmt: str, carried: bool) -> str:
     """One JSON record + `,` + newline, with its file index, per row of `record_batch` (rows of
-    record_order with `pos`, their rank, and the turns, image ids, meta, sample_id taken from the
-    samples), in `pos` order. A record's image paths: carried in record_order (CARRIED_PATHS), else
-    joined from image_files (JOINED_PATHS)."""
-    joined = dict.fromkeys(JOINED_PATHS, "") if carried else JOINED_PATHS
-    images = images_json_sql(fmt, *(("b.one_path", "b.paths") if carried else ("one.path", "multi.paths")))
+    record_order + the turns, meta, ids taken from the samples + the image paths), in the batch's
+    order: a projection, no join (DuckDB keeps the order of what it scans). A record's image paths:
+    carried in record_order (`one_path` or `paths`, CARRIED_PATHS), else `paths` of every record
+    (ImagePaths)."""
+    images = images_json_sql(fmt, *(("b.one_path", "b.paths") if carried else ("b.paths[1]", "b.paths")))
     return f"""
-    with {joined["ctes"]}
-    record_pieces as (
-        select b.pos, b.file_index, {RECORD_ID_SQL} as id, {images} as images_json, {record_body_sql(fmt)} as body
-        from record_batch b{joined["joins"]}
+    with record_pieces as (
+        select b.file_index, {RECORD_ID_SQL} as id, {images} as images_json, {record_body_sql(fmt)} as body
+        from record_batch b
     )
     select file_index, {RECORD_SQL[fmt]} as line
-    from record_pieces
-    order by pos  -- joins keep no order: the batch's own, restored (a sort of one batch)"""
-
-
-# A record's image paths joined from image_files, batch by batch (hashed layout: a path is a function of
-# the image alone; a one-image record joins it on its image id, no list aggregate)
-JOINED_PATHS = {
-    "ctes": """paths_of_multi_image_records as (
-        select r.pos, list(f.path order by r.k) as paths
-        from (select pos, unnest(image_ids) as image_id, generate_subscripts(image_ids, 1) as k
-              from record_batch where n_images > 1) r
-        join image_files f using (image_id)
-        group by r.pos
-    ),""",
-    "joins": """
-        left join image_files one on b.n_images = 1 and one.image_id = b.image_ids[1]
-        left join paths_of_multi_image_records multi on b.n_images > 1 and multi.pos = b.pos""",
-}
+    from record_pieces"""
 
 
 def record_body_sql(fmt: str) -> str:
@@ -605,8 +585,52 @@ def record_body_sql(fmt: str) -> str:
 
 def taken_columns(fmt: str, carried: bool) -> list[str]:
     """The samples columns records_sql reads, taken by row offset batch by batch."""
-    paths = [] if carried else ["image_ids"]  # carried paths come with record_order
-    return ["sample_id", "orig_id", "conversations", *paths, *(["meta"] if fmt == "messages" else [])]
+    image_ids = [] if carried else ["image_ids"]  # carried paths come with record_order
+    return ["sample_id", "orig_id", "conversations", *image_ids, *(["meta"] if fmt == "messages" else [])]
+
+
+def unknown_format_path(image_id: str) -> str:
+    """hashed_path_sql of an image of no known format (missing from the lake)."""
+    return f"{image_id[:2]}/{image_id}.bin"
+
+
+class ImagePaths:
+    """Each image's path in the hashed layout (`ab/<sha256>.<ext>`, extension_sql), looked up in Arrow
+    by image id for a batch of records among the lake's images (a hash of them per batch: see
+    ExportOptions.carry_paths_from), remembering which images the records named: the export's
+    `image_files`, staged once the records are written (no second read of the samples' image ids)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        images = con.sql(f"select image_id, {hashed_path_sql('image_id', 'format')} as path, nbytes "
+                         "from images").to_arrow_table()
+        self.image_ids, self.paths, self.nbytes = (images.column(name).combine_chunks()
+                                                   for name in ("image_id", "path", "nbytes"))
+        self.named = np.zeros(len(self.image_ids), dtype=bool)
+        self.missing: set[str] = set()  # named by a record but not in the lake: written as missing
+
+    def of(self, image_ids: pa.ListArray) -> pa.ListArray:
+        """The list of paths of each list of image ids."""
+        offsets = image_ids.offsets.to_numpy()
+        ids = image_ids.values.slice(offsets[0], offsets[-1] - offsets[0])
+        index = pc.index_in(ids, value_set=self.image_ids)
+        self.named[index.drop_null().to_numpy()] = True  # racing renderers only ever set True
+        paths = self.paths.take(index)
+        if index.null_count:  # an image missing from the lake (rare): the path of an unknown format
+            unknown = ids.filter(index.is_null()).to_pylist()
+            self.missing.update(unknown)
+            paths = pc.replace_with_mask(paths, index.is_null(), pa.array(map(unknown_format_path, unknown)))
+        return pa.ListArray.from_arrays(pa.array(offsets - offsets[0], pa.int32()), paths, mask=image_ids.is_null())
+
+    def stage_image_files(self, con: duckdb.DuckDBPyConnection) -> None:
+        """`image_files` (image_id, path, nbytes): every image the records named, once."""
+        named = pa.table({"image_id": self.image_ids, "path": self.paths, "nbytes": self.nbytes}).filter(self.named)
+        missing = sorted(self.missing)
+        missing = pa.table({"image_id": pa.array(missing, pa.string()),
+                            "path": pa.array(map(unknown_format_path, missing), pa.string()),
+                            "nbytes": pa.nulls(len(missing), named.schema.field("nbytes").type)})
+        con.register("named_images", pa.concat_tables([named, missing]))
+        con.execute("create temp table image_files as select * from named_images")
+        con.unregister("named_images")
 
 
 class JsonArrayFile:
@@ -656,7 +680,7 @@ def output_json_names(recipe: Recipe, opts: ExportOptions) -> list[str]:
 
 
 def write_json_files(con: duckdb.DuckDBPyConnection, lake: Lake, out: Path, recipe: Recipe, opts: ExportOptions,
-                     pins: dict[str, int], total: int, carried: bool) -> dict:
+                     pins: dict[str, int], total: int, image_paths: ImagePaths | None) -> dict:
     """Write the records in output order, batch by batch, straight from Arrow buffers into their files.
 
     A batch is `batch_rows` rows of record_order plus the turns of their samples, taken by row
@@ -666,7 +690,7 @@ def write_json_files(con: duckdb.DuckDBPyConnection, lake: Lake, out: Path, reci
     hashes and writes them in order, so memory holds about two batches per renderer, whatever the
     export's size."""
     files = [JsonArrayFile(out / name) for name in output_json_names(recipe, opts)]
-    renderer = BatchRenderer(con, lake.dataset(S.SAMPLES, pins.get(S.SAMPLES)), opts, carried)
+    renderer = BatchRenderer(con, lake.dataset(S.SAMPLES, pins.get(S.SAMPLES)), opts, image_paths)
     renderers = min(available_cores(), MAX_RENDERERS)
     threads = con.execute("select current_setting('threads')").fetchall()[0][0]
     con.execute("set threads = 1")  # a database-wide setting: every cursor renders on one thread
@@ -690,25 +714,28 @@ MAX_RENDERERS = 4  # memory grows with the batches in flight: about two per rend
 
 class BatchRenderer:
     """Makes the text of one batch of records: rows of record_order (fetched on the export's
-    connection) + their samples' columns taken from Lance by row offset → `file_index, line`, in
-    the batch's order. `render` runs on several threads at once, each with a cursor of its own (a
-    cursor sees the export's tables but not its temp tables: what records_sql joins is a table)."""
+    connection) + their samples' columns taken from Lance by row offset (+ their image paths) →
+    `file_index, line`, in the batch's order. `render` runs on several threads at once, each with a
+    cursor of its own."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, samples, opts: ExportOptions, carried: bool):
-        self.con, self.samples, self.batch_rows = con, samples, opts.batch_rows
+    def __init__(self, con: duckdb.DuckDBPyConnection, samples, opts: ExportOptions, image_paths: ImagePaths | None):
+        self.con, self.samples, self.batch_rows, self.image_paths = con, samples, opts.batch_rows, image_paths
+        carried = image_paths is None  # record_order carries the paths
         self.columns, self.query = taken_columns(opts.format, carried), records_sql(opts.format, carried)
         self.local, self.cursors = threading.local(), []
 
     def fetch(self, start: int) -> pa.Table:
-        """Rows [start, start + batch_rows) of record_order, `pos` their rank in the batch."""
-        return self.con.sql("select rowid - ? as pos, * from record_order where rowid >= ? and rowid < ?",
-                            params=[start, start, start + self.batch_rows]).to_arrow_table()
+        """Rows [start, start + batch_rows) of record_order."""
+        return self.con.sql("select * from record_order where rowid >= ? and rowid < ?",
+                            params=[start, start + self.batch_rows]).to_arrow_table()
 
     def render(self, order: pa.Table) -> pa.Table:
-        taken = self.samples.take(order.column(ROW_OFFSET).to_numpy(), columns=self.columns)
+        taken = take_rows(self.samples, order.column(ROW_OFFSET).to_numpy(), self.columns)
         batch = order.drop_columns([ROW_OFFSET])
         for name in self.columns:
             batch = batch.append_column(name, taken.column(name))
+        if self.image_paths is not None:
+            batch = batch.append_column("paths", self.image_paths.of(taken.column("image_ids").combine_chunks()))
         cursor = self._cursor()
         cursor.register("record_batch", batch)
         try:
@@ -725,6 +752,15 @@ class BatchRenderer:
     def close(self) -> None:
         for cursor in self.cursors:
             cursor.close()
+
+
+def take_rows(samples, offsets: np.ndarray, columns: list[str]) -> pa.Table:
+    """The samples at these row offsets, in this order: one range read when they are consecutive rows
+    (the usual batch: a source exported in storage order; ~30% less CPU), else Lance's take."""
+    offsets = offsets.astype(np.int64)  # Lance's uint64: a difference may be negative
+    if len(offsets) and offsets[-1] - offsets[0] + 1 == len(offsets) and bool(np.all(np.diff(offsets) == 1)):
+        return samples.to_table(columns=columns, offset=int(offsets[0]), limit=len(offsets))
+    return samples.take(offsets, columns=columns)
 
 
 def _write_lines(files: list[JsonArrayFile], lines: pa.Table) -> None:

@@ -505,7 +505,7 @@ def test_repeated_samples_and_orig_ids_shared_by_two_sources_get_unique_stable_i
 def test_records_are_the_same_bytes_whatever_the_write_batch_size(two_source_lake, tmp_path, layout, fmt):
     """Records are written in batches (turns taken by row offset, text made per batch): a batch edge
     inside a repeat, a source or a multi-image record changes no byte of any file, nor do image paths
-    carried in record_order (a big export) instead of joined per batch."""
+    carried in record_order (a lake of many images) instead of looked up per batch."""
     recipe = write_recipe(tmp_path / "r.yaml", "name: mix\nsources:\n  - {source: a, repeat: 2}\n"
                                                "  - {source: b, sampling: 'random:2'}\n")
     texts = []
@@ -519,6 +519,25 @@ def test_records_are_the_same_bytes_whatever_the_write_batch_size(two_source_lak
     assert texts[2] == merged and texts[3] == split and texts[4] == merged
     assert json.loads(merged["mix.json"]) == json.loads(split["a.json"]) + json.loads(split["b.json"])
     assert len(json.loads(merged["mix.json"])) == 3 * 2 + 2
+
+
+def test_an_image_gone_from_the_lake_is_named_like_an_image_of_unknown_format_and_counted_missing(
+        two_source_lake, tmp_path):
+    """`checks: off` keeps a record whose image the lake no longer holds: its path is `ab/<id>.bin`
+    whether paths are looked up per batch or carried in record_order, and the export counts it missing."""
+    gone = two_source_lake.dataset(S.SAMPLES).to_table(columns=["image_ids"], filter="sample_id = 'a/data.json#0'") \
+        .column("image_ids")[0].as_py()[0]
+    two_source_lake.delete_rows(S.IMAGES, f"image_id = '{gone}'")
+    recipe = write_recipe(tmp_path / "r.yaml", "name: mix\nsources: [{source: a, checks: off}]\n")
+    written = []
+    for carry_from in (0, 2_000_000):
+        out = tmp_path / f"carry{carry_from}"
+        manifest = export(two_source_lake, recipe, ExportOptions(out=str(out), carry_paths_from=carry_from)).manifest
+        records = json.loads((out / "mix.json").read_text())
+        assert records[0]["image"] == f"{gone[:2]}/{gone}.bin" and records[1]["image"][0] == records[0]["image"]
+        assert manifest["counts"]["images"]["missing"] == 1 and manifest["counts"]["images"]["written"] == 1
+        written.append((out / "mix.json").read_bytes())
+    assert written[0] == written[1]
 
 
 def test_an_export_after_samples_were_deleted_writes_each_record_from_its_own_row(two_source_lake, tmp_path):

@@ -298,7 +298,8 @@ sample_cluster_sizes as (
 
 def recipe_samples_cte(recipe: Recipe, with_tags: bool, with_stats: bool = False, with_clusters: bool = False) -> str:
     """Samples of the recipe's sources with the check results (view checked_samples of
-    sql/checked_samples.sql), and the tags / image properties a `where` uses."""
+    sql/checked_samples.sql; unchecked_samples, `problems` NULL, when no source checks and no `where`
+    reads them: no scan of the image references), and the tags / image properties a `where` uses."""
     extra, joins = [], []
     if with_tags:
         extra.append("coalesce(t.tags, case when len(s.image_ids) = 0 then [] end) as tags")
@@ -311,11 +312,12 @@ def recipe_samples_cte(recipe: Recipe, with_tags: bool, with_stats: bool = False
         joins.append("left join sample_cluster_sizes cl using (sample_id)")
     columns = "".join(f",\n           {e}" for e in extra)
     joined = "".join(f"\n    {j}" for j in joins)
+    checked = any(s.checks == "pass" or _mentions(s.where, ("problems",)) for s in recipe.sources)
     return f"""\
 recipe_samples as (
     -- every samples column + problems, fixes, n_images, n_image_tags, text_chars (sql/checked_samples.sql)
     select s.*{columns}
-    from checked_samples s{joined}
+    from {"checked_samples" if checked else "unchecked_samples"} s{joined}
     where s.source in ({_source_names(recipe)})  -- reads and checks only the recipe's sources
 )"""
 

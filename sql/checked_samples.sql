@@ -29,7 +29,7 @@
 --             costs no scan of its own: a query reading it plans the samples scan once.
 --             Adding a check: one more `case` in `problems` (or `fixes`, with its repair in sql/fixes.sql).
 
-create or replace view checked_samples as
+create or replace view fixable_samples as
 with sample_facts as (
     -- one row per sample: every samples column (recipes filter on them) plus facts over its turns,
     -- computed on the sample's own list (a turn's position is the lambda's index) — no unnest, no
@@ -57,8 +57,16 @@ with sample_facts as (
                     then not regexp_full_match(turn.value, '\s*') else false end)), false)
                as has_surrounding_whitespace
     from samples
-),
-image_refs as (
+)
+select *,
+       list_filter([
+           case when n_images > 0 and n_image_tags = 0 then 'image_tag_missing' end,
+           case when has_surrounding_whitespace then 'surrounding_whitespace' end
+       ], lambda r: r is not null) as fixes
+from sample_facts;
+
+create or replace view checked_samples as
+with image_refs as (
     select sample_id, source, unnest(image_ids) as image_id
     from samples
 ),
@@ -82,7 +90,7 @@ image_trouble_per_sample as (
 )
 -- every samples column + n_images, n_image_tags, text_chars, problems, fixes: recipes' `where`
 -- filters see these columns
-select f.* exclude (n_turns, has_misplaced_role, has_empty_turn, has_surrounding_whitespace),
+select f.* exclude (n_turns, has_misplaced_role, has_empty_turn, has_surrounding_whitespace, fixes),
        list_filter([
            case when f.n_turns = 0 then 'no_turns' end,
            case when f.n_turns % 2 = 1 then 'odd_turn_count' end,
@@ -94,9 +102,12 @@ select f.* exclude (n_turns, has_misplaced_role, has_empty_turn, has_surrounding
            case when coalesce(t.has_undecodable_image, false) then 'undecodable_image' end,
            case when f.text_chars > coalesce(getvariable('max_text_chars'), 100000) then 'text_too_long' end
        ], lambda r: r is not null) as problems,
-       list_filter([
-           case when f.n_images > 0 and f.n_image_tags = 0 then 'image_tag_missing' end,
-           case when f.has_surrounding_whitespace then 'surrounding_whitespace' end
-       ], lambda r: r is not null) as fixes
-from sample_facts f
+       f.fixes
+from fixable_samples f
 left join image_trouble_per_sample t using (sample_id, source);
+
+create or replace view unchecked_samples as
+select * exclude (n_turns, has_misplaced_role, has_empty_turn, has_surrounding_whitespace, fixes),
+       null::varchar[] as problems,
+       fixes
+from fixable_samples;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import math
 import time
 
@@ -201,6 +202,32 @@ def test_recipes_select_from_the_checked_samples_view_and_its_plan_reads_the_sam
     assert len(scans) == 5, scans
     assert [p for p in scans if "conversations" in p] == [sorted(lake_columns(con)["samples"])]
     assert ["image_ids", "sample_id", "source"] in scans and scans.count(["image_id"]) == 2 and ["error_id"] in scans
+
+
+def test_a_recipe_that_checks_no_source_reads_the_samples_once_and_still_gets_the_fixes(lake, tmp_path):
+    """With `checks: off` everywhere nothing reads `problems`: the recipe selects from unchecked_samples
+    (problems NULL) and its plan is one samples scan, without the image references, images and errors
+    that only the checks need; the fixes are those checked_samples reports. A `where` on `problems`
+    still reads checked_samples."""
+    lake = Lake.open(str(shutil.copytree(lake.root, tmp_path / "lake")))  # the shared lake stays as it is
+    lake.append(S.SAMPLES, pa.Table.from_pylist([
+        {"sample_id": "alpha/fix.json#0", "source": "alpha", "source_file": "fix.json", "source_row": 0, "image_ids": [],
+         "conversations": [{"from": "human", "value": " Hi? "}, {"from": "gpt", "value": "Hello."}]}],
+        schema=S.SAMPLES_SCHEMA))
+    con = connect(lake)
+    recipe = "name: m\nsources: [{source: alpha, checks: off}, {source: beta, checks: off}]"
+    compiled = compile_recipe(parse_recipe(recipe), lake_columns(con))
+    assert "from unchecked_samples s" in compiled.ctes
+    plan = json.loads(con.execute("explain (format json) " + compiled.decisions_sql()).fetchall()[0][1])
+    assert [p for p in scan_projections(plan)] == [sorted(lake_columns(con)["samples"])]
+    unchecked = con.execute(compiled.decisions_sql("sample_id, fixes, problems") + " order by sample_id").fetchall()
+    checked = con.execute("select sample_id, fixes from checked_samples where source in ('alpha', 'beta') "
+                          "order by sample_id").fetchall()
+    assert [(sid, fixes) for sid, fixes, _ in unchecked] == checked
+    assert ("alpha/fix.json#0", ["surrounding_whitespace"]) in checked
+    assert {problems for _, _, problems in unchecked} == {None}
+    where_on_problems = parse_recipe(recipe.replace("checks: off}]", "checks: off, where: 'len(problems) = 0'}]"))
+    assert "from checked_samples s" in compile_recipe(where_on_problems, lake_columns(con)).ctes
 
 
 def text_only_lake(root, n: int) -> Lake:

@@ -211,7 +211,8 @@ def test_a_recipe_that_checks_no_source_reads_the_samples_once_and_still_gets_th
     still reads checked_samples."""
     lake = Lake.open(str(shutil.copytree(lake.root, tmp_path / "lake")))  # the shared lake stays as it is
     lake.append(S.SAMPLES, pa.Table.from_pylist([
-        {"sample_id": "alpha/fix.json#0", "source": "alpha", "source_file": "fix.json", "source_row": 0, "image_ids": [],
+        {"sample_id": "alpha/fix.json#0", "source": "alpha", "source_file": "fix.json", "source_row": 0,
+         "image_ids": [],
          "conversations": [{"from": "human", "value": " Hi? "}, {"from": "gpt", "value": "Hello."}]}],
         schema=S.SAMPLES_SCHEMA))
     con = connect(lake)

@@ -26,7 +26,11 @@
 -- Output:     view checked_samples: every samples column + n_images, n_image_tags, text_chars,
 --             problems list<varchar>, fixes list<varchar> (empty, never NULL, when there is nothing
 --             to report). Recipes select from it (etl/recipe.py), sql/checks.sql reports it; a view
---             costs no scan of its own: a query reading it plans the samples scan once.
+--             costs no scan of its own: a query reading it plans the samples scan once (+ one narrow
+--             scan of the image references for missing_image / undecodable_image).
+--             view unchecked_samples: the same columns with `problems` NULL (not checked): what a
+--             recipe whose sources all skip the checks reads, for the fixes alone (one samples scan).
+--             view fixable_samples: what both share, with the turn facts the problems are made of.
 --             Adding a check: one more `case` in `problems` (or `fixes`, with its repair in sql/fixes.sql).
 
 create or replace view fixable_samples as
@@ -106,6 +110,7 @@ select f.* exclude (n_turns, has_misplaced_role, has_empty_turn, has_surrounding
 from fixable_samples f
 left join image_trouble_per_sample t using (sample_id, source);
 
+-- the same columns as checked_samples, not checked
 create or replace view unchecked_samples as
 select * exclude (n_turns, has_misplaced_role, has_empty_turn, has_surrounding_whitespace, fixes),
        null::varchar[] as problems,

@@ -590,11 +590,6 @@ def taken_columns(fmt: str, carried: bool) -> list[str]:
     return ["sample_id", "orig_id", "conversations", *image_ids, *(["meta"] if fmt == "messages" else [])]
 
 
-def unknown_format_path(image_id: str) -> str:
-    """hashed_path_sql of an image of no known format (missing from the lake)."""
-    return f"{image_id[:2]}/{image_id}.bin"
-
-
 class ImagePaths:
     """Each image's path in the hashed layout (`ab/<sha256>.<ext>`, extension_sql), looked up in Arrow
     by image id for a batch of records among the lake's images (a hash of them per batch: see
@@ -608,6 +603,11 @@ class ImagePaths:
                                                    for name in ("image_id", "path", "nbytes"))
         self.named = np.zeros(len(self.image_ids), dtype=bool)
         self.missing: set[str] = set()  # named by a record but not in the lake: written as missing
+        # hashed_path_sql's extension for an image of no known format (one missing from the lake)
+        self.unknown_extension = con.execute(f"select {extension_sql('null::varchar')}").fetchall()[0][0]
+
+    def unknown_format_path(self, image_id: str) -> str:
+        return f"{image_id[:2]}/{image_id}{self.unknown_extension}"
 
     def of(self, image_ids: pa.ListArray) -> pa.ListArray:
         """The list of paths of each list of image ids."""
@@ -619,16 +619,16 @@ class ImagePaths:
         if index.null_count:  # an image missing from the lake (rare): the path of an unknown format
             unknown = ids.filter(index.is_null()).to_pylist()
             self.missing.update(unknown)
-            paths = pc.replace_with_mask(paths, index.is_null(), pa.array(map(unknown_format_path, unknown)))
+            paths = pc.replace_with_mask(paths, index.is_null(), pa.array(map(self.unknown_format_path, unknown)))
         return pa.ListArray.from_arrays(pa.array(offsets - offsets[0], pa.int32()), paths, mask=image_ids.is_null())
 
     def stage_image_files(self, con: duckdb.DuckDBPyConnection) -> None:
         """`image_files` (image_id, path, nbytes): every image the records named, once."""
         named = pa.table({"image_id": self.image_ids, "path": self.paths, "nbytes": self.nbytes}).filter(self.named)
-        missing = sorted(self.missing)
-        missing = pa.table({"image_id": pa.array(missing, pa.string()),
-                            "path": pa.array(map(unknown_format_path, missing), pa.string()),
-                            "nbytes": pa.nulls(len(missing), named.schema.field("nbytes").type)})
+        missing_ids = sorted(self.missing)
+        missing = pa.table({"image_id": pa.array(missing_ids, pa.string()),
+                            "path": pa.array(map(self.unknown_format_path, missing_ids), pa.string()),
+                            "nbytes": pa.nulls(len(missing_ids), named.schema.field("nbytes").type)})
         con.register("named_images", pa.concat_tables([named, missing]))
         con.execute("create temp table image_files as select * from named_images")
         con.unregister("named_images")
@@ -759,7 +759,7 @@ def take_rows(samples, offsets: np.ndarray, columns: list[str]) -> pa.Table:
     """The samples at these row offsets, in this order: one range read when they are consecutive rows
     (the usual batch: a source exported in storage order; ~30% less CPU), else Lance's take."""
     offsets = offsets.astype(np.int64)  # Lance's uint64: a difference may be negative
-    if len(offsets) and offsets[-1] - offsets[0] + 1 == len(offsets) and bool(np.all(np.diff(offsets) == 1)):
+    if len(offsets) and bool(np.all(np.diff(offsets) == 1)):
         return samples.to_table(columns=columns, offset=int(offsets[0]), limit=len(offsets))
     return samples.take(offsets, columns=columns)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import math
+import shutil
 import time
 
 import lance
@@ -220,7 +220,7 @@ def test_a_recipe_that_checks_no_source_reads_the_samples_once_and_still_gets_th
     compiled = compile_recipe(parse_recipe(recipe), lake_columns(con))
     assert "from unchecked_samples s" in compiled.ctes
     plan = json.loads(con.execute("explain (format json) " + compiled.decisions_sql()).fetchall()[0][1])
-    assert [p for p in scan_projections(plan)] == [sorted(lake_columns(con)["samples"])]
+    assert scan_projections(plan) == [sorted(lake_columns(con)["samples"])]
     unchecked = con.execute(compiled.decisions_sql("sample_id, fixes, problems") + " order by sample_id").fetchall()
     checked = con.execute("select sample_id, fixes from checked_samples where source in ('alpha', 'beta') "
                           "order by sample_id").fetchall()
